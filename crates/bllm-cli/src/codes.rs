@@ -1,0 +1,374 @@
+//! `bllm codes …`: pack embeddings into the contract layout, export, search, evaluate, bench.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bllm_codes::io::{self, ManifestInfo, SourceInfo, npy};
+use bllm_codes::metrics::{self, RecallReport};
+use bllm_codes::{Metric, PackedCodes, bench, hamming};
+use clap::{Args, Subcommand, ValueEnum};
+
+/// `bllm codes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Sign-binarize each row of a float .npy (float32 or float16) into DIR/codes.bcodes and
+    /// DIR/manifest.json.
+    Pack(PackArgs),
+    /// Export a codes directory to another format.
+    Export(ExportArgs),
+    /// Exact top-k Hamming search of query codes against database codes, written as TSV.
+    Search(SearchArgs),
+    /// Recall@k of codes against exact float neighbours (optionally after re-ranking).
+    Recall(RecallArgs),
+    /// Benchmark packing, Hamming top-k search and scan bandwidth against memcpy.
+    Bench(BenchArgs),
+    /// Validate a codes directory and print its manifest.
+    Info(InfoArgs),
+}
+
+/// Arguments of `bllm codes pack`.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Input .npy matrix, one embedding per row (float32 or float16).
+    pub input: PathBuf,
+    /// Output codes directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Code length: binarize the first N columns (default: all columns).
+    #[arg(long, value_name = "N")]
+    pub bits: Option<usize>,
+}
+
+/// Export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// NumPy uint64 [rows, ceil(bits/64)]: the contract words.
+    Npy,
+    /// NumPy uint8 [rows, ceil(bits/8)]: identical to numpy.packbits(bits, axis=1, bitorder="little").
+    NpyU8,
+    /// FAISS IndexBinaryFlat (faiss.read_index_binary); bits must be a multiple of 8.
+    Faiss,
+}
+
+/// Arguments of `bllm codes export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Codes directory written by `bllm codes pack` (or a training run's export).
+    pub dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `bllm codes search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Database codes directory.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Query codes directory.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Neighbours per query.
+    #[arg(short, long)]
+    pub k: usize,
+    /// Output TSV: query_index, rank, db_index, distance (with a header line).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `bllm codes recall`.
+#[derive(Debug, Args)]
+pub struct RecallArgs {
+    /// Float database embeddings (.npy, float32 or float16), row i ↔ database code i.
+    #[arg(long)]
+    pub db_float: PathBuf,
+    /// Float query embeddings (.npy), row i ↔ query code i.
+    #[arg(long)]
+    pub queries_float: PathBuf,
+    /// Database codes directory.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Query codes directory.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Neighbours per query.
+    #[arg(short, long)]
+    pub k: usize,
+    /// Also report Recall@k after exactly re-ranking the Hamming top R (R >= k).
+    #[arg(long, value_name = "R")]
+    pub rerank: Option<usize>,
+    /// Similarity of the float ground truth.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub metric: MetricArg,
+    /// Also write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Float similarity for the ground truth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricArg {
+    /// Cosine similarity.
+    Cosine,
+    /// Inner product.
+    Ip,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Self {
+        match m {
+            MetricArg::Cosine => Metric::Cosine,
+            MetricArg::Ip => Metric::InnerProduct,
+        }
+    }
+}
+
+/// Arguments of `bllm codes bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Database rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub db_rows: usize,
+    /// Bits per code.
+    #[arg(long, default_value_t = 256)]
+    pub bits: usize,
+    /// Queries.
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    /// Neighbours per query.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Rows of the f32 matrix in the packing benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    pub pack_rows: usize,
+    /// MiB per buffer of the memcpy measurement.
+    #[arg(long, default_value_t = 256)]
+    pub memcpy_mib: usize,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Seed of the random data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the database, queries and results as .npy here (for scripts/bench_vs_faiss.py).
+    #[arg(long, value_name = "DIR")]
+    pub save_data: Option<PathBuf>,
+    /// Also write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `bllm codes info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Codes directory.
+    pub dir: PathBuf,
+}
+
+/// Runs one `bllm codes` subcommand.
+pub fn run(cmd: CodesCommand) -> Result<()> {
+    match cmd {
+        CodesCommand::Pack(a) => pack(a),
+        CodesCommand::Export(a) => export(a),
+        CodesCommand::Search(a) => search(a),
+        CodesCommand::Recall(a) => recall(a),
+        CodesCommand::Bench(a) => bench_cmd(a),
+        CodesCommand::Info(a) => info(a),
+    }
+}
+
+fn read_dir_codes(dir: &Path) -> Result<PackedCodes> {
+    let (codes, _) = io::read_codes_dir(dir)
+        .with_context(|| format!("cannot read codes directory {}", dir.display()))?;
+    Ok(codes)
+}
+
+fn pack(a: PackArgs) -> Result<()> {
+    let m = npy::read_npy(&a.input).context("cannot read the input embeddings")?;
+    let values = m.to_f32(&a.input)?;
+    let bits = a.bits.unwrap_or(m.cols);
+    if bits == 0 || bits > m.cols {
+        bail!(
+            "--bits {bits} is out of range: {} has {} columns, so bits must be in 1..={}",
+            a.input.display(),
+            m.cols,
+            m.cols
+        );
+    }
+    let codes = PackedCodes::from_f32_rows(&values, m.cols, bits).map_err(|e| match e {
+        bllm_codes::CodesError::NonFinite {
+            row, col, value, ..
+        } => anyhow::anyhow!(
+            "{}: non-finite value {value} at row {row}, column {col}; codes need finite input",
+            a.input.display()
+        ),
+        other => other.into(),
+    })?;
+    let info = ManifestInfo {
+        source: Some(SourceInfo {
+            path: a.input.display().to_string(),
+            sha256: io::sha256_file(&a.input)?,
+            dtype: m.dtype.name().into(),
+            rows: m.rows,
+            dim: m.cols,
+        }),
+        encoder: Some(format!("sign(x[:{bits}])")),
+        recipe: None,
+        tool: Some(crate::tool_version()),
+    };
+    io::write_codes_dir(&a.out, &codes, info)?;
+    println!(
+        "packed {} rows × {bits} bits from {} ({}, {} columns) into {} ({} payload bytes, {} words per row)",
+        codes.rows(),
+        a.input.display(),
+        m.dtype.name(),
+        m.cols,
+        a.out.join(io::CODES_FILE_NAME).display(),
+        codes.byte_len(),
+        codes.words_per_row()
+    );
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let codes = read_dir_codes(&a.dir)?;
+    match a.format {
+        ExportFormat::Npy => npy::write_codes_npy_u64(&a.out, &codes)?,
+        ExportFormat::NpyU8 => npy::write_codes_npy_u8(&a.out, &codes)?,
+        ExportFormat::Faiss => io::write_faiss_binary_flat(&a.out, &codes)
+            .with_context(|| format!("cannot export {} as FAISS", a.dir.display()))?,
+    }
+    println!(
+        "exported {} rows × {} bits as {:?} to {}",
+        codes.rows(),
+        codes.bits(),
+        a.format,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    let db = read_dir_codes(&a.db)?;
+    let q = read_dir_codes(&a.queries)?;
+    let hits = hamming::search(&db, &q, a.k).context("search failed")?;
+    let mut out = String::with_capacity(hits.ids.len() * 16 + 64);
+    out.push_str("query_index\trank\tdb_index\tdistance\n");
+    for qi in 0..hits.queries() {
+        for (rank, (id, d)) in hits.ids_of(qi).iter().zip(hits.dists_of(qi)).enumerate() {
+            let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
+        }
+    }
+    io::write_atomic(&a.out, out.as_bytes())?;
+    println!(
+        "searched {} queries against {} codes ({} bits), top {} each → {}",
+        q.rows(),
+        db.rows(),
+        db.bits(),
+        a.k,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn recall(a: RecallArgs) -> Result<()> {
+    let dbf = npy::read_float_matrix(&a.db_float).context("cannot read the float database")?;
+    let qf = npy::read_float_matrix(&a.queries_float).context("cannot read the float queries")?;
+    let db = read_dir_codes(&a.db)?;
+    let q = read_dir_codes(&a.queries)?;
+    let report = metrics::evaluate(&dbf, &qf, &db, &q, a.k, a.rerank, a.metric.into())
+        .context("evaluation failed")?;
+    print_recall(&report);
+    if let Some(path) = &a.json {
+        let mut json = serde_json::to_vec_pretty(&report)?;
+        json.push(b'\n');
+        io::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+fn print_recall(r: &RecallReport) {
+    println!(
+        "{} queries, {} database rows, {} bits, ground truth: exact {:?}",
+        r.queries, r.db_rows, r.bits, r.metric
+    );
+    println!("Recall@{}: {:.4}", r.k, r.recall_at_k);
+    if let (Some(depth), Some(v)) = (r.rerank, r.recall_after_rerank) {
+        println!(
+            "Recall@{} after re-ranking the Hamming top {depth}: {v:.4}",
+            r.k
+        );
+    }
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let cfg = bench::BenchConfig {
+        db_rows: a.db_rows,
+        bits: a.bits,
+        queries: a.queries,
+        k: a.k,
+        pack_rows: a.pack_rows,
+        memcpy_bytes: a.memcpy_mib << 20,
+        repeats: a.repeats,
+        seed: a.seed,
+    };
+    let r = bench::run(&cfg, a.save_data.as_deref())?;
+    let db_mb = (a.db_rows * a.bits.div_ceil(64) * 8) as f64 / 1e6;
+    println!(
+        "bllm codes bench — {} threads, best of {} runs",
+        r.threads, a.repeats
+    );
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!(
+        "| pack f32 → codes ({} rows × {} dims) | {:.3} M rows/s ({:.2} GB/s of input) |",
+        a.pack_rows,
+        a.bits,
+        r.pack_rows_per_s / 1e6,
+        r.pack_input_gb_per_s
+    );
+    println!(
+        "| exact Hamming top-{} ({} × {} bits = {db_mb:.1} MB database, {} queries) | {:.1} queries/s ({:.3} s) |",
+        a.k, a.db_rows, a.bits, a.queries, r.search_queries_per_s, r.search_seconds
+    );
+    println!(
+        "| distance computations | {:.2} G/s |",
+        r.distances_per_s / 1e9
+    );
+    println!(
+        "| scan bandwidth (queries × database bytes / time) | {:.2} GB/s |",
+        r.scan_gb_per_s
+    );
+    println!(
+        "| memcpy bandwidth ({} MiB buffers) | {:.2} GB/s |",
+        a.memcpy_mib, r.memcpy_gb_per_s
+    );
+    println!(
+        "| scan / memcpy (target ≥ 0.60) | {:.2} |",
+        r.scan_over_memcpy
+    );
+    if let Some(path) = &a.json {
+        let mut json = serde_json::to_vec_pretty(&r)?;
+        json.push(b'\n');
+        io::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let (codes, manifest) = io::read_codes_dir(&a.dir)
+        .with_context(|| format!("cannot read codes directory {}", a.dir.display()))?;
+    println!("{}", serde_json::to_string_pretty(&manifest)?);
+    println!(
+        "ok: {} rows × {} bits, {} payload bytes, checksum verified",
+        codes.rows(),
+        codes.bits(),
+        codes.byte_len()
+    );
+    Ok(())
+}

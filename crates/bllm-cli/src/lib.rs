@@ -1,0 +1,58 @@
+//! The `bllm` command line. The binary (`src/main.rs`) is a thin wrapper around [`run_from`],
+//! which end-to-end tests call in-process with the same arguments a user would type.
+
+mod codes;
+
+use clap::{Parser, Subcommand};
+
+/// BinaryLLM: train, evaluate and export the binary parts of language models and retrieval
+/// systems.
+#[derive(Debug, Parser)]
+#[command(name = "bllm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Worker threads for parallel work (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Binary codes: pack, export, search, evaluate recall, benchmark.
+    #[command(subcommand)]
+    Codes(codes::CodesCommand),
+}
+
+/// Parses `args` (the first item is the program name) and runs the command.
+///
+/// `--help` and `--version` come back as a [`clap::Error`] inside the error, like usage errors;
+/// the binary prints them.
+pub fn run_from<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    match cli.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+            pool.install(|| dispatch(cli.command))
+        }
+        None => dispatch(cli.command),
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Codes(c) => codes::run(c),
+    }
+}
+
+/// Program name and version, recorded in manifests.
+pub(crate) fn tool_version() -> String {
+    format!("bllm {}", env!("CARGO_PKG_VERSION"))
+}
