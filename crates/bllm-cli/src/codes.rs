@@ -155,6 +155,9 @@ pub struct BenchArgs {
     /// Seed of the random data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Hamming scan kernel: portable, popcnt or avx512 (default: the fastest available).
+    #[arg(long)]
+    pub kernel: Option<hamming::Kernel>,
     /// Write the database, queries and results as .npy here (for scripts/bench_vs_faiss.py).
     #[arg(long, value_name = "DIR")]
     pub save_data: Option<PathBuf>,
@@ -316,12 +319,13 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         memcpy_bytes: a.memcpy_mib << 20,
         repeats: a.repeats,
         seed: a.seed,
+        kernel: a.kernel,
     };
     let r = bench::run(&cfg, a.save_data.as_deref())?;
     let db_mb = (a.db_rows * a.bits.div_ceil(64) * 8) as f64 / 1e6;
     println!(
-        "bllm codes bench — {} threads, best of {} runs",
-        r.threads, a.repeats
+        "bllm codes bench — {} threads, {:?} kernel, best of {} runs",
+        r.threads, r.kernel, a.repeats
     );
     println!("| measurement | value |");
     println!("|---|---|");

@@ -31,6 +31,8 @@ pub struct BenchConfig {
     pub repeats: usize,
     /// Seed of the random data.
     pub seed: u64,
+    /// Hamming scan kernel (default: the fastest this CPU supports).
+    pub kernel: Option<hamming::Kernel>,
 }
 
 impl Default for BenchConfig {
@@ -44,6 +46,7 @@ impl Default for BenchConfig {
             memcpy_bytes: 256 << 20,
             repeats: 3,
             seed: 42,
+            kernel: None,
         }
     }
 }
@@ -55,6 +58,8 @@ pub struct BenchReport {
     pub config: BenchConfig,
     /// Threads in the pool that ran the benchmark.
     pub threads: usize,
+    /// The Hamming scan kernel that ran.
+    pub kernel: hamming::Kernel,
     /// Packing throughput from f32, rows per second.
     pub pack_rows_per_s: f64,
     /// Packing throughput from f32, input gigabytes per second.
@@ -136,7 +141,10 @@ pub fn run(config: &BenchConfig, save_data: Option<&Path>) -> Result<BenchReport
 
     let db = random_codes(config.db_rows, config.bits, config.seed)?;
     let queries = random_codes(config.queries, config.bits, config.seed.wrapping_add(1))?;
-    let (search_s, result) = best_of(config.repeats, || hamming::search(&db, &queries, config.k))?;
+    let kernel = config.kernel.unwrap_or_else(hamming::Kernel::detect);
+    let (search_s, result) = best_of(config.repeats, || {
+        hamming::search_with(kernel, &db, &queries, config.k)
+    })?;
     if let Some(dir) = save_data {
         save(dir, &db, &queries, &result)?;
     }
@@ -145,6 +153,7 @@ pub fn run(config: &BenchConfig, save_data: Option<&Path>) -> Result<BenchReport
     Ok(BenchReport {
         config: config.clone(),
         threads,
+        kernel,
         pack_rows_per_s: config.pack_rows as f64 / pack_s,
         pack_input_gb_per_s: (config.pack_rows * config.bits * 4) as f64 / pack_s / 1e9,
         search_seconds: search_s,
@@ -181,6 +190,7 @@ mod tests {
             memcpy_bytes: 1 << 16,
             repeats: 1,
             seed: 1,
+            kernel: Some(hamming::Kernel::Portable),
         };
         let r = run(&cfg, Some(dir.path())).unwrap();
         assert!(r.search_queries_per_s > 0.0 && r.memcpy_gb_per_s > 0.0);

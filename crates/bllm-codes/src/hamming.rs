@@ -79,6 +79,22 @@ pub(crate) fn check_k(k: usize, db_rows: usize) -> Result<()> {
 /// Runs on rayon's global pool (all cores unless configured otherwise). The result does not
 /// depend on the number of threads.
 pub fn search(db: &PackedCodes, queries: &PackedCodes, k: usize) -> Result<Neighbors<u32>> {
+    search_with(Kernel::detect(), db, queries, k)
+}
+
+/// [`search`] with an explicit scan kernel (which must be in [`Kernel::available`]).
+pub fn search_with(
+    kernel: Kernel,
+    db: &PackedCodes,
+    queries: &PackedCodes,
+    k: usize,
+) -> Result<Neighbors<u32>> {
+    if !Kernel::available().contains(&kernel) {
+        return Err(CodesError::InvalidArgument(format!(
+            "kernel {kernel:?} is not supported by this CPU (available: {:?})",
+            Kernel::available()
+        )));
+    }
     if db.bits() != queries.bits() {
         return Err(CodesError::Mismatch(format!(
             "database codes have {} bits but queries have {}",
@@ -96,7 +112,7 @@ pub fn search(db: &PackedCodes, queries: &PackedCodes, k: usize) -> Result<Neigh
         .zip(queries.as_words().par_chunks(QUERY_BLOCK * w))
         .for_each(|((ids, dists), qwords)| {
             let mut lists: Vec<TopList> = (0..qwords.len() / w).map(|_| TopList::new(k)).collect();
-            scan_dispatch(db.as_words(), w, qwords, &mut lists);
+            scan_dispatch(kernel, db.as_words(), w, qwords, &mut lists);
             for (i, list) in lists.iter().enumerate() {
                 list.write(&mut ids[i * k..(i + 1) * k], &mut dists[i * k..(i + 1) * k]);
             }
@@ -146,46 +162,135 @@ impl TopList {
     }
 }
 
-fn scan_dispatch(db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU supports popcnt, checked just above.
-            unsafe { scan_popcnt(db, w, queries, lists) };
-            return;
+/// Which compiled scan loop runs. All give identical results; they differ only in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernel {
+    /// Plain Rust, no special instructions (any CPU).
+    Portable,
+    /// x86-64 with the `popcnt` instruction, 4 queries per database row load.
+    Popcnt,
+    /// x86-64 with AVX-512F and VPOPCNTDQ (vectorised popcount), 8 queries per row load.
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel this CPU can run, slowest first (for parity tests and benchmarks).
+    pub fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![Self::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("popcnt") {
+                kernels.push(Self::Popcnt);
+                if has!("avx2") && has!("avx512f") && has!("avx512vpopcntdq") {
+                    kernels.push(Self::Avx512);
+                }
+            }
+        }
+        kernels
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> Self {
+        Self::available().pop().unwrap_or(Self::Portable)
+    }
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = CodesError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "portable" => Ok(Self::Portable),
+            "popcnt" => Ok(Self::Popcnt),
+            "avx512" => Ok(Self::Avx512),
+            other => Err(CodesError::InvalidArgument(format!(
+                "unknown kernel {other:?}; expected portable, popcnt or avx512"
+            ))),
         }
     }
-    scan_generic(db, w, queries, lists);
+}
+
+fn scan_dispatch(kernel: Kernel, db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `search_with` only accepts kernels listed by `Kernel::available()`, which
+        // checked that the CPU has these features.
+        Kernel::Avx512 => unsafe { scan_avx512(db, w, queries, lists) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, popcnt was detected.
+        Kernel::Popcnt => unsafe { scan_popcnt(db, w, queries, lists) },
+        _ => scan_generic::<4>(db, w, queries, lists),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
 fn scan_popcnt(db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
-    scan_generic(db, w, queries, lists);
+    scan_generic::<4>(db, w, queries, lists);
 }
 
-/// Picks a loop specialised for the row width (so the distance is fully unrolled), then scans.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt,avx2,avx512f,avx512vpopcntdq")]
+fn scan_avx512(db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
+    scan_generic::<8>(db, w, queries, lists);
+}
+
+/// Picks a loop specialised for the row width (so the distance is fully unrolled), then scans
+/// with `G` queries per database row load.
 #[inline(always)]
-fn scan_generic(db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
+fn scan_generic<const G: usize>(db: &[u64], w: usize, queries: &[u64], lists: &mut [TopList]) {
     match w {
-        1 => scan_fixed::<1>(db, queries, lists),
-        2 => scan_fixed::<2>(db, queries, lists),
-        3 => scan_fixed::<3>(db, queries, lists),
-        4 => scan_fixed::<4>(db, queries, lists),
-        6 => scan_fixed::<6>(db, queries, lists),
-        8 => scan_fixed::<8>(db, queries, lists),
-        12 => scan_fixed::<12>(db, queries, lists),
-        16 => scan_fixed::<16>(db, queries, lists),
+        1 => scan_fixed::<1, G>(db, queries, lists),
+        2 => scan_fixed::<2, G>(db, queries, lists),
+        3 => scan_fixed::<3, G>(db, queries, lists),
+        4 => scan_fixed::<4, G>(db, queries, lists),
+        6 => scan_fixed::<6, G>(db, queries, lists),
+        8 => scan_fixed::<8, G>(db, queries, lists),
+        12 => scan_fixed::<12, G>(db, queries, lists),
+        16 => scan_fixed::<16, G>(db, queries, lists),
         _ => scan_any(db, w, queries, lists),
     }
 }
 
 #[inline(always)]
-fn scan_fixed<const W: usize>(db: &[u64], queries: &[u64], lists: &mut [TopList]) {
+fn scan_fixed<const W: usize, const G: usize>(db: &[u64], queries: &[u64], lists: &mut [TopList]) {
     let block_rows = (DB_BLOCK_BYTES / (8 * W)).max(1);
     for (b, block) in db.chunks(block_rows * W).enumerate() {
         let base = (b * block_rows) as u64;
-        for (q, list) in queries.chunks_exact(W).zip(lists.iter_mut()) {
+        let mut qs = queries.chunks_exact(W * G);
+        let mut ls = lists.chunks_exact_mut(G);
+        for (group, glists) in (&mut qs).zip(&mut ls) {
+            let mut q = [[0u64; W]; G];
+            for (g, qg) in q.iter_mut().enumerate() {
+                qg.copy_from_slice(&group[g * W..(g + 1) * W]);
+            }
+            let mut thr = [0u64; G];
+            for (t, l) in thr.iter_mut().zip(glists.iter()) {
+                *t = l.threshold();
+            }
+            for (i, row) in block.chunks_exact(W).enumerate() {
+                let row: &[u64; W] = row.try_into().unwrap_or(&[0; W]);
+                let idx = base + i as u64;
+                for g in 0..G {
+                    let mut d = 0u32;
+                    for j in 0..W {
+                        d += (q[g][j] ^ row[j]).count_ones();
+                    }
+                    let key = (u64::from(d) << 32) | idx;
+                    if key < thr[g] {
+                        thr[g] = glists[g].insert(key);
+                    }
+                }
+            }
+        }
+        // Leftover queries (fewer than a group) one at a time.
+        for (q, list) in qs
+            .remainder()
+            .chunks_exact(W)
+            .zip(ls.into_remainder().iter_mut())
+        {
             let q: &[u64; W] = q.try_into().unwrap_or(&[0; W]);
             let mut thr = list.threshold();
             for (i, row) in block.chunks_exact(W).enumerate() {
@@ -295,6 +400,22 @@ mod tests {
         let db = random_codes(70_000, 64, 1, 0);
         let q = random_codes(40, 64, 2, 0);
         assert_eq!(search(&db, &q, 7).unwrap(), brute_force(&db, &q, 7));
+    }
+
+    #[test]
+    fn every_kernel_gives_identical_results() {
+        for bits in [64, 100, 256, 512, 640, 1024] {
+            let db = random_codes(3000, bits, 7, 2);
+            let q = random_codes(37, bits, 8, 2); // not a multiple of any query group
+            let reference = brute_force(&db, &q, 12);
+            for kernel in Kernel::available() {
+                assert_eq!(
+                    search_with(kernel, &db, &q, 12).unwrap(),
+                    reference,
+                    "{kernel:?} {bits}"
+                );
+            }
+        }
     }
 
     #[test]
