@@ -72,6 +72,11 @@ pub struct BenchReport {
     pub scan_gb_per_s: f64,
     /// Distance computations per second (queries × database rows / search time).
     pub distances_per_s: f64,
+    /// Seconds for one query alone (mean over up to 16 single-query searches): the latency of
+    /// an unbatched query. A single query runs on one thread.
+    pub single_query_seconds: f64,
+    /// Database bytes / single-query time, GB/s: the streaming scan rate of one core.
+    pub single_query_scan_gb_per_s: f64,
     /// memcpy bandwidth on all threads of the pool (bytes copied / s), GB/s.
     pub memcpy_gb_per_s: f64,
     /// Scan bandwidth as a fraction of memcpy bandwidth.
@@ -145,6 +150,14 @@ pub fn run(config: &BenchConfig, save_data: Option<&Path>) -> Result<BenchReport
     let (search_s, result) = best_of(config.repeats, || {
         hamming::search_with(kernel, &db, &queries, config.k)
     })?;
+    let singles = config.queries.min(16);
+    let (single_s, _) = best_of(config.repeats, || {
+        for i in 0..singles {
+            black_box(hamming::search_with(kernel, &db, &queries.slice_rows(i, i + 1)?, config.k)?);
+        }
+        Ok(())
+    })?;
+    let single_s = single_s / singles.max(1) as f64;
     if let Some(dir) = save_data {
         save(dir, &db, &queries, &result)?;
     }
@@ -160,6 +173,8 @@ pub fn run(config: &BenchConfig, save_data: Option<&Path>) -> Result<BenchReport
         search_queries_per_s: config.queries as f64 / search_s,
         scan_gb_per_s: scan,
         distances_per_s: (config.queries * config.db_rows) as f64 / search_s,
+        single_query_seconds: single_s,
+        single_query_scan_gb_per_s: db.byte_len() as f64 / single_s / 1e9,
         memcpy_gb_per_s: memcpy,
         scan_over_memcpy: scan / memcpy,
     })

@@ -152,6 +152,11 @@ pub fn search(
             db.cols, queries.cols
         )));
     }
+    if db.cols == 0 {
+        return Err(CodesError::InvalidArgument(
+            "embeddings have zero dimensions".into(),
+        ));
+    }
     check_k(k, db.rows)?;
     let db = db.prepared(metric);
     let queries = queries.prepared(metric);
@@ -161,41 +166,33 @@ pub fn search(
     let mut scores = vec![0f32; nq * k];
     ids.par_chunks_mut(FQ_BLOCK * k)
         .zip(scores.par_chunks_mut(FQ_BLOCK * k))
-        .zip(queries.data.par_chunks(FQ_BLOCK * d.max(1)))
+        .zip(queries.data.par_chunks(FQ_BLOCK * d))
         .for_each(|((ids, scores), qdata)| {
-            let m = if d == 0 {
-                ids.len() / k
-            } else {
-                qdata.len() / d
-            };
+            let m = qdata.len() / d;
             let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(k + 1); m];
             let mut block = vec![0f32; m * FDB_BLOCK];
             for start in (0..db.rows).step_by(FDB_BLOCK) {
                 let n = FDB_BLOCK.min(db.rows - start);
-                if d == 0 {
-                    block[..m * n].fill(0.0);
-                } else {
-                    // SAFETY: A is m×d with row stride d (qdata holds m rows), B = DBᵀ is d×n
-                    // read from n database rows of d values starting at `start`, C is m×n with
-                    // row stride n inside `block` (m * FDB_BLOCK >= m * n).
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            m,
-                            d,
-                            n,
-                            1.0,
-                            qdata.as_ptr(),
-                            d as isize,
-                            1,
-                            db.data[start * d..].as_ptr(),
-                            1,
-                            d as isize,
-                            0.0,
-                            block.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        );
-                    }
+                // SAFETY: A is m×d with row stride d (qdata holds m rows), B = DBᵀ is d×n
+                // read from n database rows of d values starting at `start`, C is m×n with
+                // row stride n inside `block` (m * FDB_BLOCK >= m * n).
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        d,
+                        n,
+                        1.0,
+                        qdata.as_ptr(),
+                        d as isize,
+                        1,
+                        db.data[start * d..].as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        block.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
                 }
                 for (qi, list) in best.iter_mut().enumerate() {
                     for (j, &s) in block[qi * n..(qi + 1) * n].iter().enumerate() {

@@ -1,0 +1,403 @@
+//! The `bllm` binary as a user runs it: every `codes` command, its output files, its exit
+//! status and its error messages.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bllm_codes::io::{self, npy};
+use bllm_codes::{FloatMatrix, PackedCodes};
+
+fn bllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bllm"))
+        .args(args)
+        .output()
+        .expect("run bllm")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = bllm(args);
+    assert!(
+        out.status.success(),
+        "bllm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns stderr.
+fn err(args: &[&str]) -> String {
+    let out = bllm(args);
+    assert!(
+        !out.status.success(),
+        "bllm {args:?} unexpectedly succeeded"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    db: FloatMatrix,
+    queries: FloatMatrix,
+}
+
+impl Fixture {
+    /// 300 database rows and 12 queries of 40 dims; the queries are noisy database rows.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = bllm_codes::rng::SplitMix64::new(5);
+        let db: Vec<f32> = (0..300 * 40).map(|_| rng.next_gaussian() as f32).collect();
+        let q: Vec<f32> = (0..12 * 40)
+            .map(|i| db[(i / 40) * 25 * 40 + i % 40] + 0.3 * rng.next_gaussian() as f32)
+            .collect();
+        let db = FloatMatrix::new(300, 40, db).unwrap();
+        let queries = FloatMatrix::new(12, 40, q).unwrap();
+        npy::write_f32_npy(&dir.path().join("db.npy"), &db).unwrap();
+        npy::write_f32_npy(&dir.path().join("q.npy"), &queries).unwrap();
+        Fixture { dir, db, queries }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pack(&self, input: &str, out: &str, bits: usize) {
+        ok(&[
+            "codes",
+            "pack",
+            s(&self.path(input)),
+            "--out",
+            s(&self.path(out)),
+            "--bits",
+            &bits.to_string(),
+        ]);
+    }
+}
+
+#[test]
+fn pack_writes_codes_and_manifest() {
+    let f = Fixture::new();
+    let stdout = ok(&[
+        "codes",
+        "pack",
+        s(&f.path("db.npy")),
+        "--out",
+        s(&f.path("c")),
+    ]);
+    assert!(stdout.contains("300 rows × 40 bits"), "{stdout}");
+    let (codes, m) = io::read_codes_dir(&f.path("c")).unwrap();
+    assert_eq!(
+        codes,
+        PackedCodes::from_f32_rows(f.db.as_slice(), 40, 40).unwrap()
+    );
+    let src = m.source.unwrap();
+    assert_eq!(
+        (src.rows, src.dim, src.dtype.as_str()),
+        (300, 40, "float32")
+    );
+    assert_eq!(src.sha256, io::sha256_file(&f.path("db.npy")).unwrap());
+    assert!(m.tool.starts_with("bllm "));
+    f.pack("db.npy", "c17", 17);
+    assert_eq!(io::read_codes_dir(&f.path("c17")).unwrap().0.bits(), 17);
+    let info = ok(&["codes", "info", s(&f.path("c17"))]);
+    assert!(info.contains("checksum verified"), "{info}");
+}
+
+#[test]
+fn pack_reports_bad_input() {
+    let f = Fixture::new();
+    let e = err(&[
+        "codes",
+        "pack",
+        s(&f.path("missing.npy")),
+        "--out",
+        s(&f.path("c")),
+    ]);
+    assert!(e.contains("missing.npy"), "{e}");
+    let e = err(&[
+        "codes",
+        "pack",
+        s(&f.path("db.npy")),
+        "--out",
+        s(&f.path("c")),
+        "--bits",
+        "41",
+    ]);
+    assert!(e.contains("--bits 41") && e.contains("1..=40"), "{e}");
+    let mut nan = f.db.as_slice().to_vec();
+    nan[3 * 40 + 7] = f32::NAN;
+    npy::write_f32_npy(
+        &f.path("nan.npy"),
+        &FloatMatrix::new(300, 40, vec![0.0; 300 * 40]).unwrap(),
+    )
+    .unwrap();
+    // Patch the NaN in directly (FloatMatrix refuses to hold one).
+    let mut bytes = std::fs::read(f.path("nan.npy")).unwrap();
+    let off = bytes.len() - 300 * 40 * 4 + (3 * 40 + 7) * 4;
+    bytes[off..off + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(f.path("nan.npy"), bytes).unwrap();
+    let e = err(&[
+        "codes",
+        "pack",
+        s(&f.path("nan.npy")),
+        "--out",
+        s(&f.path("c")),
+    ]);
+    assert!(
+        e.contains("nan.npy") && e.contains("row 3, column 7"),
+        "{e}"
+    );
+    std::fs::write(f.path("junk.npy"), b"not numpy").unwrap();
+    let e = err(&[
+        "codes",
+        "pack",
+        s(&f.path("junk.npy")),
+        "--out",
+        s(&f.path("c")),
+    ]);
+    assert!(
+        e.contains("junk.npy") && e.contains("not a .npy file"),
+        "{e}"
+    );
+    assert!(!f.path("c").exists(), "failed packs must not leave output");
+}
+
+#[test]
+fn export_in_every_format() {
+    let f = Fixture::new();
+    f.pack("db.npy", "c", 40);
+    let codes = io::read_codes_dir(&f.path("c")).unwrap().0;
+    for (format, file) in [
+        ("npy", "u64.npy"),
+        ("npy-u8", "u8.npy"),
+        ("faiss", "i.faiss"),
+    ] {
+        ok(&[
+            "codes",
+            "export",
+            s(&f.path("c")),
+            "--format",
+            format,
+            "--out",
+            s(&f.path(file)),
+        ]);
+    }
+    assert_eq!(
+        npy::read_codes_npy(&f.path("u64.npy"), Some(40)).unwrap(),
+        codes
+    );
+    assert_eq!(
+        npy::read_codes_npy(&f.path("u8.npy"), Some(40)).unwrap(),
+        codes
+    );
+    assert_eq!(
+        io::read_faiss_binary_flat(&f.path("i.faiss")).unwrap(),
+        codes
+    );
+    f.pack("db.npy", "c13", 13);
+    let e = err(&[
+        "codes",
+        "export",
+        s(&f.path("c13")),
+        "--format",
+        "faiss",
+        "--out",
+        s(&f.path("x")),
+    ]);
+    assert!(e.contains("multiple of 8") && e.contains("13"), "{e}");
+    let e = err(&[
+        "codes",
+        "export",
+        s(&f.path("c")),
+        "--format",
+        "parquet",
+        "--out",
+        s(&f.path("x")),
+    ]);
+    assert!(e.contains("parquet"), "{e}");
+    let e = err(&[
+        "codes",
+        "export",
+        s(&f.path("nowhere")),
+        "--format",
+        "npy",
+        "--out",
+        s(&f.path("x")),
+    ]);
+    assert!(e.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn search_writes_sorted_tsv() {
+    let f = Fixture::new();
+    f.pack("db.npy", "db", 40);
+    f.pack("q.npy", "q", 40);
+    ok(&[
+        "codes",
+        "search",
+        "--db",
+        s(&f.path("db")),
+        "--queries",
+        s(&f.path("q")),
+        "-k",
+        "5",
+        "--out",
+        s(&f.path("n.tsv")),
+    ]);
+    let tsv = std::fs::read_to_string(f.path("n.tsv")).unwrap();
+    let mut lines = tsv.lines();
+    assert_eq!(lines.next(), Some("query_index\trank\tdb_index\tdistance"));
+    let rows: Vec<Vec<u64>> = lines
+        .map(|l| l.split('\t').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 12 * 5);
+    let db = io::read_codes_dir(&f.path("db")).unwrap().0;
+    let q = io::read_codes_dir(&f.path("q")).unwrap().0;
+    for r in &rows {
+        let (qi, rank, id, d) = (r[0] as usize, r[1], r[2] as usize, r[3] as u32);
+        assert_eq!(d, bllm_codes::hamming::distance(q.row(qi), db.row(id)));
+        if rank == 0 {
+            // Each query is a noisy copy of database row 25·qi, its nearest neighbour.
+            assert_eq!(id, qi * 25, "query {qi}");
+        }
+    }
+    let e = err(&[
+        "codes",
+        "search",
+        "--db",
+        s(&f.path("db")),
+        "--queries",
+        s(&f.path("q")),
+        "-k",
+        "301",
+        "--out",
+        s(&f.path("n.tsv")),
+    ]);
+    assert!(e.contains("k (301) exceeds"), "{e}");
+    f.pack("q.npy", "q32", 32);
+    let e = err(&[
+        "codes",
+        "search",
+        "--db",
+        s(&f.path("db")),
+        "--queries",
+        s(&f.path("q32")),
+        "-k",
+        "5",
+        "--out",
+        s(&f.path("n.tsv")),
+    ]);
+    assert!(e.contains("40 bits") && e.contains("32"), "{e}");
+}
+
+#[test]
+fn recall_prints_and_writes_json() {
+    let f = Fixture::new();
+    f.pack("db.npy", "db", 40);
+    f.pack("q.npy", "q", 40);
+    let stdout = ok(&[
+        "codes",
+        "recall",
+        "--db-float",
+        s(&f.path("db.npy")),
+        "--queries-float",
+        s(&f.path("q.npy")),
+        "--db",
+        s(&f.path("db")),
+        "--queries",
+        s(&f.path("q")),
+        "-k",
+        "10",
+        "--rerank",
+        "300",
+        "--json",
+        s(&f.path("r.json")),
+    ]);
+    assert!(stdout.contains("Recall@10:"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.path("r.json")).unwrap()).unwrap();
+    // Re-ranking every database row is exact search.
+    assert_eq!(r["recall_after_rerank"], 1.0);
+    let recall = r["recall_at_k"].as_f64().unwrap();
+    assert!(recall > 0.0 && recall < 1.0, "{recall}");
+    assert_eq!(r["bits"], 40);
+    // The same numbers as the library computes.
+    let db = io::read_codes_dir(&f.path("db")).unwrap().0;
+    let q = io::read_codes_dir(&f.path("q")).unwrap().0;
+    let lib = bllm_codes::metrics::evaluate(
+        &f.db,
+        &f.queries,
+        &db,
+        &q,
+        10,
+        Some(300),
+        bllm_codes::Metric::Cosine,
+    )
+    .unwrap();
+    assert_eq!(recall, lib.recall_at_k);
+    // Mismatched float and code rows are caught.
+    let e = err(&[
+        "codes",
+        "recall",
+        "--db-float",
+        s(&f.path("q.npy")),
+        "--queries-float",
+        s(&f.path("q.npy")),
+        "--db",
+        s(&f.path("db")),
+        "--queries",
+        s(&f.path("q")),
+        "-k",
+        "10",
+    ]);
+    assert!(
+        e.contains("12 float database rows but 300 database codes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bench_runs_small_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    let stdout = ok(&[
+        "--threads",
+        "1",
+        "codes",
+        "bench",
+        "--db-rows",
+        "5000",
+        "--queries",
+        "20",
+        "--pack-rows",
+        "100",
+        "--memcpy-mib",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+        s(&json),
+    ]);
+    assert!(stdout.contains("scan / memcpy"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["threads"], 1);
+    assert!(r["search_queries_per_s"].as_f64().unwrap() > 0.0);
+    let e = err(&["codes", "bench", "--kernel", "quantum"]);
+    assert!(e.contains("quantum"), "{e}");
+}
+
+#[test]
+fn usage_errors_and_help() {
+    assert!(ok(&["--help"]).contains("codes"));
+    assert!(ok(&["codes", "pack", "--help"]).contains("--bits"));
+    assert!(ok(&["--version"]).starts_with("bllm "));
+    let out = bllm(&["codes", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = err(&["--threads", "0", "codes", "info", "x"]);
+    assert!(e.contains("--threads"), "{e}");
+}

@@ -1,0 +1,169 @@
+//! End to end on the bundled sample data: pack → search → recall → export, the same steps as
+//! `scripts/quickstart.sh`, checked for determinism and cross-checked against numpy and FAISS.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::Path;
+
+use bllm_e2e::{bllm, bllm_ok, python_ok, python_with, repo_root};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn bundled_sample_matches_its_manifest() {
+    let dir = repo_root().join("datasets/sample-clustered");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    for (name, meta) in m["files"].as_object().unwrap() {
+        let sum = bllm_codes::io::sha256_file(&dir.join(name)).unwrap();
+        assert_eq!(
+            meta["sha256"].as_str().unwrap(),
+            sum,
+            "{name} changed without its manifest"
+        );
+        let arr = bllm_codes::io::npy::read_npy(&dir.join(name)).unwrap();
+        assert_eq!(serde_json::json!([arr.rows, arr.cols]), meta["shape"]);
+    }
+}
+
+/// Runs the quickstart pipeline into `out` at 64 bits.
+fn pipeline(out: &Path) {
+    let data = repo_root().join("datasets/sample-clustered");
+    let (db, q) = (data.join("db.npy"), data.join("queries.npy"));
+    bllm_ok(&[
+        "codes",
+        "pack",
+        s(&db),
+        "--out",
+        s(&out.join("db")),
+        "--bits",
+        "64",
+    ]);
+    bllm_ok(&[
+        "codes",
+        "pack",
+        s(&q),
+        "--out",
+        s(&out.join("q")),
+        "--bits",
+        "64",
+    ]);
+    bllm_ok(&[
+        "codes",
+        "search",
+        "--db",
+        s(&out.join("db")),
+        "--queries",
+        s(&out.join("q")),
+        "-k",
+        "10",
+        "--out",
+        s(&out.join("n.tsv")),
+    ]);
+    bllm_ok(&[
+        "codes",
+        "recall",
+        "--db-float",
+        s(&db),
+        "--queries-float",
+        s(&q),
+        "--db",
+        s(&out.join("db")),
+        "--queries",
+        s(&out.join("q")),
+        "-k",
+        "10",
+        "--rerank",
+        "100",
+        "--json",
+        s(&out.join("r.json")),
+    ]);
+    for (format, file) in [
+        ("npy", "u64.npy"),
+        ("npy-u8", "u8.npy"),
+        ("faiss", "db.faiss"),
+    ] {
+        bllm_ok(&[
+            "codes",
+            "export",
+            s(&out.join("db")),
+            "--format",
+            format,
+            "--out",
+            s(&out.join(file)),
+        ]);
+    }
+}
+
+#[test]
+fn quickstart_pipeline_is_deterministic_and_sane() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    pipeline(a.path());
+    pipeline(b.path());
+    for f in [
+        "db/codes.bcodes",
+        "db/manifest.json",
+        "q/codes.bcodes",
+        "n.tsv",
+        "r.json",
+        "u64.npy",
+        "u8.npy",
+        "db.faiss",
+    ] {
+        let x = std::fs::read(a.path().join(f)).unwrap();
+        let y = std::fs::read(b.path().join(f)).unwrap();
+        assert!(x == y, "{f} differs between two identical runs");
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.path().join("r.json")).unwrap()).unwrap();
+    let (recall, reranked) = (
+        r["recall_at_k"].as_f64().unwrap(),
+        r["recall_after_rerank"].as_f64().unwrap(),
+    );
+    // Sign codes of uncentred clustered data are a weak baseline, and re-ranking must help.
+    assert!(recall > 0.05 && recall < 0.9, "Recall@10 = {recall}");
+    assert!(
+        reranked > recall,
+        "re-ranking did not help: {reranked} <= {recall}"
+    );
+    assert_eq!(r["queries"], 400);
+    assert_eq!(r["db_rows"], 4000);
+}
+
+#[test]
+fn exports_match_numpy_and_faiss() {
+    if !python_with(&["numpy", "faiss"]) {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    pipeline(out.path());
+    let o = |f: &str| out.path().join(f).to_str().unwrap().to_owned();
+    let db = repo_root().join("datasets/sample-clustered/db.npy");
+    let stdout = python_ok(
+        "scripts/verify_formats.py",
+        &[
+            s(&db),
+            "64",
+            &o("db"),
+            &o("u64.npy"),
+            &o("u8.npy"),
+            &o("db.faiss"),
+            &o("q"),
+            &o("n.tsv"),
+            "10",
+        ],
+    );
+    assert!(stdout.contains("same distances"), "{stdout}");
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let out = tempfile::tempdir().unwrap();
+    let e = bllm(&["codes", "info", s(&out.path().join("absent"))]).unwrap_err();
+    assert!(e.contains("absent"), "{e}");
+    let e = bllm(&["codes", "frobnicate"]).unwrap_err();
+    assert!(e.contains("frobnicate"), "{e}");
+}
