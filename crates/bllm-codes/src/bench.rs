@@ -153,7 +153,12 @@ pub fn run(config: &BenchConfig, save_data: Option<&Path>) -> Result<BenchReport
     let singles = config.queries.min(16);
     let (single_s, _) = best_of(config.repeats, || {
         for i in 0..singles {
-            black_box(hamming::search_with(kernel, &db, &queries.slice_rows(i, i + 1)?, config.k)?);
+            black_box(hamming::search_with(
+                kernel,
+                &db,
+                &queries.slice_rows(i, i + 1)?,
+                config.k,
+            )?);
         }
         Ok(())
     })?;
