@@ -261,34 +261,45 @@ pub fn write_codes_npy_u8(path: &Path, codes: &PackedCodes) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// Writes a row-major `uint64` matrix as `.npy`, atomically.
-pub fn write_u64_npy(path: &Path, rows: usize, cols: usize, data: &[u64]) -> Result<()> {
-    if data.len() != rows * cols {
+/// Writes a row-major matrix of `N`-byte little-endian elements as `.npy`, atomically.
+fn write_matrix<T: Copy, const N: usize>(
+    path: &Path,
+    dtype: Dtype,
+    rows: usize,
+    cols: usize,
+    data: &[T],
+    to_le: impl Fn(T) -> [u8; N],
+) -> Result<()> {
+    if Some(data.len()) != rows.checked_mul(cols) {
         return Err(CodesError::Mismatch(format!(
             "{} values for a {rows} × {cols} matrix",
             data.len()
         )));
     }
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_atomic(path, &encode(Dtype::U64, rows, cols, &bytes))
+    let bytes: Vec<u8> = data.iter().flat_map(|&x| to_le(x)).collect();
+    write_atomic(path, &encode(dtype, rows, cols, &bytes))
+}
+
+/// Writes a row-major `uint64` matrix as `.npy`, atomically.
+pub fn write_u64_npy(path: &Path, rows: usize, cols: usize, data: &[u64]) -> Result<()> {
+    write_matrix(path, Dtype::U64, rows, cols, data, u64::to_le_bytes)
 }
 
 /// Writes a float32 matrix as `.npy`, atomically.
 pub fn write_f32_npy(path: &Path, m: &FloatMatrix) -> Result<()> {
-    let data: Vec<u8> = m.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_atomic(path, &encode(Dtype::F32, m.rows(), m.cols(), &data))
+    write_matrix(
+        path,
+        Dtype::F32,
+        m.rows(),
+        m.cols(),
+        m.as_slice(),
+        f32::to_le_bytes,
+    )
 }
 
 /// Writes a row-major float16 matrix as `.npy`, atomically.
 pub fn write_f16_npy(path: &Path, rows: usize, cols: usize, data: &[f16]) -> Result<()> {
-    if data.len() != rows * cols {
-        return Err(CodesError::Mismatch(format!(
-            "{} values for a {rows} × {cols} matrix",
-            data.len()
-        )));
-    }
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_atomic(path, &encode(Dtype::F16, rows, cols, &bytes))
+    write_matrix(path, Dtype::F16, rows, cols, data, f16::to_le_bytes)
 }
 
 struct Header {
