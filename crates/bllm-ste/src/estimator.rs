@@ -168,7 +168,7 @@ impl Estimator {
     pub fn apply<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
         let xd = x.clone().detach();
         let q = self.forward(xd.clone(), ctx);
-        if !x.is_require_grad() {
+        if !B::ad_enabled(&x.device()) {
             return q;
         }
         let g = self.grad(xd, ctx);

@@ -24,12 +24,15 @@ pub fn inside<B: Backend, const D: usize>(x: Tensor<B, D>, c: f64) -> Tensor<B, 
 /// Gradient injection: forward value exactly `q`, gradient with respect to `x` exactly `g`
 /// (element-wise, times the upstream gradient). `q` and `g` must carry no gradient of their own
 /// (compute them from `x.detach()`). Without autodiff this is just `q`.
+///
+/// The injection is built whenever the backend tracks gradients — not only for leaves, since
+/// `is_require_grad()` is false for intermediate tensors that do carry gradient.
 pub fn inject<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     q: Tensor<B, D>,
     g: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    if !B::ad_enabled(&x.device()) || !x.is_require_grad() {
+    if !B::ad_enabled(&x.device()) {
         return q;
     }
     let t = x * g;

@@ -262,9 +262,11 @@ fn schedules_change_g_over_progress() {
     assert!((f64::from(at(&reste, 0.7, 1.0)) - 0.7f64.powf(-2.0 / 3.0) / 3.0).abs() < 1e-5);
     assert!((f64::from(at(&reste, 0.05, 1.0)) - 0.1f64.powf(1.0 / 3.0) / 0.1).abs() < 1e-4);
     let fourier = Estimator::from_name("fourier").unwrap();
-    // n = 1 at p = 0 (G(0) = 4ω/π = 2), n = 10 at p = 1 (G(0) = 20).
-    assert!((at(&fourier, 0.0, 0.0) - 2.0).abs() < 1e-6);
-    assert!((at(&fourier, 0.0, 1.0) - 20.0).abs() < 1e-4);
+    // G(0) = 4ωn/π: n = 10 at p = 0, 14 at p = 0.5, 19 at p = 1 (ω = 0.1).
+    let g0 = |n: f64| 0.4 * n / PI;
+    assert!((f64::from(at(&fourier, 0.0, 0.0)) - g0(10.0)).abs() < 1e-5);
+    assert!((f64::from(at(&fourier, 0.0, 0.5)) - g0(14.0)).abs() < 1e-5);
+    assert!((f64::from(at(&fourier, 0.0, 1.0)) - g0(19.0)).abs() < 1e-5);
 }
 
 #[test]
@@ -283,4 +285,22 @@ fn pass_through_fraction_counts_nonzero_g() {
     assert!((clipped.pass_through_fraction(x.clone(), &Ctx::default()) - 0.6).abs() < 1e-12);
     let identity = Estimator::from_name("identity").unwrap();
     assert_eq!(identity.pass_through_fraction(x, &Ctx::default()), 1.0);
+}
+
+#[test]
+fn gradient_flows_through_intermediate_tensors() {
+    // x is a leaf; 2·x is not (is_require_grad() is false for it), yet it must carry G.
+    for est in Estimator::all() {
+        let x = Tensor::<Ad, 1>::from_floats([0.2f32, -0.3], &dev()).require_grad();
+        let grads = est
+            .apply(x.clone().mul_scalar(2.0), &Ctx::at(0.5))
+            .sum()
+            .backward();
+        let g = to_vec(x.grad(&grads).expect("gradient reaches the leaf"));
+        let want = to_vec(est.grad(
+            Tensor::<NdArray, 1>::from_floats([0.4f32, -0.6], &dev()),
+            &Ctx::at(0.5),
+        ));
+        assert_eq!(g, vec![2.0 * want[0], 2.0 * want[1]], "{}", est.name());
+    }
 }

@@ -16,9 +16,13 @@ use crate::{Ctx, Result, SteError, schedule};
 /// * forward: `q(x) = sign(x)`, `sign(0) = +1`
 /// * backward: `G(x) = (4ω/π) Σ_{i=0}^{n−1} cos((2i+1)ωx)` inside `|x| ≤ 1`, `0` outside, with
 ///   `n = floor(n_start + (n_end − n_start)·p)`
-/// * defaults: `omega = π/2` (a square wave of period 4, so the series approximates sign on
-///   the pass-through region `[−1, 1]`: `∫G` over it is `F(1) − F(−1)`, which tends to 2 — the
-///   jump of sign — as `n` grows), `n_start = 1`, `n_end = 10`
+/// * defaults: `omega = 0.1`, `n_start = 10`, `n_end = 19`, following the reference
+///   implementation (BiBench's `fda.py`: ω = 0.1, `n + 1` terms with `n = 9 + ⌊9·epoch/E⌋`, so
+///   10 terms at the start growing to 18–19; gradient zeroed outside `|x| ≤ 1`). With ω = 0.1
+///   the square wave has period 2π/0.1 ≈ 63, so inside `[−1, 1]` `G` is a smooth bump
+///   (`G(0) = 4ωn/π`: 1.27 at 10 terms, 2.42 at 19) that sharpens as terms are added.
+/// * not implemented: FDA's optional noise-adaptation module (a small learned MLP residual
+///   added to the forward with a weight decaying to 0); it is a separate layer, not an STE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fourier {
@@ -34,15 +38,15 @@ pub struct Fourier {
 }
 
 fn omega() -> f64 {
-    PI / 2.0
+    0.1
 }
 
 fn n_start() -> usize {
-    1
+    10
 }
 
 fn n_end() -> usize {
-    10
+    19
 }
 
 impl Default for Fourier {

@@ -1,0 +1,506 @@
+//! [`BinaryLinear`]: a linear layer with binarized weights and optionally binarized inputs.
+
+use bllm_codes::PackedCodes;
+use bllm_ste::estimators::Levels;
+use bllm_ste::ops::{mean_abs, round_ste};
+use bllm_ste::{Ctx, Estimator};
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::summary::{LayerSummary, METADATA_BYTES, Summarize};
+use crate::{ActQuant, NnError, Result, Scaling, kaiming_uniform};
+
+/// Configuration of a [`BinaryLinear`] layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinaryLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Add a float bias.
+    #[serde(default = "yes")]
+    pub bias: bool,
+    /// Weight binarizer.
+    #[serde(default)]
+    pub weight: Estimator,
+    /// Weight scaling.
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Subtract the mean of the latent weights before binarizing (BitNet).
+    #[serde(default)]
+    pub center: bool,
+    /// Input activation quantizer.
+    #[serde(default)]
+    pub input: ActQuant,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl BinaryLinearConfig {
+    /// A `d_input → d_output` layer with a bias, the clipped STE, no scaling, float inputs.
+    pub fn new(d_input: usize, d_output: usize) -> Self {
+        Self {
+            d_input,
+            d_output,
+            bias: true,
+            weight: Estimator::default(),
+            scaling: Scaling::None,
+            center: false,
+            input: ActQuant::None,
+        }
+    }
+
+    /// With this weight estimator.
+    pub fn with_weight(self, weight: Estimator) -> Self {
+        Self { weight, ..self }
+    }
+
+    /// With this scaling.
+    pub fn with_scaling(self, scaling: Scaling) -> Self {
+        Self { scaling, ..self }
+    }
+
+    /// With this input quantizer.
+    pub fn with_input(self, input: ActQuant) -> Self {
+        Self { input, ..self }
+    }
+
+    /// With or without a bias.
+    pub fn with_bias(self, bias: bool) -> Self {
+        Self { bias, ..self }
+    }
+
+    /// With or without mean-centring.
+    pub fn with_center(self, center: bool) -> Self {
+        Self { center, ..self }
+    }
+
+    /// Checks sizes and estimator parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_input == 0 || self.d_output == 0 {
+            return Err(NnError::Config(format!(
+                "d_input and d_output must be at least 1 (got {} and {})",
+                self.d_input, self.d_output
+            )));
+        }
+        self.weight.validate()?;
+        if let ActQuant::Sign { estimator, .. } = &self.input {
+            estimator.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Builds the layer with weights from `seed` (Kaiming-uniform latent weights, zero bias,
+    /// learnable scales initialised to `mean|W|`, thresholds to 0, elastic α = 1, β = 0).
+    pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<BinaryLinear<B>> {
+        self.validate()?;
+        let w = kaiming_uniform::<B>(self.d_input, self.d_output, seed, device);
+        let scalar = |v: f32| {
+            Param::from_tensor(Tensor::<B, 1>::from_data(
+                TensorData::new(vec![v], [1]),
+                device,
+            ))
+        };
+        let alpha = match &self.scaling {
+            Scaling::PerTensor { learnable: true } => {
+                Some(Param::from_tensor(mean_abs(w.clone()).reshape([1])))
+            }
+            Scaling::PerChannel { learnable: true } => Some(Param::from_tensor(
+                w.clone().abs().mean_dim(0).reshape([self.d_output]),
+            )),
+            _ => None,
+        };
+        let threshold = match &self.input {
+            ActQuant::Sign {
+                learnable_threshold: true,
+                ..
+            } => Some(Param::from_tensor(Tensor::zeros([self.d_input], device))),
+            _ => None,
+        };
+        let (elastic_alpha, elastic_beta) = match &self.input {
+            ActQuant::Elastic { .. } => (Some(scalar(1.0)), Some(scalar(0.0))),
+            _ => (None, None),
+        };
+        Ok(BinaryLinear {
+            weight: Param::from_tensor(w),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+            alpha,
+            threshold,
+            elastic_alpha,
+            elastic_beta,
+            config: self.clone(),
+        })
+    }
+}
+
+/// A linear layer `y = q_in(x) · (α ⊙ q_w(W)) + b` with latent float weights `W`
+/// (`[d_input, d_output]`, like Burn's `Linear`).
+///
+/// Shapes: input `[..., d_input]`, output `[..., d_output]`.
+#[derive(Module, Debug)]
+pub struct BinaryLinear<B: Backend> {
+    /// Latent float weights `[d_input, d_output]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// Bias `[d_output]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Learnable weight scale, `[1]` or `[d_output]`.
+    pub alpha: Option<Param<Tensor<B, 1>>>,
+    /// Learnable input threshold (RSign), `[d_input]`.
+    pub threshold: Option<Param<Tensor<B, 1>>>,
+    /// Elastic input scale α, `[1]`.
+    pub elastic_alpha: Option<Param<Tensor<B, 1>>>,
+    /// Elastic input offset β, `[1]`.
+    pub elastic_beta: Option<Param<Tensor<B, 1>>>,
+    /// The configuration (not a parameter).
+    pub config: BinaryLinearConfig,
+}
+
+/// Binary weights exported in the code contract layout with their scales.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinaryWeights {
+    /// One row per output channel, bit `j` = 1 where the binarized weight from input `j` is
+    /// positive (≥ 0 before binarizing, after centring).
+    pub codes: PackedCodes,
+    /// Scales: none, one, or one per output channel.
+    pub scales: Vec<f32>,
+}
+
+impl<B: Backend> BinaryLinear<B> {
+    /// Forward pass at training progress `ctx`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        let x = self.quantize_input(x, ctx);
+        linear(
+            x,
+            self.effective_weight(ctx),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+
+    /// Latent weights after optional centring (what the estimator binarizes).
+    fn centered(&self) -> Tensor<B, 2> {
+        let w = self.weight.val();
+        if self.config.center {
+            let mean = w.clone().mean().unsqueeze::<2>();
+            w - mean
+        } else {
+            w
+        }
+    }
+
+    /// Weight scale broadcastable to `[d_input, d_output]`, if any.
+    fn scale(&self, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        if let Some(alpha) = &self.alpha {
+            return Some(alpha.val().unsqueeze::<2>());
+        }
+        match self.config.scaling {
+            Scaling::None => None,
+            Scaling::PerTensor { .. } => Some(mean_abs(w).detach()),
+            Scaling::PerChannel { .. } => Some(w.abs().mean_dim(0).detach()),
+        }
+    }
+
+    /// The weights the forward pass multiplies by: `α ⊙ q_w(W)`, `[d_input, d_output]`.
+    pub fn effective_weight(&self, ctx: &Ctx) -> Tensor<B, 2> {
+        let w = self.centered();
+        let q = self.config.weight.apply(w.clone(), &ctx.fork(1));
+        match self.scale(w) {
+            Some(s) => q * s,
+            None => q,
+        }
+    }
+
+    /// Applies the input quantizer.
+    pub fn quantize_input<const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        match &self.config.input {
+            ActQuant::None => x,
+            ActQuant::Sign { estimator, .. } => {
+                let x = match &self.threshold {
+                    Some(b) => x - b.val().unsqueeze::<D>(),
+                    None => x,
+                };
+                estimator.apply(x, &ctx.fork(2))
+            }
+            ActQuant::Int8Absmax => bllm_ste::quant::absmax_int8(x).0,
+            ActQuant::Elastic { signed } => {
+                let (Some(a), Some(b)) = (&self.elastic_alpha, &self.elastic_beta) else {
+                    return x;
+                };
+                let alpha = a.val().unsqueeze::<D>();
+                let u = (x - b.val().unsqueeze::<D>()) / alpha.clone();
+                let q = if *signed {
+                    Estimator::default().apply(u, ctx)
+                } else {
+                    round_ste(u.clamp(0.0, 1.0))
+                };
+                q * alpha
+            }
+        }
+    }
+
+    /// Binary weights in the contract layout (one row per output channel) with their scales.
+    /// Ternary estimators have three levels and cannot be packed as one bit: that is an error.
+    /// A stochastic estimator exports `sign(W)`, its deterministic (expected-sign) form.
+    pub fn binary_weights(&self) -> Result<BinaryWeights> {
+        if self.config.weight.levels() == Levels::Ternary {
+            return Err(NnError::Unsupported(format!(
+                "{} weights are ternary; export them with two bit-planes, not as 1-bit codes",
+                self.config.weight.name()
+            )));
+        }
+        let w = self.centered();
+        let [d_in, d_out] = w.dims();
+        let rows = to_vec(w.clone().transpose())?;
+        let codes = PackedCodes::from_f32_rows(&rows, d_in, d_in)?;
+        debug_assert_eq!(codes.rows(), d_out);
+        let scales = match self.scale(w) {
+            Some(s) => to_vec(s)?,
+            None => Vec::new(),
+        };
+        Ok(BinaryWeights { codes, scales })
+    }
+
+    /// The binary weights alone, in the code contract layout.
+    pub fn packed_weights(&self) -> Result<PackedCodes> {
+        Ok(self.binary_weights()?.codes)
+    }
+}
+
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| NnError::Unsupported(format!("cannot read tensor data: {e:?}")))
+}
+
+impl<B: Backend> Summarize for BinaryLinear<B> {
+    fn summarize(&self, name: &str, out: &mut Vec<LayerSummary>) {
+        let c = &self.config;
+        let weights = c.d_input * c.d_output;
+        let words = c.d_input.div_ceil(64);
+        let ternary = c.weight.levels() == Levels::Ternary;
+        let planes = if ternary { 2 } else { 1 };
+        let scales = c.scaling.count(c.d_output) + usize::from(ternary);
+        let extra = self.bias.as_ref().map_or(0, |_| c.d_output)
+            + self.threshold.as_ref().map_or(0, |_| c.d_input)
+            + if self.elastic_alpha.is_some() { 2 } else { 0 };
+        out.push(LayerSummary {
+            name: name.to_owned(),
+            kind: "BinaryLinear",
+            binary_params: if ternary { 0 } else { weights },
+            ternary_params: if ternary { weights } else { 0 },
+            float_params: extra + scales,
+            packed_bytes: planes * (c.d_output * words * 8 + METADATA_BYTES),
+            float_bytes: (extra + scales) * 4,
+            float32_equivalent_bytes: (weights + extra) * 4,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    type Ad = Autodiff<NdArray>;
+    type Nd = NdArray;
+
+    fn dev() -> burn::backend::ndarray::NdArrayDevice {
+        Default::default()
+    }
+
+    fn v<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        to_vec(t).unwrap()
+    }
+
+    #[test]
+    fn forward_shapes_and_sign_weights() {
+        let layer = BinaryLinearConfig::new(5, 3).init::<Nd>(&dev(), 1).unwrap();
+        let x = Tensor::<Nd, 3>::ones([2, 4, 5], &dev());
+        assert_eq!(layer.forward(x, &Ctx::default()).dims(), [2, 4, 3]);
+        let w = v(layer.effective_weight(&Ctx::default()));
+        assert!(w.iter().all(|x| *x == 1.0 || *x == -1.0));
+    }
+
+    #[test]
+    fn every_scaling_mode_matches_its_formula() {
+        let ctx = Ctx::default();
+        for scaling in [
+            Scaling::None,
+            Scaling::PerTensor { learnable: false },
+            Scaling::PerTensor { learnable: true },
+            Scaling::PerChannel { learnable: false },
+            Scaling::PerChannel { learnable: true },
+        ] {
+            let layer = BinaryLinearConfig::new(6, 4)
+                .with_scaling(scaling.clone())
+                .init::<Nd>(&dev(), 2)
+                .unwrap();
+            let w = v(layer.weight.val()); // [6, 4] row-major
+            let eff = v(layer.effective_weight(&ctx));
+            for i in 0..6 {
+                for j in 0..4 {
+                    let latent = w[i * 4 + j];
+                    let alpha = match scaling {
+                        Scaling::None => 1.0,
+                        Scaling::PerTensor { .. } => w.iter().map(|x| x.abs()).sum::<f32>() / 24.0,
+                        Scaling::PerChannel { .. } => {
+                            (0..6).map(|r| w[r * 4 + j].abs()).sum::<f32>() / 6.0
+                        }
+                    };
+                    let want = if latent >= 0.0 { alpha } else { -alpha };
+                    assert!(
+                        (eff[i * 4 + j] - want).abs() < 1e-6,
+                        "{scaling:?} ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn learnable_scale_and_threshold_receive_gradients_detached_scale_does_not_leak() {
+        let cfg = BinaryLinearConfig::new(4, 3)
+            .with_scaling(Scaling::PerChannel { learnable: true })
+            .with_input(ActQuant::Sign {
+                estimator: Estimator::default(),
+                learnable_threshold: true,
+            });
+        let layer = cfg.init::<Ad>(&dev(), 3).unwrap();
+        let x =
+            Tensor::<Ad, 2>::from_floats([[0.3, -0.2, 0.5, -0.9], [0.1, 0.4, -0.6, 0.2]], &dev());
+        let grads = layer.forward(x, &Ctx::default()).sum().backward();
+        let ga = v(layer.alpha.as_ref().unwrap().val().grad(&grads).unwrap());
+        let gt = v(layer
+            .threshold
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .unwrap());
+        assert!(ga.iter().any(|g| *g != 0.0) && gt.iter().any(|g| *g != 0.0));
+        // Latent weights get the STE gradient (clipped: all |w| < 1 here).
+        let gw = v(layer.weight.val().grad(&grads).unwrap());
+        assert!(gw.iter().any(|g| *g != 0.0));
+    }
+
+    #[test]
+    fn packed_weights_round_trip_through_bllm_codes() {
+        for scaling in [
+            Scaling::None,
+            Scaling::PerChannel { learnable: false },
+            Scaling::PerTensor { learnable: true },
+        ] {
+            let layer = BinaryLinearConfig::new(70, 5)
+                .with_scaling(scaling.clone())
+                .with_center(true)
+                .init::<Nd>(&dev(), 4)
+                .unwrap();
+            let bw = layer.binary_weights().unwrap();
+            assert_eq!(
+                (bw.codes.rows(), bw.codes.bits(), bw.codes.words_per_row()),
+                (5, 70, 2)
+            );
+            let eff = v(layer.effective_weight(&Ctx::default())); // [70, 5]
+            let signs = bw.codes.to_signs(); // [5, 70]
+            for o in 0..5 {
+                let s = match bw.scales.len() {
+                    0 => 1.0,
+                    1 => bw.scales[0],
+                    _ => bw.scales[o],
+                };
+                for i in 0..70 {
+                    assert_eq!(
+                        signs[o * 70 + i] * s,
+                        eff[i * 5 + o],
+                        "{scaling:?} out {o} in {i}"
+                    );
+                }
+            }
+        }
+        let ternary = BinaryLinearConfig::new(8, 2)
+            .with_weight(Estimator::from_name("ternary_absmean").unwrap())
+            .init::<Nd>(&dev(), 5)
+            .unwrap();
+        assert!(matches!(
+            ternary.packed_weights(),
+            Err(NnError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn centring_subtracts_the_mean() {
+        let layer = BinaryLinearConfig::new(3, 1)
+            .with_center(true)
+            .init::<Nd>(&dev(), 6)
+            .unwrap();
+        let layer = BinaryLinear {
+            weight: Param::from_tensor(Tensor::from_floats([[1.0], [2.0], [3.5]], &dev())),
+            ..layer
+        };
+        // mean 2.1667: only 3.5 stays positive.
+        assert_eq!(
+            v(layer.effective_weight(&Ctx::default())),
+            vec![-1.0, -1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn elastic_alpha_gets_the_lsq_gradient() {
+        let cfg = BinaryLinearConfig::new(1, 1)
+            .with_bias(false)
+            .with_input(ActQuant::Elastic { signed: false });
+        let mut layer = cfg.init::<Ad>(&dev(), 7).unwrap();
+        layer.weight = Param::from_tensor(Tensor::from_floats([[0.5]], &dev()));
+        // α = 1, β = 0; weight binarizes to +1, so y = α·round(clip(x/α, 0, 1)).
+        let xs = [0.3f32, 0.7, 1.5, -0.4];
+        let x = Tensor::<Ad, 2>::from_floats([[xs[0]], [xs[1]], [xs[2]], [xs[3]]], &dev());
+        let grads = layer.forward(x, &Ctx::default()).sum().backward();
+        let ga = v(layer
+            .elastic_alpha
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .unwrap())[0];
+        // LSQ: Σ q(u) − u·1[0 ≤ u ≤ 1] = (0 − 0.3) + (1 − 0.7) + 1 + 0 = 1.0
+        assert!((ga - 1.0).abs() < 1e-6, "{ga}");
+    }
+
+    #[test]
+    fn int8_inputs_are_quantised_per_token() {
+        let cfg = BinaryLinearConfig::new(3, 1)
+            .with_bias(false)
+            .with_input(ActQuant::Int8Absmax);
+        let layer = cfg.init::<Nd>(&dev(), 8).unwrap();
+        let x = Tensor::<Nd, 2>::from_floats([[1.0, 0.5, -0.25], [100.0, 1.0, 0.0]], &dev());
+        let q = v(layer.quantize_input(x, &Ctx::default()));
+        let want = [1.0, 64.0 / 127.0, -32.0 / 127.0, 100.0, 100.0 / 127.0, 0.0];
+        for (a, b) in q.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn config_serde_and_validation() {
+        let cfg: BinaryLinearConfig = serde_json::from_str(
+            r#"{"d_input": 4, "d_output": 2, "weight": {"kind": "ede"}, "scaling": {"kind": "per_channel"}, "input": {"kind": "sign", "learnable_threshold": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.scaling, Scaling::PerChannel { learnable: false });
+        assert!(
+            serde_json::from_str::<BinaryLinearConfig>(
+                r#"{"d_input": 4, "d_output": 2, "scalling": {}}"#
+            )
+            .is_err()
+        );
+        assert!(BinaryLinearConfig::new(0, 2).init::<Nd>(&dev(), 0).is_err());
+    }
+}

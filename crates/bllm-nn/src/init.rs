@@ -1,0 +1,22 @@
+//! Seeded, host-side initialisation: the same seed gives the same weights on every backend and
+//! in every process (Burn's own random initialisers share one process-global generator).
+
+use bllm_codes::rng::SplitMix64;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+/// Kaiming-uniform weights `U(−b, b)`, `b = 1/sqrt(fan_in)` (Burn's `Linear` default), of shape
+/// `[fan_in, fan_out]`, from `seed`.
+pub fn kaiming_uniform<B: Backend>(
+    fan_in: usize,
+    fan_out: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let mut rng = SplitMix64::new(seed);
+    let data: Vec<f32> = (0..fan_in * fan_out)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect();
+    Tensor::from_data(TensorData::new(data, [fan_in, fan_out]), device)
+}

@@ -1,0 +1,36 @@
+//! # bllm-nn — binary layers for Burn
+//!
+//! Burn's `XConfig → init → X` pattern, one layer per file:
+//!
+//! * [`BinaryLinear`]: latent float weights binarized by any [`bllm_ste::Estimator`], optional
+//!   mean-centring, scaling ([`Scaling`]: none, per tensor or per output channel, detached or
+//!   learnable), an optional activation quantizer ([`ActQuant`]: sign with any estimator and an
+//!   optional learnable threshold (ReActNet RSign), BitNet per-token int8, BiT elastic), bias.
+//! * [`BitLinear`]: BitNet b1.58 (RMS norm, per-token absmax int8 activations, absmean ternary
+//!   weights).
+//! * [`Bop`]: the Bop optimizer for binary weights, and [`MixedOptimizer`] to run it beside
+//!   Adam/AdamW on the float parameters of the same model.
+//! * [`summary`]: Larq-style memory accounting per layer — parameters per precision and bytes
+//!   that count scales, padding to words and metadata.
+//!
+//! Binary weights export in the code contract layout of `bllm-codes`
+//! ([`BinaryLinear::packed_weights`]): one row per output channel, bit `j` = sign of the weight
+//! from input `j`.
+
+mod act;
+mod binary_linear;
+mod bit_linear;
+mod bop;
+mod error;
+mod init;
+mod scaling;
+pub mod summary;
+
+pub use act::ActQuant;
+pub use binary_linear::{BinaryLinear, BinaryLinearConfig, BinaryWeights};
+pub use bit_linear::{BitLinear, BitLinearConfig, BitLinearStats};
+pub use bop::{Bop, BopState, MixedOptimizer, binary_param_ids};
+pub use error::{NnError, Result};
+pub use init::kaiming_uniform;
+pub use scaling::Scaling;
+pub use summary::{LayerSummary, Summarize, Summary, summary};
