@@ -2,6 +2,8 @@
 //! which end-to-end tests call in-process with the same arguments a user would type.
 
 mod codes;
+mod plot;
+mod ste;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,9 @@ pub enum Command {
     /// Binary codes: pack, export, search, evaluate recall, benchmark.
     #[command(subcommand)]
     Codes(codes::CodesCommand),
+    /// Straight-through estimators: list them, tabulate and plot forward and gradient.
+    #[command(subcommand)]
+    Ste(ste::SteCommand),
 }
 
 /// Parses `args` (the first item is the program name) and runs the command.
@@ -49,6 +54,7 @@ where
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
+        Command::Ste(c) => ste::run(c),
     }
 }
 

@@ -401,3 +401,64 @@ fn usage_errors_and_help() {
     let e = err(&["--threads", "0", "codes", "info", "x"]);
     assert!(e.contains("--threads"), "{e}");
 }
+
+#[test]
+fn ste_list_names_every_estimator() {
+    let out = ok(&["ste", "list"]);
+    for est in bllm_ste::Estimator::all() {
+        assert!(
+            out.contains(est.name()),
+            "{} missing from:\n{out}",
+            est.name()
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&ok(&["ste", "list", "--json"])).unwrap();
+    assert_eq!(
+        json.as_array().unwrap().len(),
+        bllm_ste::Estimator::all().len()
+    );
+}
+
+#[test]
+fn ste_table_gives_autodiff_gradients_and_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("g.png");
+    let csv = ok(&[
+        "ste",
+        "table",
+        "--x=-1.5:1.5:0.5",
+        "--estimators",
+        "clipped,approx_sign,ede",
+        "--progress",
+        "1",
+        "--png",
+        s(&png),
+    ]);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("estimator,x,forward,grad"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3 * 7);
+    let get = |name: &str, x: &str| {
+        let r = rows.iter().find(|r| r[0] == name && r[1] == x).unwrap();
+        (r[2].parse::<f32>().unwrap(), r[3].parse::<f32>().unwrap())
+    };
+    assert_eq!(get("clipped", "0"), (1.0, 1.0));
+    assert_eq!(get("clipped", "-1.5"), (-1.0, 0.0));
+    assert_eq!(get("approx_sign", "0.5"), (1.0, 1.0));
+    // EDE at p = 1: t = 10, k = 1, G(0) = 10.
+    assert!((get("ede", "0").1 - 10.0).abs() < 1e-4);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let e = err(&[
+        "ste",
+        "table",
+        "--x=0:1:0.1",
+        "--estimators",
+        "clipped,bogus",
+    ]);
+    assert!(e.contains("bogus") && e.contains("bllm ste list"), "{e}");
+    let e = err(&["ste", "table", "--x=1:0:0.1"]);
+    assert!(e.contains("STOP >= START"), "{e}");
+    let e = err(&["ste", "table", "--x=0:1:0.1", "--progress", "2"]);
+    assert!(e.contains("--progress"), "{e}");
+}

@@ -2,7 +2,7 @@
 
 use bllm_codes::PackedCodes;
 use bllm_ste::estimators::Levels;
-use bllm_ste::ops::{mean_abs, round_ste};
+use bllm_ste::ops::{constant, mean_abs, round_ste};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -202,8 +202,8 @@ impl<B: Backend> BinaryLinear<B> {
         }
         match self.config.scaling {
             Scaling::None => None,
-            Scaling::PerTensor { .. } => Some(mean_abs(w).detach()),
-            Scaling::PerChannel { .. } => Some(w.abs().mean_dim(0).detach()),
+            Scaling::PerTensor { .. } => Some(constant(mean_abs(w))),
+            Scaling::PerChannel { .. } => Some(constant(w.abs().mean_dim(0))),
         }
     }
 

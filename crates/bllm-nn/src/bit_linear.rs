@@ -53,7 +53,7 @@ impl BitLinearConfig {
 
     /// Builds the layer with weights from `seed`.
     pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<BitLinear<B>> {
-        if self.d_input == 0 || self.d_output == 0 || !(self.eps > 0.0) {
+        if self.d_input == 0 || self.d_output == 0 || self.eps.is_nan() || self.eps <= 0.0 {
             return Err(NnError::Config(format!(
                 "BitLinear needs d_input, d_output >= 1 and eps > 0 (got {}, {}, {})",
                 self.d_input, self.d_output, self.eps
@@ -196,9 +196,7 @@ mod tests {
         let w = to_vec(layer.ternary_weight(&Ctx::default())).unwrap();
         let gamma = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(w.iter().all(|v| *v == 0.0 || v.abs() == gamma));
-        assert!(
-            w.iter().any(|v| *v == 0.0) && w.iter().any(|v| *v > 0.0) && w.iter().any(|v| *v < 0.0)
-        );
+        assert!(w.contains(&0.0) && w.iter().any(|v| *v > 0.0) && w.iter().any(|v| *v < 0.0));
         let x = Tensor::<NdArray, 2>::from_floats([[0.5; 70], [-2.0; 70]], &dev);
         let (y, stats) = layer.forward_with_stats(x, &Ctx::default());
         assert_eq!(y.dims(), [2, 3]);

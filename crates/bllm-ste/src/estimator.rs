@@ -166,7 +166,7 @@ impl Estimator {
     /// The binarizer as an autodiff op: forward exactly `q(x)`, gradient exactly
     /// `upstream · G(x)`.
     pub fn apply<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
-        let xd = x.clone().detach();
+        let xd = ops::constant(x.clone());
         let q = self.forward(xd.clone(), ctx);
         if !B::ad_enabled(&x.device()) {
             return q;
@@ -181,7 +181,7 @@ impl Estimator {
         x: Tensor<B, D>,
         ctx: &Ctx,
     ) -> f64 {
-        let g = self.grad(x.detach(), ctx);
+        let g = self.grad(ops::constant(x), ctx);
         let n = g.shape().num_elements().max(1) as f64;
         let nonzero = g.not_equal_elem(0.0).float().sum().into_scalar();
         f64::from(burn::tensor::ElementConversion::elem::<f32>(nonzero)) / n

@@ -3,6 +3,16 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+/// The values of `x` as a constant: no gradient and no autodiff graph at all.
+///
+/// Burn's `detach()` keeps a leaf's `require_grad`, so detaching a parameter yields a *new
+/// tracked leaf*; building on it grows a second graph whose merge into the first made backward
+/// passes non-deterministic (last-bit differences between identical runs). Every "no gradient"
+/// value in this crate goes through here instead.
+pub fn constant<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.detach().set_require_grad(false)
+}
+
 /// `+1` where `x >= 0` (including 0 and −0.0), `−1` elsewhere. No gradient.
 pub fn sign_pm1<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.greater_equal_elem(0.0)
@@ -37,13 +47,13 @@ pub fn inject<B: Backend, const D: usize>(
     }
     let t = x * g;
     // (t − t⁻) is exactly 0 forward and has derivative g backward.
-    q + (t.clone() - t.detach())
+    q + (t.clone() - constant(t))
 }
 
 /// Straight-through rounding: forward `round(x)` (half to even), gradient 1.
 pub fn round_ste<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let r = x.clone().detach().round();
-    r + (x.clone() - x.detach())
+    let r = constant(x.clone()).round();
+    r + (x.clone() - constant(x))
 }
 
 /// A scalar mean of `|x|` broadcastable against `x` (shape `[1; D]`).

@@ -14,13 +14,15 @@ use crate::ops::round_ste;
 /// each token's largest values occupy).
 pub fn absmax_int8<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, f64) {
     const Q: f64 = 127.0;
-    let gamma = x.clone().detach().abs().max_dim(D - 1).clamp_min(1e-5);
+    let gamma = crate::ops::constant(x.clone())
+        .abs()
+        .max_dim(D - 1)
+        .clamp_min(1e-5);
     let scaled = x.mul_scalar(Q).div(gamma.clone());
     let q = round_ste(scaled).clamp(-128.0, Q);
     let n = q.shape().num_elements().max(1) as f64;
     let at_edge: f32 = burn::tensor::ElementConversion::elem(
         q.clone()
-            .detach()
             .abs()
             .greater_equal_elem(Q)
             .float()
