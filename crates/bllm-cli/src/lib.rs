@@ -3,6 +3,7 @@
 
 mod codes;
 mod plot;
+pub mod recipes;
 mod ste;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ pub enum Command {
     /// Binary codes: pack, export, search, evaluate recall, benchmark.
     #[command(subcommand)]
     Codes(codes::CodesCommand),
+    /// Check a recipe (with KEY=VALUE overrides) and print it resolved, or every problem.
+    Validate(recipes::ValidateArgs),
+    /// List the shipped recipes with their descriptions.
+    Ls(recipes::LsArgs),
     /// Straight-through estimators: list them, tabulate and plot forward and gradient.
     #[command(subcommand)]
     Ste(ste::SteCommand),
@@ -55,6 +60,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
         Command::Ste(c) => ste::run(c),
+        Command::Validate(a) => recipes::validate(a),
+        Command::Ls(a) => recipes::ls(a),
     }
 }
 

@@ -83,6 +83,8 @@ pub fn gradients(
             .map_err(|e| anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(&tmp).map_err(|e| anyhow!("{}: {e}", tmp.display()));
+    let _ = std::fs::remove_file(&tmp);
+    bllm_codes::io::write_atomic(path, &bytes?)?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SteError {
     /// A parameter is outside its valid range.
-    #[error("{estimator}.{param} = {value}: {expected}")]
+    #[error("{estimator}.{param} = {value}: expected {expected}")]
     InvalidParam {
         /// Estimator or quantizer name.
         estimator: &'static str,

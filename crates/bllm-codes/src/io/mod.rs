@@ -28,8 +28,18 @@ use crate::{CodesError, Result};
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it is written, flushed to disk
 /// and renamed over `path`. On failure the temporary file is removed and `path` is untouched.
+///
+/// If `path` exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO), the bytes
+/// are written to it directly: renaming over a device would replace it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| CodesError::io(path, e));
+    }
     let name = path
         .file_name()
         .ok_or_else(|| CodesError::io(path, std::io::Error::other("not a file path")))?;
@@ -142,5 +152,16 @@ mod tests {
         let bad = dir.path().join("missing").join("b.bin");
         let e = write_atomic(&bad, b"x").unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn devices_are_written_in_place_not_replaced() {
+        let null = Path::new("/dev/null");
+        write_atomic(null, b"discarded").unwrap();
+        assert!(
+            !fs::metadata(null).unwrap().is_file(),
+            "/dev/null must stay a device"
+        );
     }
 }

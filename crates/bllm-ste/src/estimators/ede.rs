@@ -71,7 +71,7 @@ impl Binarizer for Ede {
                 estimator: Self::NAME,
                 param: "t_max",
                 value: self.t_max,
-                expected: "must be >= t_min",
+                expected: "a number >= t_min",
             });
         }
         Ok(())

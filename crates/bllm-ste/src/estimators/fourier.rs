@@ -100,7 +100,7 @@ impl Binarizer for Fourier {
                 estimator: Self::NAME,
                 param: "n_end",
                 value: self.n_end as f64,
-                expected: "need 1 <= n_start <= n_end",
+                expected: "1 <= n_start <= n_end",
             });
         }
         Ok(())

@@ -84,7 +84,7 @@ pub(crate) fn positive(est: &'static str, param: &'static str, value: f64) -> Re
             estimator: est,
             param,
             value,
-            expected: "must be a finite number > 0",
+            expected: "a finite number > 0",
         })
     }
 }

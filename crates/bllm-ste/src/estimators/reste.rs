@@ -91,7 +91,7 @@ impl Binarizer for Reste {
                 estimator: Self::NAME,
                 param: "o_end",
                 value: self.o_end,
-                expected: "must be a finite number >= 1",
+                expected: "a finite number >= 1",
             });
         }
         Ok(())

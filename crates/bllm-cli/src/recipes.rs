@@ -1,0 +1,117 @@
+//! `bllm validate` and `bllm ls`: recipes without running them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bllm_recipe::{ComponentCheck, Recipe, parse_override};
+use bllm_ste::Estimator;
+use clap::Args;
+
+/// Checks component tables with the real component types.
+pub struct Components;
+
+impl ComponentCheck for Components {
+    fn estimator(&self, table: &toml::Table) -> Vec<(String, String, String)> {
+        let kinds: Vec<&str> = Estimator::all().iter().map(Estimator::name).collect();
+        let expected = format!(
+            "an estimator table: kind = one of {} (see `bllm ste list`) and its parameters",
+            kinds.join(", ")
+        );
+        match toml::Value::Table(table.clone()).try_into::<Estimator>() {
+            Ok(est) => match est.validate() {
+                Ok(()) => Vec::new(),
+                Err(bllm_ste::SteError::InvalidParam {
+                    param,
+                    value,
+                    expected,
+                    ..
+                }) => {
+                    vec![(param.to_owned(), expected.to_owned(), format!("{value}"))]
+                }
+                Err(e) => vec![(String::new(), expected, e.to_string())],
+            },
+            Err(e) => {
+                let msg = e.to_string().trim().replace('\n', " ");
+                vec![(String::new(), expected, msg)]
+            }
+        }
+    }
+}
+
+/// Arguments of `bllm validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Recipe file.
+    pub recipe: PathBuf,
+    /// Overrides `KEY=VALUE` (dotted keys, TOML values), applied in order.
+    pub overrides: Vec<String>,
+}
+
+/// Loads a recipe with overrides and every component check.
+pub fn load(recipe: &Path, overrides: &[String]) -> Result<Recipe> {
+    let ovs = overrides
+        .iter()
+        .map(|o| parse_override(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Recipe::load(recipe, &ovs, &Components)?)
+}
+
+/// `bllm validate`: prints the resolved recipe, or every problem.
+pub fn validate(a: ValidateArgs) -> Result<()> {
+    let r = load(&a.recipe, &a.overrides)?;
+    print!("{}", r.resolved_toml());
+    let runs = if r.sweep.is_empty() {
+        1
+    } else {
+        r.sweep.iter().map(|(_, v)| v.len()).product()
+    };
+    eprintln!(
+        "ok: {} is valid ({} kind, {} run{})",
+        a.recipe.display(),
+        r.kind.name(),
+        runs,
+        if runs == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// Every shipped recipe (`*.toml` under `dir`, recursively), sorted.
+pub fn shipped(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Arguments of `bllm ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Recipe directory.
+    #[arg(long, default_value = "recipes")]
+    pub dir: PathBuf,
+}
+
+/// `bllm ls`: shipped recipes with their descriptions.
+pub fn ls(a: LsArgs) -> Result<()> {
+    for p in shipped(&a.dir)? {
+        match load(&p, &[]) {
+            Ok(r) => println!("{:<40} {}", p.display(), r.description),
+            Err(e) => println!(
+                "{:<40} INVALID: {}",
+                p.display(),
+                e.to_string().lines().next().unwrap_or("")
+            ),
+        }
+    }
+    Ok(())
+}

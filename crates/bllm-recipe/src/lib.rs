@@ -1,0 +1,28 @@
+//! # bllm-recipe — recipes as data
+//!
+//! A recipe is a TOML file that chooses, by name, among implemented components and sets their
+//! numbers; it never contains code or paths to code. This crate (no Burn, builds in seconds):
+//!
+//! * parses a recipe and applies `key=value` overrides (dotted paths, TOML-typed values);
+//! * validates it against the schema and reports **every** problem at once, each naming the
+//!   file (or the override), the dotted key, what was expected and what was found — unknown
+//!   keys included, with a "did you mean" for typos;
+//! * expands `[sweep]` tables (dotted path → list of values) into the cross product of runs.
+//!
+//! Sections whose schema belongs to another crate (the `estimator` table is a
+//! `bllm_ste::Estimator`) are kept as raw tables and checked through [`ComponentCheck`], so the
+//! same report holds their errors too.
+
+mod error;
+mod overrides;
+mod recipe;
+mod sweep;
+mod walk;
+
+pub use error::{Issue, RecipeError, Result};
+pub use overrides::{Override, parse_override};
+pub use recipe::{
+    CheckpointSection, ComponentCheck, DataSection, Kind, LrSchedule, ModelSection, MonitorAction,
+    MonitorSection, MonitorsSection, OptimizerKind, OptimizerSection, Recipe, TrainSection,
+};
+pub use sweep::{SweepRun, expand_sweep};

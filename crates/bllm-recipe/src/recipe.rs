@@ -1,0 +1,591 @@
+//! The recipe schema and its validation.
+
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use crate::overrides::{Override, apply};
+use crate::walk::{Report, Section};
+use crate::{Issue, RecipeError, Result};
+
+/// Which trainer runs the recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A small binary MLP on a synthetic classification task (tests, smoke runs, template).
+    Classify,
+}
+
+impl Kind {
+    const NAMES: [&'static str; 1] = ["classify"];
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "classify" => Some(Self::Classify),
+            _ => None,
+        }
+    }
+
+    /// The name used in recipes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classify => "classify",
+        }
+    }
+}
+
+/// `[data]`: the synthetic classification task of `kind = "classify"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSection {
+    /// Training examples (drawn once from the seed).
+    pub train_size: usize,
+    /// Held-out examples.
+    pub eval_size: usize,
+    /// Input dimension.
+    pub dim: usize,
+    /// Number of classes (Gaussian clusters).
+    pub classes: usize,
+    /// Standard deviation of each cluster around its centre.
+    pub noise: f64,
+}
+
+/// `[model]`: a binary MLP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSection {
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Weight scaling: `none`, `per_tensor` or `per_channel`.
+    pub scaling: String,
+    /// Train the scales instead of recomputing them.
+    pub learnable_scale: bool,
+    /// Binarize hidden activations with the estimator too.
+    pub binary_activations: bool,
+    /// Keep the first layer in float (common practice).
+    pub float_first: bool,
+    /// Keep the last layer in float (common practice).
+    pub float_last: bool,
+}
+
+/// Optimizer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// Adam on every parameter.
+    Adam,
+    /// AdamW on every parameter.
+    Adamw,
+    /// SGD with momentum on every parameter.
+    Sgd,
+    /// Bop on binary weights, Adam on the rest.
+    BopAdam,
+}
+
+/// `[optimizer]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerSection {
+    /// Which optimizer.
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (AdamW) or L2 penalty.
+    pub weight_decay: f64,
+    /// Adam β1 / SGD momentum.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Bop γ.
+    pub bop_gamma: f64,
+    /// Bop τ.
+    pub bop_tau: f64,
+}
+
+/// `[schedule]`: learning-rate schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// Constant after a linear warmup.
+    Constant {
+        /// Warmup steps.
+        warmup_steps: usize,
+    },
+    /// Linear warmup, then cosine decay to `min_lr`.
+    Cosine {
+        /// Warmup steps.
+        warmup_steps: usize,
+        /// Final learning rate.
+        min_lr: f64,
+    },
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    /// Log training metrics every N steps.
+    pub log_every: usize,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: usize,
+}
+
+/// `[checkpoint]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointSection {
+    /// Write a checkpoint every N steps (0 = only the final one).
+    pub every: usize,
+    /// Keep the last N checkpoints.
+    pub keep_last: usize,
+}
+
+/// What the trainer does when a monitor fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitorAction {
+    /// Record the value only.
+    Log,
+    /// Record an event and a warning.
+    Warn,
+    /// Skip the optimizer step that caused it.
+    SkipStep,
+    /// Save a checkpoint, record the event, exit non-zero.
+    Stop,
+}
+
+impl MonitorAction {
+    const NAMES: [&'static str; 4] = ["log", "warn", "skip_step", "stop"];
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "log" => Some(Self::Log),
+            "warn" => Some(Self::Warn),
+            "skip_step" => Some(Self::SkipStep),
+            "stop" => Some(Self::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// One monitor's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MonitorSection {
+    /// Compute it at all.
+    pub enabled: bool,
+    /// Compute it every N steps (defaults to `monitors.every`).
+    pub every: usize,
+    /// What to do when it fires.
+    pub action: MonitorAction,
+    /// The firing threshold (meaning depends on the monitor).
+    pub threshold: f64,
+}
+
+/// `[monitors]`: every stability monitor, each `[monitors.<name>]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MonitorsSection {
+    /// Default period in steps.
+    pub every: usize,
+    /// `(name, settings)` in the order of [`MonitorsSection::NAMES`].
+    pub monitors: Vec<(&'static str, MonitorSection)>,
+    /// Rolling window of the spike detectors, in logged steps.
+    pub spike_window: usize,
+    /// Random directions of the finite-difference mismatch monitor.
+    pub fd_directions: usize,
+}
+
+impl MonitorsSection {
+    /// Monitor names with (default action, default threshold, meaning of the threshold).
+    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 8] = [
+        (
+            "shadow_cosine",
+            "warn",
+            0.2,
+            "fires when the cosine between the STE and the smooth-surrogate gradient falls below",
+        ),
+        (
+            "finite_difference",
+            "warn",
+            0.6,
+            "fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below",
+        ),
+        (
+            "flip_ratio",
+            "log",
+            0.1,
+            "fires when the fraction of binary weights that flipped since the last check exceeds",
+        ),
+        (
+            "pass_through",
+            "warn",
+            0.05,
+            "fires when the fraction of latent weights inside the pass-through region falls below",
+        ),
+        ("quant_error", "log", 0.9, "fires when ‖W − αB‖/‖W‖ exceeds"),
+        (
+            "loss_spike",
+            "skip_step",
+            6.0,
+            "fires when the loss's rolling z-score exceeds",
+        ),
+        (
+            "grad_spike",
+            "warn",
+            6.0,
+            "fires when the gradient norm's rolling z-score exceeds",
+        ),
+        (
+            "non_finite",
+            "stop",
+            0.0,
+            "fires on any NaN or infinity in the loss or gradients (threshold unused)",
+        ),
+    ];
+
+    /// The settings of monitor `name`.
+    pub fn get(&self, name: &str) -> Option<&MonitorSection> {
+        self.monitors
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+    }
+}
+
+/// A validated recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    /// Run name (directory prefix).
+    pub name: String,
+    /// One line for `bllm ls`.
+    pub description: String,
+    /// Trainer.
+    pub kind: Kind,
+    /// Seed of everything.
+    pub seed: u64,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// `[data]`.
+    pub data: DataSection,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[estimator]`, a `bllm_ste::Estimator` table, checked by [`ComponentCheck`].
+    pub estimator: Table,
+    /// `[optimizer]`.
+    pub optimizer: OptimizerSection,
+    /// `[schedule]`.
+    pub schedule: LrSchedule,
+    /// `[train]`.
+    pub train: TrainSection,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointSection,
+    /// `[monitors]`.
+    pub monitors: MonitorsSection,
+    /// `[sweep]`: dotted path → values (empty when absent).
+    pub sweep: Vec<(String, Vec<Value>)>,
+    /// The resolved TOML (file + overrides), to save in the run directory.
+    pub resolved: Table,
+}
+
+/// Validation of component tables whose schema lives in another crate. `check` returns the
+/// problems as `(dotted key, expected, found)`.
+pub trait ComponentCheck {
+    /// Checks the `[estimator]` table.
+    fn estimator(&self, table: &Table) -> Vec<(String, String, String)>;
+}
+
+/// Accepts any component table (for tools that only need the recipe's own schema).
+impl ComponentCheck for () {
+    fn estimator(&self, _: &Table) -> Vec<(String, String, String)> {
+        Vec::new()
+    }
+}
+
+impl Recipe {
+    /// Reads, overrides and validates a recipe file; on failure returns every problem found.
+    pub fn load(path: &Path, overrides: &[Override], check: &dyn ComponentCheck) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides, check)
+    }
+
+    /// Parses recipe text (`file` names it in messages), applies overrides, validates.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        overrides: &[Override],
+        check: &dyn ComponentCheck,
+    ) -> Result<Self> {
+        let mut table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| RecipeError::Syntax {
+                path: file.to_owned(),
+                message: e.to_string().trim().replace('\n', " "),
+            })?;
+        let mut issues = Vec::new();
+        for o in overrides {
+            if let Err(msg) = apply(&mut table, &o.key, o.value.clone()) {
+                issues.push(Issue {
+                    source: format!("override {}", o.text),
+                    key: o.key.clone(),
+                    expected: "a path into tables".into(),
+                    found: msg,
+                });
+            }
+        }
+        let marks: Vec<(String, String)> = overrides
+            .iter()
+            .map(|o| (o.key.clone(), o.text.clone()))
+            .collect();
+        let mut r = Report {
+            file,
+            overrides: &marks,
+            issues,
+        };
+        let recipe = Self::from_table(table, &mut r, check);
+        if r.issues.is_empty() {
+            Ok(recipe)
+        } else {
+            Err(RecipeError::Invalid(r.issues))
+        }
+    }
+
+    fn from_table(table: Table, r: &mut Report<'_>, check: &dyn ComponentCheck) -> Self {
+        let mut root = Section::root(&table);
+        let name = root.string("name", None, r);
+        if !name.is_empty()
+            && !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            r.push(
+                "name",
+                "letters, digits, '-', '_' or '.' (it names the run directory)",
+                format!("the string {name:?}"),
+            );
+        }
+        let description = root.string("description", Some(""), r);
+        let kind = root
+            .choice("kind", &Kind::NAMES, None, r)
+            .and_then(|k| Kind::parse(&k))
+            .unwrap_or(Kind::Classify);
+        let seed = root.int("seed", Some(0), 0, i64::MAX, r) as u64;
+        let device = root
+            .choice("device", &["cpu", "cuda"], Some("cpu"), r)
+            .unwrap_or_else(|| "cpu".into());
+
+        let mut d = root.table("data", r);
+        let data = DataSection {
+            train_size: d.int("train_size", Some(2048), 1, 10_000_000, r) as usize,
+            eval_size: d.int("eval_size", Some(512), 1, 10_000_000, r) as usize,
+            dim: d.int("dim", Some(32), 1, 1 << 20, r) as usize,
+            classes: d.int("classes", Some(4), 2, 1 << 16, r) as usize,
+            noise: d.float("noise", Some(0.5), 0.0, f64::INFINITY, r),
+        };
+        d.finish(r);
+
+        let mut m = root.table("model", r);
+        let hidden = match m.raw("hidden") {
+            None => vec![64],
+            Some(Value::Array(a))
+                if a.iter().all(|v| matches!(v, Value::Integer(i) if *i >= 1)) =>
+            {
+                a.iter()
+                    .filter_map(Value::as_integer)
+                    .map(|i| i as usize)
+                    .collect()
+            }
+            Some(v) => {
+                r.push(
+                    &m.key("hidden"),
+                    "an array of integers >= 1 (hidden widths)",
+                    crate::walk::describe(v),
+                );
+                vec![64]
+            }
+        };
+        let model = ModelSection {
+            hidden,
+            scaling: m
+                .choice(
+                    "scaling",
+                    &["none", "per_tensor", "per_channel"],
+                    Some("per_channel"),
+                    r,
+                )
+                .unwrap_or_default(),
+            learnable_scale: m.boolean("learnable_scale", false, r),
+            binary_activations: m.boolean("binary_activations", false, r),
+            float_first: m.boolean("float_first", false, r),
+            float_last: m.boolean("float_last", true, r),
+        };
+        m.finish(r);
+
+        let estimator = match root.raw_table("estimator", r) {
+            Some(t) => t,
+            None => {
+                let mut t = Table::new();
+                t.insert("kind".into(), Value::String("clipped".into()));
+                t
+            }
+        };
+        for (key, expected, found) in check.estimator(&estimator) {
+            let key = if key.is_empty() {
+                "estimator".to_owned()
+            } else {
+                format!("estimator.{key}")
+            };
+            r.push(&key, expected, found);
+        }
+
+        let mut o = root.table("optimizer", r);
+        let opt_kind = match o
+            .choice(
+                "kind",
+                &["adam", "adamw", "sgd", "bop_adam"],
+                Some("adam"),
+                r,
+            )
+            .as_deref()
+        {
+            Some("adamw") => OptimizerKind::Adamw,
+            Some("sgd") => OptimizerKind::Sgd,
+            Some("bop_adam") => OptimizerKind::BopAdam,
+            _ => OptimizerKind::Adam,
+        };
+        let optimizer = OptimizerSection {
+            kind: opt_kind,
+            lr: o.float("lr", Some(1e-3), 0.0, 10.0, r),
+            weight_decay: o.float("weight_decay", Some(0.0), 0.0, 1.0, r),
+            beta1: o.float("beta1", Some(0.9), 0.0, 0.999_999, r),
+            beta2: o.float("beta2", Some(0.999), 0.0, 0.999_999_9, r),
+            eps: o.float("eps", Some(1e-8), 1e-12, 1.0, r),
+            bop_gamma: o.float("bop_gamma", Some(1e-4), 1e-12, 1.0, r),
+            bop_tau: o.float("bop_tau", Some(1e-8), 0.0, 1.0, r),
+        };
+        o.finish(r);
+
+        let mut s = root.table("schedule", r);
+        let warmup_steps = s.int("warmup_steps", Some(0), 0, i64::MAX, r) as usize;
+        let schedule = match s
+            .choice("kind", &["constant", "cosine"], Some("cosine"), r)
+            .as_deref()
+        {
+            Some("constant") => LrSchedule::Constant { warmup_steps },
+            _ => LrSchedule::Cosine {
+                warmup_steps,
+                min_lr: s.float("min_lr", Some(0.0), 0.0, 10.0, r),
+            },
+        };
+        s.finish(r);
+
+        let mut t = root.table("train", r);
+        let before = r.issues.len();
+        let train = TrainSection {
+            steps: t.int("steps", None, 1, 100_000_000, r) as usize,
+            batch_size: t.int("batch_size", Some(64), 1, 1 << 24, r) as usize,
+            grad_clip: t.float("grad_clip", Some(0.0), 0.0, f64::INFINITY, r),
+            log_every: t.int("log_every", Some(10), 1, i64::MAX, r) as usize,
+            eval_every: t.int("eval_every", Some(0), 0, i64::MAX, r) as usize,
+        };
+        t.finish(r);
+        // Cross-field checks only compare values that were themselves valid.
+        let train_ok = r.issues.len() == before;
+        if train_ok && warmup_steps > train.steps {
+            r.push(
+                "schedule.warmup_steps",
+                format!("at most train.steps ({})", train.steps),
+                format!("the integer {warmup_steps}"),
+            );
+        }
+        if train_ok && train.batch_size > data.train_size {
+            r.push(
+                "train.batch_size",
+                format!("at most data.train_size ({})", data.train_size),
+                format!("the integer {}", train.batch_size),
+            );
+        }
+
+        let mut c = root.table("checkpoint", r);
+        let checkpoint = CheckpointSection {
+            every: c.int("every", Some(0), 0, i64::MAX, r) as usize,
+            keep_last: c.int("keep_last", Some(2), 1, 1000, r) as usize,
+        };
+        c.finish(r);
+
+        let mut ms = root.table("monitors", r);
+        let every = ms.int("every", Some(10), 1, i64::MAX, r) as usize;
+        let spike_window = ms.int("spike_window", Some(50), 5, 100_000, r) as usize;
+        let fd_directions = ms.int("fd_directions", Some(8), 1, 1024, r) as usize;
+        let mut monitors = Vec::new();
+        for (mname, action, threshold, _) in MonitorsSection::NAMES {
+            let mut one = ms.table(mname, r);
+            let action = one
+                .choice("action", &MonitorAction::NAMES, Some(action), r)
+                .and_then(|a| MonitorAction::parse(&a))
+                .unwrap_or(MonitorAction::Log);
+            let settings = MonitorSection {
+                enabled: one.boolean("enabled", true, r),
+                every: one.int("every", Some(every as i64), 1, i64::MAX, r) as usize,
+                action,
+                threshold: one.float("threshold", Some(threshold), 0.0, f64::INFINITY, r),
+            };
+            one.finish(r);
+            monitors.push((mname, settings));
+        }
+        ms.finish(r);
+        let monitors = MonitorsSection {
+            every,
+            monitors,
+            spike_window,
+            fd_directions,
+        };
+
+        let mut sweep = Vec::new();
+        if let Some(v) = root.raw("sweep") {
+            match v {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        match v {
+                            Value::Array(a) if !a.is_empty() => sweep.push((k.clone(), a.clone())),
+                            other => r.push(
+                                &format!("sweep.{k}"),
+                                "a non-empty array of values",
+                                crate::walk::describe(other),
+                            ),
+                        }
+                    }
+                }
+                other => r.push(
+                    "sweep",
+                    "a table of dotted key = [values]",
+                    crate::walk::describe(other),
+                ),
+            }
+        }
+        root.finish(r);
+
+        Recipe {
+            name,
+            description,
+            kind,
+            seed,
+            device,
+            data,
+            model,
+            estimator,
+            optimizer,
+            schedule,
+            train,
+            checkpoint,
+            monitors,
+            sweep,
+            resolved: table.clone(),
+        }
+    }
+
+    /// The resolved recipe as TOML text (what `recipe.resolved.toml` holds).
+    pub fn resolved_toml(&self) -> String {
+        toml::to_string_pretty(&self.resolved).unwrap_or_default()
+    }
+}
