@@ -5,6 +5,7 @@ mod codes;
 mod plot;
 pub mod recipes;
 mod ste;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,10 @@ pub enum Command {
     /// Binary codes: pack, export, search, evaluate recall, benchmark.
     #[command(subcommand)]
     Codes(codes::CodesCommand),
+    /// Train a recipe (with KEY=VALUE overrides) into a run directory.
+    Run(train::RunArgs),
+    /// Run every combination of a recipe's [sweep] table and tabulate the results.
+    Sweep(train::SweepArgs),
     /// Check a recipe (with KEY=VALUE overrides) and print it resolved, or every problem.
     Validate(recipes::ValidateArgs),
     /// List the shipped recipes with their descriptions.
@@ -61,6 +66,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Codes(c) => codes::run(c),
         Command::Ste(c) => ste::run(c),
         Command::Validate(a) => recipes::validate(a),
+        Command::Run(a) => train::run(a),
+        Command::Sweep(a) => train::sweep(a),
         Command::Ls(a) => recipes::ls(a),
     }
 }

@@ -13,6 +13,12 @@ impl SplitMix64 {
         Self { state: seed }
     }
 
+    /// The internal state; `SplitMix64::new(state)` continues the same sequence (for
+    /// checkpoints).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

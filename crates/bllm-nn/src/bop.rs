@@ -115,6 +115,9 @@ pub fn binary_param_ids<B: Backend, M: burn::module::Module<B>>(module: &M) -> V
     v.ids
 }
 
+/// The saved state of the Bop half of a [`MixedOptimizer`].
+pub type BopRecord<M, B> = <OptimizerAdaptor<Bop, M, B> as Optimizer<M, B>>::Record;
+
 /// Bop for the binary weights, any other optimizer (Adam, AdamW, …) for everything else.
 pub struct MixedOptimizer<M, B, O>
 where
@@ -139,6 +142,20 @@ where
             bop: OptimizerAdaptor::from(bop),
             float,
             binary_ids,
+        }
+    }
+
+    /// The optimizer states (Bop's, then the float optimizer's), for checkpoints.
+    pub fn to_records(&self) -> (BopRecord<M, B>, O::Record) {
+        (self.bop.to_record(), self.float.to_record())
+    }
+
+    /// Restores the states saved by [`to_records`](Self::to_records).
+    pub fn load_records(self, bop: BopRecord<M, B>, float: O::Record) -> Self {
+        Self {
+            bop: self.bop.load_record(bop),
+            float: self.float.load_record(float),
+            binary_ids: self.binary_ids,
         }
     }
 

@@ -2,6 +2,7 @@
 //! in every process (Burn's own random initialisers share one process-global generator).
 
 use bllm_codes::rng::SplitMix64;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -19,4 +20,19 @@ pub fn kaiming_uniform<B: Backend>(
         .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
         .collect();
     Tensor::from_data(TensorData::new(data, [fan_in, fan_out]), device)
+}
+
+/// Gives every parameter of `module` the id `base + i` (`i` = visit order). Burn draws random
+/// parameter ids, which end up in saved records; fixed ids make checkpoints of the same recipe
+/// and seed byte-identical.
+pub fn with_deterministic_ids<B: Backend, M: Module<B>>(module: M, base: u64) -> M {
+    struct Ids(u64);
+    impl<B: Backend> ModuleMapper<B> for Ids {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, value, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0), value, mapper)
+        }
+    }
+    module.map(&mut Ids(base))
 }

@@ -31,6 +31,6 @@ pub use binary_linear::{BinaryLinear, BinaryLinearConfig, BinaryWeights};
 pub use bit_linear::{BitLinear, BitLinearConfig, BitLinearStats};
 pub use bop::{Bop, BopState, MixedOptimizer, binary_param_ids};
 pub use error::{NnError, Result};
-pub use init::kaiming_uniform;
+pub use init::{kaiming_uniform, with_deterministic_ids};
 pub use scaling::Scaling;
 pub use summary::{LayerSummary, Summarize, Summary, summary};

@@ -1,0 +1,212 @@
+//! `bllm run` and `bllm sweep`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bllm_recipe::{Kind, expand_sweep, parse_override};
+use bllm_train::{RunOptions, RunSummary, timestamp_utc};
+use clap::Args;
+
+use crate::recipes::{Components, load};
+
+/// Arguments of `bllm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Recipe file.
+    pub recipe: PathBuf,
+    /// Overrides `KEY=VALUE` (dotted keys, TOML values).
+    pub overrides: Vec<String>,
+    /// Run directory (default: checkpoints/<name>-<UTC timestamp>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint (of --run-dir, or of the newest
+    /// checkpoints/<name>-* directory).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after N steps, leaving a resumable checkpoint.
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<usize>,
+}
+
+/// Newest `checkpoints/<name>-*` directory.
+fn newest_run(name: &str) -> Result<PathBuf> {
+    let root = Path::new("checkpoints");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("--resume without --run-dir: cannot list {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .with_context(|| format!("--resume: no checkpoints/{name}-* run directory to resume"))
+}
+
+fn print_summary(s: &RunSummary, dir: &Path) {
+    println!(
+        "{}: {} steps{}, eval accuracy {:.4}, eval loss {:.4}, train loss {:.4}, {} monitor events, {} skipped steps; model {} B ({:.1}x smaller than float32) → {}",
+        s.name,
+        s.steps,
+        if s.complete {
+            ""
+        } else {
+            " (stopped early, resumable)"
+        },
+        s.eval_accuracy,
+        s.eval_loss,
+        s.train_loss,
+        s.monitor_events,
+        s.skipped_steps,
+        s.model_bytes,
+        s.model_float32_bytes as f64 / s.model_bytes.max(1) as f64,
+        dir.display()
+    );
+}
+
+/// `bllm run`.
+pub fn run(a: RunArgs) -> Result<()> {
+    let recipe = load(&a.recipe, &a.overrides)?;
+    if !recipe.sweep.is_empty() {
+        bail!(
+            "{} has a [sweep] table: run it with `bllm sweep {}`",
+            a.recipe.display(),
+            a.recipe.display()
+        );
+    }
+    match recipe.kind {
+        Kind::Classify => {}
+    }
+    let run_dir = match (&a.run_dir, a.resume) {
+        (Some(d), _) => d.clone(),
+        (None, true) => newest_run(&recipe.name)?,
+        (None, false) => {
+            PathBuf::from("checkpoints").join(format!("{}-{}", recipe.name, timestamp_utc()))
+        }
+    };
+    let opts = RunOptions {
+        run_dir: run_dir.clone(),
+        resume: a.resume,
+        max_steps: a.max_steps,
+        verbose: true,
+    };
+    let s = bllm_train::run(&recipe, &opts)
+        .with_context(|| format!("run {} failed", run_dir.display()))?;
+    print_summary(&s, &run_dir);
+    Ok(())
+}
+
+/// Arguments of `bllm sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Recipe file with a [sweep] table.
+    pub recipe: PathBuf,
+    /// Overrides `KEY=VALUE` applied to every run.
+    pub overrides: Vec<String>,
+    /// Sweep directory (default: checkpoints/<name>-sweep-<UTC timestamp>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// `bllm sweep`: every combination into its own run directory, then `summary.csv` and
+/// `summary.md` with mean ± std across seeds per combination of the other swept keys.
+pub fn sweep(a: SweepArgs) -> Result<()> {
+    let base = load(&a.recipe, &a.overrides)?;
+    let ovs = a
+        .overrides
+        .iter()
+        .map(|o| parse_override(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs = expand_sweep(&a.recipe, &ovs, &base, &Components)?;
+    let dir = a.run_dir.unwrap_or_else(|| {
+        PathBuf::from("checkpoints").join(format!("{}-sweep-{}", base.name, timestamp_utc()))
+    });
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut rows = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
+        let run_dir = dir.join(&r.name);
+        let opts = RunOptions {
+            run_dir: run_dir.clone(),
+            resume: false,
+            max_steps: None,
+            verbose: false,
+        };
+        let (status, s) = match bllm_train::run(&r.recipe, &opts) {
+            Ok(s) => ("ok", Some(s)),
+            Err(bllm_train::TrainError::Stopped { .. }) => ("stopped", None),
+            Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),
+        };
+        let group: Vec<String> = r
+            .assignments
+            .iter()
+            .filter(|(k, _)| k != "seed")
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
+            .collect();
+        rows.push((group.join(","), status, s));
+    }
+    let (csv, md) = crate::train::tables(&rows);
+    bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+    bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+    print!("{md}");
+    eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
+    Ok(())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// summary.csv and summary.md from `(group, status, summary)` rows, grouped in first-seen order.
+pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, String) {
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _, _) in rows {
+        if !groups.contains(&g.as_str()) {
+            groups.push(g);
+        }
+    }
+    let mut csv = String::from(
+        "group,runs,stopped,eval_accuracy_mean,eval_accuracy_std,eval_loss_mean,eval_loss_std,monitor_events_mean,skipped_steps_mean\n",
+    );
+    let mut md = String::from(
+        "| group | runs | stopped | eval accuracy | eval loss | monitor events | skipped steps |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for g in groups {
+        let rs: Vec<&RunSummary> = rows
+            .iter()
+            .filter(|(k, _, _)| k == g)
+            .filter_map(|(_, _, s)| s.as_ref())
+            .collect();
+        let stopped = rows
+            .iter()
+            .filter(|(k, st, _)| k == g && *st == "stopped")
+            .count();
+        let n = rows.iter().filter(|(k, _, _)| k == g).count();
+        let col =
+            |f: fn(&RunSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
+        let (am, asd) = col(|s| s.eval_accuracy);
+        let (lm, lsd) = col(|s| s.eval_loss);
+        let (em, _) = col(|s| s.monitor_events as f64);
+        let (sm, _) = col(|s| s.skipped_steps as f64);
+        let name = if g.is_empty() { "(all)" } else { g };
+        csv.push_str(&format!(
+            "{name},{n},{stopped},{am:.6},{asd:.6},{lm:.6},{lsd:.6},{em:.3},{sm:.3}\n"
+        ));
+        md.push_str(&format!("| {name} | {n} | {stopped} | {am:.4} ± {asd:.4} | {lm:.4} ± {lsd:.4} | {em:.1} | {sm:.1} |\n"));
+    }
+    (csv, md)
+}

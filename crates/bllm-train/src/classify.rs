@@ -1,0 +1,882 @@
+//! `kind = "classify"`: a binary MLP on a synthetic Gaussian-cluster task. Small and fast: the
+//! trainer's test bed and the template for the other kinds.
+
+use std::path::{Path, PathBuf};
+
+use bllm_codes::rng::SplitMix64;
+use bllm_nn::{
+    BinaryLinear, BinaryLinearConfig, Bop, MixedOptimizer, Scaling, binary_param_ids,
+    kaiming_uniform,
+};
+use bllm_recipe::{MonitorAction, OptimizerKind, Recipe};
+use bllm_ste::{Ctx, Estimator};
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::nn::Linear;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{
+    Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
+};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::monitor::{MonitorEvent, SpikeDetector};
+use crate::rundir::{RunDir, newest_checkpoint};
+use crate::schedule::learning_rate;
+use crate::{Result, TrainError};
+
+type Ad = Autodiff<NdArray>;
+type Inner = NdArray;
+
+/// The classify model: a stack of layers, each a float `Linear` or a `BinaryLinear`.
+#[derive(Module, Debug)]
+pub struct ClassifyMlp<B: Backend> {
+    /// Float layers (first and/or last, when the recipe keeps them in float).
+    pub float_layers: Vec<Linear<B>>,
+    /// Binary layers.
+    pub binary_layers: Vec<BinaryLinear<B>>,
+    /// Layer order: `(is_float, index into its vector)`.
+    pub plan: Vec<(bool, usize)>,
+    /// Binarize hidden activations with `act`.
+    pub binary_activations: bool,
+    /// Estimator for hidden activations.
+    pub act: Estimator,
+}
+
+impl<B: Backend> ClassifyMlp<B> {
+    /// Builds the model of `recipe` with weights from its seed.
+    pub fn new(recipe: &Recipe, estimator: &Estimator, device: &B::Device) -> Result<Self> {
+        let mut dims = vec![recipe.data.dim];
+        dims.extend(&recipe.model.hidden);
+        dims.push(recipe.data.classes);
+        let n = dims.len() - 1;
+        let scaling = match (recipe.model.scaling.as_str(), recipe.model.learnable_scale) {
+            ("per_tensor", l) => Scaling::PerTensor { learnable: l },
+            ("per_channel", l) => Scaling::PerChannel { learnable: l },
+            _ => Scaling::None,
+        };
+        let (mut float_layers, mut binary_layers, mut plan) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let seed = recipe.seed.wrapping_mul(1000).wrapping_add(i as u64);
+            let float =
+                (i == 0 && recipe.model.float_first) || (i == n - 1 && recipe.model.float_last);
+            if float {
+                plan.push((true, float_layers.len()));
+                float_layers.push(Linear {
+                    weight: Param::from_tensor(kaiming_uniform::<B>(
+                        dims[i],
+                        dims[i + 1],
+                        seed,
+                        device,
+                    )),
+                    bias: Some(Param::from_tensor(Tensor::zeros([dims[i + 1]], device))),
+                });
+            } else {
+                plan.push((false, binary_layers.len()));
+                let cfg = BinaryLinearConfig::new(dims[i], dims[i + 1])
+                    .with_weight(estimator.clone())
+                    .with_scaling(scaling.clone());
+                binary_layers.push(cfg.init::<B>(device, seed)?);
+            }
+        }
+        let model = Self {
+            float_layers,
+            binary_layers,
+            plan,
+            binary_activations: recipe.model.binary_activations,
+            act: estimator.clone(),
+        };
+        Ok(bllm_nn::with_deterministic_ids(model, 0))
+    }
+
+    /// Logits `[batch, classes]` for inputs `[batch, dim]`.
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &Ctx) -> Tensor<B, 2> {
+        let mut h = x;
+        let last = self.plan.len().saturating_sub(1);
+        for (i, &(float, j)) in self.plan.iter().enumerate() {
+            let layer_ctx = ctx.fork(i as u64);
+            h = if float {
+                self.float_layers[j].forward(h)
+            } else {
+                self.binary_layers[j].forward(h, &layer_ctx)
+            };
+            if i < last {
+                h = if self.binary_activations {
+                    self.act.apply(h, &layer_ctx.fork(99))
+                } else {
+                    burn::tensor::activation::relu(h)
+                };
+            }
+        }
+        h
+    }
+}
+
+impl<B: Backend> bllm_nn::Summarize for ClassifyMlp<B> {
+    fn summarize(&self, name: &str, out: &mut Vec<bllm_nn::LayerSummary>) {
+        for (i, &(float, j)) in self.plan.iter().enumerate() {
+            let n = format!("{name}layer{i}");
+            if float {
+                self.float_layers[j].summarize(&n, out)
+            } else {
+                self.binary_layers[j].summarize(&n, out)
+            }
+        }
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Continue from the newest complete checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Stop after this many steps (the run stays resumable), e.g. to split a run.
+    pub max_steps: Option<usize>,
+    /// Print progress lines to stderr.
+    pub verbose: bool,
+}
+
+/// What a finished run reports (also written as `summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Recipe name.
+    pub name: String,
+    /// Steps completed.
+    pub steps: usize,
+    /// Whether the run reached `train.steps`.
+    pub complete: bool,
+    /// Mean training loss over the last logged window.
+    pub train_loss: f64,
+    /// Held-out loss.
+    pub eval_loss: f64,
+    /// Held-out accuracy.
+    pub eval_accuracy: f64,
+    /// Optimizer steps skipped by monitors.
+    pub skipped_steps: usize,
+    /// Monitor firings that warned, skipped or stopped (`log`-only firings are in
+    /// `events.jsonl` but not counted here).
+    pub monitor_events: usize,
+    /// Model storage: packed bytes / float32-equivalent bytes.
+    pub model_bytes: usize,
+    /// float32-equivalent bytes of the same model.
+    pub model_float32_bytes: usize,
+}
+
+/// State saved in `trainer.json`: everything besides tensors that a bit-identical resume needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    rng_state: u64,
+    loss_spikes: SpikeDetector,
+    grad_spikes: SpikeDetector,
+    skipped_steps: usize,
+    monitor_events: usize,
+    last_signs: Vec<Vec<bool>>,
+    recent_losses: Vec<f64>,
+}
+
+/// The optimizer chosen by the recipe.
+enum Opt {
+    Adam(OptimizerAdaptor<Adam, ClassifyMlp<Ad>, Ad>),
+    AdamW(OptimizerAdaptor<AdamW, ClassifyMlp<Ad>, Ad>),
+    Sgd(OptimizerAdaptor<Sgd<Inner>, ClassifyMlp<Ad>, Ad>),
+    BopAdam(MixedOptimizer<ClassifyMlp<Ad>, Ad, OptimizerAdaptor<Adam, ClassifyMlp<Ad>, Ad>>),
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
+    Recorder::<Ad>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
+    Recorder::<Ad>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
+        TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    })
+}
+
+impl Opt {
+    fn new(recipe: &Recipe, model: &ClassifyMlp<Ad>) -> Self {
+        let o = &recipe.optimizer;
+        let adam = || {
+            let mut c = AdamConfig::new()
+                .with_beta_1(o.beta1 as f32)
+                .with_beta_2(o.beta2 as f32)
+                .with_epsilon(o.eps as f32);
+            if o.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    o.weight_decay as f32,
+                )));
+            }
+            c.init::<Ad, ClassifyMlp<Ad>>()
+        };
+        match o.kind {
+            OptimizerKind::Adam => Self::Adam(adam()),
+            OptimizerKind::Adamw => Self::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(o.beta1 as f32)
+                    .with_beta_2(o.beta2 as f32)
+                    .with_epsilon(o.eps as f32)
+                    .with_weight_decay(o.weight_decay as f32)
+                    .init::<Ad, ClassifyMlp<Ad>>(),
+            ),
+            OptimizerKind::Sgd => Self::Sgd(
+                SgdConfig::new()
+                    .with_momentum(Some(
+                        MomentumConfig::new()
+                            .with_momentum(o.beta1)
+                            .with_dampening(0.0),
+                    ))
+                    .init::<Ad, ClassifyMlp<Ad>>(),
+            ),
+            OptimizerKind::BopAdam => Self::BopAdam(MixedOptimizer::new(
+                Bop {
+                    gamma: o.bop_gamma,
+                    tau: o.bop_tau,
+                },
+                adam(),
+                binary_param_ids(model),
+            )),
+        }
+    }
+
+    fn step(
+        &mut self,
+        lr: f64,
+        model: ClassifyMlp<Ad>,
+        grads: <Ad as AutodiffBackend>::Gradients,
+    ) -> ClassifyMlp<Ad> {
+        match self {
+            Self::Adam(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::AdamW(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::Sgd(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::BopAdam(o) => o.step(lr, model, grads),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Adam(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::AdamW(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::Sgd(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::BopAdam(o) => {
+                let (bop, float) = o.to_records();
+                save_rec(bop, &dir.join("optimizer-bop"))?;
+                save_rec(float, &dir.join("optimizer"))
+            }
+        }
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        Ok(match self {
+            Self::Adam(o) => Self::Adam(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::AdamW(o) => Self::AdamW(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::Sgd(o) => Self::Sgd(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::BopAdam(o) => Self::BopAdam(o.load_records(
+                load_rec(&dir.join("optimizer-bop"))?,
+                load_rec(&dir.join("optimizer"))?,
+            )),
+        })
+    }
+}
+
+/// Synthetic Gaussian clusters: `classes` centres in `dim` dimensions, points at `noise` spread.
+fn make_data(recipe: &Recipe) -> (Vec<f32>, Vec<i64>, Vec<f32>, Vec<i64>) {
+    let d = &recipe.data;
+    let mut rng = SplitMix64::new(recipe.seed ^ 0xDA7A);
+    let centres: Vec<f64> = (0..d.classes * d.dim)
+        .map(|_| rng.next_gaussian())
+        .collect();
+    let mut sample = |n: usize| {
+        let mut x = Vec::with_capacity(n * d.dim);
+        let mut y = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = (rng.next_u64() % d.classes as u64) as usize;
+            y.push(c as i64);
+            x.extend(
+                (0..d.dim).map(|k| (centres[c * d.dim + k] + d.noise * rng.next_gaussian()) as f32),
+            );
+        }
+        (x, y)
+    };
+    let (xt, yt) = sample(d.train_size);
+    let (xe, ye) = sample(d.eval_size);
+    (xt, yt, xe, ye)
+}
+
+/// Global gradient norm over every parameter, and its finiteness.
+struct GradNorm<'a> {
+    grads: &'a <Ad as AutodiffBackend>::Gradients,
+    sum: f64,
+}
+
+impl ModuleVisitor<Ad> for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+        if let Some(g) = p.val().grad(self.grads) {
+            let s: f32 = g.square().sum().into_scalar().elem();
+            self.sum += f64::from(s);
+        }
+    }
+}
+
+/// Scales every gradient by `factor` (global-norm clipping).
+struct ScaleGrads<'a> {
+    grads: &'a mut <Ad as AutodiffBackend>::Gradients,
+    factor: f64,
+}
+
+impl ModuleVisitor<Ad> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+        let v = p.val();
+        if let Some(g) = v.grad(self.grads) {
+            v.grad_replace(self.grads, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Signs of every binary layer's latent weights (after centring), for the flip ratio.
+fn weight_signs(model: &ClassifyMlp<Ad>) -> Vec<Vec<bool>> {
+    model
+        .binary_layers
+        .iter()
+        .map(|l| {
+            to_vec(l.weight.val().inner())
+                .into_iter()
+                .map(|w| w >= 0.0)
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs (or resumes) a classify recipe into `opts.run_dir`.
+pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
+    if recipe.device != "cpu" {
+        return Err(TrainError::Unsupported(format!(
+            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
+            recipe.device
+        )));
+    }
+    let estimator: Estimator = toml::Value::Table(recipe.estimator.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
+    let dev = Default::default();
+    let run = RunDir::create(&opts.run_dir)?;
+    let (xt, yt, xe, ye) = make_data(recipe);
+    let dim = recipe.data.dim;
+    let x_eval =
+        Tensor::<Ad, 2>::from_data(TensorData::new(xe, [recipe.data.eval_size, dim]), &dev);
+    let y_eval =
+        Tensor::<Ad, 1, Int>::from_data(TensorData::new(ye, [recipe.data.eval_size]), &dev);
+
+    let mut model = ClassifyMlp::<Ad>::new(recipe, &estimator, &dev)?;
+    let mut opt = Opt::new(recipe, &model);
+    let mut state = TrainerState {
+        step: 0,
+        rng_state: recipe.seed ^ 0xBA7C,
+        loss_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+        grad_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+        skipped_steps: 0,
+        monitor_events: 0,
+        last_signs: weight_signs(&model),
+        recent_losses: Vec::new(),
+    };
+    let event = |run: &RunDir, e: MonitorEvent| -> Result<()> {
+        run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
+    };
+
+    if opts.resume {
+        let Some((step, dir)) = newest_checkpoint(&run.path)? else {
+            return Err(TrainError::Checkpoint {
+                path: run.path.clone(),
+                message: "--resume: no complete checkpoint-<step>/ in this run directory".into(),
+            });
+        };
+        model = model
+            .load_file(dir.join("model"), &recorder(), &dev)
+            .map_err(|e| TrainError::Checkpoint {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        // Ids come from the record now: rebuild the optimizer's binary-id list, then its state.
+        opt = Opt::new(recipe, &model).load(&dir)?;
+        let text = std::fs::read_to_string(dir.join("trainer.json"))
+            .map_err(|e| TrainError::io(dir.join("trainer.json"), e))?;
+        state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: dir.clone(),
+            message: format!("trainer.json: {e}"),
+        })?;
+        if state.step != step {
+            return Err(TrainError::Checkpoint {
+                path: dir,
+                message: format!(
+                    "trainer.json says step {} but the directory is checkpoint-{step}",
+                    state.step
+                ),
+            });
+        }
+        run.truncate_log("metrics.jsonl", step)?;
+        run.truncate_log("events.jsonl", step)?;
+        event(
+            &run,
+            MonitorEvent {
+                step,
+                event: "resume".into(),
+                monitor: None,
+                action: None,
+                value: None,
+                threshold: None,
+                message: Some(format!("resumed from {}", dir.display())),
+            },
+        )?;
+    } else {
+        let resolved = run.path.join("recipe.resolved.toml");
+        bllm_codes::io::write_atomic(&resolved, recipe.resolved_toml().as_bytes()).map_err(
+            |e| TrainError::Checkpoint {
+                path: resolved,
+                message: e.to_string(),
+            },
+        )?;
+        for f in ["metrics.jsonl", "events.jsonl"] {
+            let _ = std::fs::remove_file(run.path.join(f));
+        }
+    }
+
+    let save = |run: &RunDir,
+                name: &str,
+                model: &ClassifyMlp<Ad>,
+                opt: &Opt,
+                state: &TrainerState|
+     -> Result<PathBuf> {
+        run.write_checkpoint(name, |dir| {
+            model
+                .clone()
+                .save_file(dir.join("model"), &recorder())
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.to_owned(),
+                    message: e.to_string(),
+                })?;
+            opt.save(dir)?;
+            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
+            std::fs::write(dir.join("trainer.json"), json)
+                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+        })
+    };
+
+    let total = recipe.train.steps;
+    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
+    let loss_fn = CrossEntropyLossConfig::new().init(&dev);
+    let bs = recipe.train.batch_size;
+    let eval = |model: &ClassifyMlp<Ad>, step: usize| -> (f64, f64) {
+        let m = model.valid();
+        let ctx = Ctx::at(step as f64 / total as f64).with_seed(recipe.seed ^ 0xE7A1);
+        let logits = m.forward(x_eval.clone().inner(), &ctx);
+        let loss: f32 = CrossEntropyLossConfig::new()
+            .init(&Default::default())
+            .forward(logits.clone(), y_eval.clone().inner())
+            .into_scalar()
+            .elem();
+        let pred = logits.argmax(1).squeeze_dim::<1>(1);
+        let correct: f32 = pred
+            .equal(y_eval.clone().inner())
+            .float()
+            .sum()
+            .into_scalar()
+            .elem();
+        (
+            f64::from(loss),
+            f64::from(correct) / recipe.data.eval_size as f64,
+        )
+    };
+    let mon = |name: &str| recipe.monitors.get(name).filter(|m| m.enabled);
+
+    while state.step < stop_at {
+        let step = state.step;
+        let progress = step as f64 / total as f64;
+        let ctx = Ctx::at(progress).with_seed(
+            recipe
+                .seed
+                .wrapping_mul(0x1_0000_0001)
+                .wrapping_add(step as u64),
+        );
+        let mut rng = SplitMix64::new(state.rng_state);
+        let idx: Vec<usize> = (0..bs)
+            .map(|_| (rng.next_u64() % recipe.data.train_size as u64) as usize)
+            .collect();
+        state.rng_state = rng.state();
+        let xb: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| xt[i * dim..(i + 1) * dim].iter().copied())
+            .collect();
+        let yb: Vec<i64> = idx.iter().map(|&i| yt[i]).collect();
+        let x = Tensor::<Ad, 2>::from_data(TensorData::new(xb, [bs, dim]), &dev);
+        let y = Tensor::<Ad, 1, Int>::from_data(TensorData::new(yb, [bs]), &dev);
+
+        let loss = loss_fn.forward(model.forward(x, &ctx), y);
+        let loss_v: f32 = loss.clone().into_scalar().elem();
+        let loss_v = f64::from(loss_v);
+        let mut grads = loss.backward();
+        let mut gn = GradNorm {
+            grads: &grads,
+            sum: 0.0,
+        };
+        model.visit(&mut gn);
+        let grad_norm = gn.sum.sqrt();
+
+        let mut skip = false;
+        let mut fired: Vec<(&str, MonitorAction, f64, f64)> = Vec::new();
+        if let Some(m) = mon("non_finite") {
+            if !loss_v.is_finite() || !grad_norm.is_finite() {
+                fired.push((
+                    "non_finite",
+                    m.action,
+                    if loss_v.is_finite() {
+                        grad_norm
+                    } else {
+                        loss_v
+                    },
+                    m.threshold,
+                ));
+            }
+        }
+        let lz = state.loss_spikes.update(loss_v);
+        if let Some(m) = mon("loss_spike") {
+            if lz > m.threshold {
+                fired.push(("loss_spike", m.action, lz, m.threshold));
+            }
+        }
+        let gz = state.grad_spikes.update(grad_norm);
+        if let Some(m) = mon("grad_spike") {
+            if gz > m.threshold {
+                fired.push(("grad_spike", m.action, gz, m.threshold));
+            }
+        }
+        for &(name, action, value, threshold) in &fired {
+            match record_firing(
+                &run,
+                opts.verbose,
+                &mut state.monitor_events,
+                step,
+                name,
+                action,
+                value,
+                threshold,
+            )? {
+                Flow::Skip => skip = true,
+                Flow::Stop => {
+                    save(&run, &format!("checkpoint-{step}"), &model, &opt, &state)?;
+                    return Err(stopped(&run, step, name, value, threshold)?);
+                }
+                Flow::Continue => {}
+            }
+        }
+
+        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
+        if skip {
+            state.skipped_steps += 1;
+            event(
+                &run,
+                MonitorEvent {
+                    step,
+                    event: "skip_step".into(),
+                    monitor: None,
+                    action: None,
+                    value: Some(loss_v),
+                    threshold: None,
+                    message: None,
+                },
+            )?;
+        } else {
+            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
+                let mut sg = ScaleGrads {
+                    grads: &mut grads,
+                    factor: recipe.train.grad_clip / grad_norm,
+                };
+                model.visit(&mut sg);
+            }
+            model = opt.step(lr, model, grads);
+        }
+        state.step += 1;
+        state.recent_losses.push(loss_v);
+        if state.recent_losses.len() > recipe.train.log_every {
+            state.recent_losses.remove(0);
+        }
+
+        let mut metrics = json!({"step": state.step, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
+        let every = |name: &str| mon(name).is_some_and(|m| state.step % m.every == 0);
+        let mut after: Vec<(&str, f64, bool)> = Vec::new();
+        if every("flip_ratio") {
+            let signs = weight_signs(&model);
+            let (mut flips, mut n) = (0usize, 0usize);
+            for (a, b) in signs.iter().zip(&state.last_signs) {
+                flips += a.iter().zip(b).filter(|(p, q)| p != q).count();
+                n += a.len();
+            }
+            metrics["flip_ratio"] = json!(flips as f64 / n.max(1) as f64);
+            after.push(("flip_ratio", flips as f64 / n.max(1) as f64, true));
+            state.last_signs = signs;
+        }
+        if every("pass_through") {
+            let ctx_now = Ctx::at(state.step as f64 / total as f64);
+            let fr: Vec<f64> = model
+                .binary_layers
+                .iter()
+                .map(|l| {
+                    l.config
+                        .weight
+                        .pass_through_fraction(l.weight.val().inner(), &ctx_now)
+                })
+                .collect();
+            let v = fr.iter().sum::<f64>() / fr.len().max(1) as f64;
+            metrics["pass_through"] = json!(v);
+            after.push(("pass_through", v, false));
+        }
+        if every("quant_error") {
+            let errs: Vec<f64> = model
+                .binary_layers
+                .iter()
+                .map(|l| {
+                    let w = l.weight.val().inner();
+                    let q = l
+                        .valid()
+                        .effective_weight(&Ctx::at(state.step as f64 / total as f64));
+                    let num: f32 = (w.clone() - q).square().sum().sqrt().into_scalar().elem();
+                    let den: f32 = w.square().sum().sqrt().into_scalar().elem();
+                    f64::from(num) / f64::from(den).max(1e-12)
+                })
+                .collect();
+            let v = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+            metrics["quant_error"] = json!(v);
+            after.push(("quant_error", v, true));
+        }
+        // Counters fire after the step they describe; `skip_step` cannot undo it and acts as `warn`.
+        for (name, value, above) in after {
+            let Some(m) = mon(name) else { continue };
+            let crossed = (above && value > m.threshold) || (!above && value < m.threshold);
+            if crossed
+                && record_firing(
+                    &run,
+                    opts.verbose,
+                    &mut state.monitor_events,
+                    state.step,
+                    name,
+                    m.action,
+                    value,
+                    m.threshold,
+                )? == Flow::Stop
+            {
+                save(
+                    &run,
+                    &format!("checkpoint-{}", state.step),
+                    &model,
+                    &opt,
+                    &state,
+                )?;
+                return Err(stopped(&run, state.step, name, value, m.threshold)?);
+            }
+        }
+        if state.step % recipe.train.log_every == 0
+            || metrics.as_object().is_some_and(|m| m.len() > 7)
+        {
+            run.append("metrics.jsonl", &metrics)?;
+        }
+        if recipe.train.eval_every > 0
+            && state.step % recipe.train.eval_every == 0
+            && state.step < total
+        {
+            let (l, a) = eval(&model, state.step);
+            run.append(
+                "metrics.jsonl",
+                &json!({"step": state.step, "split": "eval", "loss": l, "accuracy": a}),
+            )?;
+            if opts.verbose {
+                eprintln!(
+                    "step {}/{total}: train loss {loss_v:.4}, eval loss {l:.4}, eval accuracy {a:.3}",
+                    state.step
+                );
+            }
+        }
+        if recipe.checkpoint.every > 0
+            && state.step % recipe.checkpoint.every == 0
+            && state.step < total
+        {
+            let p = save(
+                &run,
+                &format!("checkpoint-{}", state.step),
+                &model,
+                &opt,
+                &state,
+            )?;
+            event(
+                &run,
+                MonitorEvent {
+                    step: state.step,
+                    event: "checkpoint".into(),
+                    monitor: None,
+                    action: None,
+                    value: None,
+                    threshold: None,
+                    message: Some(p.display().to_string()),
+                },
+            )?;
+            run.prune(recipe.checkpoint.keep_last)?;
+        }
+    }
+
+    let complete = state.step >= total;
+    if !complete {
+        let p = save(
+            &run,
+            &format!("checkpoint-{}", state.step),
+            &model,
+            &opt,
+            &state,
+        )?;
+        event(
+            &run,
+            MonitorEvent {
+                step: state.step,
+                event: "checkpoint".into(),
+                monitor: None,
+                action: None,
+                value: None,
+                threshold: None,
+                message: Some(format!("{} (stopped early by max_steps)", p.display())),
+            },
+        )?;
+        run.prune(recipe.checkpoint.keep_last)?;
+    }
+    let (eval_loss, eval_accuracy) = eval(&model, state.step);
+    let sum = bllm_nn::summary(&model);
+    let summary = RunSummary {
+        name: recipe.name.clone(),
+        steps: state.step,
+        complete,
+        train_loss: state.recent_losses.iter().sum::<f64>()
+            / state.recent_losses.len().max(1) as f64,
+        eval_loss,
+        eval_accuracy,
+        skipped_steps: state.skipped_steps,
+        monitor_events: state.monitor_events,
+        model_bytes: sum.total_bytes(),
+        model_float32_bytes: sum.float32_equivalent_bytes(),
+    };
+    if complete {
+        run.append("metrics.jsonl", &json!({"step": state.step, "split": "eval", "loss": eval_loss, "accuracy": eval_accuracy}))?;
+        save(&run, "final", &model, &opt, &state)?;
+        let p = run.path.join("summary.json");
+        let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        json.push(b'\n');
+        bllm_codes::io::write_atomic(&p, &json).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            message: e.to_string(),
+        })?;
+    }
+    Ok(summary)
+}
+
+/// What the loop does after a monitor fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Skip,
+    Stop,
+}
+
+/// Records a monitor firing in `events.jsonl` (and on stderr unless the action is `log`).
+#[allow(clippy::too_many_arguments)]
+fn record_firing(
+    run: &RunDir,
+    verbose: bool,
+    count: &mut usize,
+    step: usize,
+    name: &str,
+    action: MonitorAction,
+    value: f64,
+    threshold: f64,
+) -> Result<Flow> {
+    if action != MonitorAction::Log {
+        *count += 1;
+    }
+    let act = match action {
+        MonitorAction::Log => "log",
+        MonitorAction::Warn => "warn",
+        MonitorAction::SkipStep => "skip_step",
+        MonitorAction::Stop => "stop",
+    };
+    let e = MonitorEvent {
+        step,
+        event: "monitor".into(),
+        monitor: Some(name.into()),
+        action: Some(act.into()),
+        value: Some(value),
+        threshold: Some(threshold),
+        message: None,
+    };
+    run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+    if verbose && action != MonitorAction::Log {
+        eprintln!(
+            "step {step}: monitor {name} fired ({value:.4} vs threshold {threshold}), action {act}"
+        );
+    }
+    Ok(match action {
+        MonitorAction::SkipStep => Flow::Skip,
+        MonitorAction::Stop => Flow::Stop,
+        _ => Flow::Continue,
+    })
+}
+
+/// Records the stop event and builds the error.
+fn stopped(
+    run: &RunDir,
+    step: usize,
+    name: &str,
+    value: f64,
+    threshold: f64,
+) -> Result<TrainError> {
+    let e = MonitorEvent {
+        step,
+        event: "stop".into(),
+        monitor: Some(name.into()),
+        action: None,
+        value: Some(value),
+        threshold: Some(threshold),
+        message: None,
+    };
+    run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+    Ok(TrainError::Stopped {
+        step,
+        monitor: name.into(),
+        reason: format!("value {value} crossed threshold {threshold}"),
+    })
+}

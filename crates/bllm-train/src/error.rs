@@ -1,0 +1,52 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Errors from running a recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// File system error on a named path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint cannot be read or written.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The recipe asks for something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A layer could not be built.
+    #[error(transparent)]
+    Nn(#[from] bllm_nn::NnError),
+    /// A monitor with action `stop` fired; the run saved a checkpoint and stopped.
+    #[error("stopped at step {step} by monitor {monitor}: {reason}")]
+    Stopped {
+        /// Step at which it stopped.
+        step: usize,
+        /// The monitor that fired.
+        monitor: String,
+        /// Its value and threshold.
+        reason: String,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

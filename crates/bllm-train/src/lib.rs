@@ -1,0 +1,30 @@
+//! # bllm-train — the trainer
+//!
+//! Runs a validated [`bllm_recipe::Recipe`] on Burn's autodiff CPU backend: seeded data and
+//! weights, learning-rate schedule, global gradient-norm clipping, Adam/AdamW/SGD or Bop+Adam,
+//! stability monitors with actions, and a run directory:
+//!
+//! ```text
+//! <run>/recipe.resolved.toml   the recipe after overrides
+//! <run>/metrics.jsonl          {"step", "split", "name": value, …} per logged step
+//! <run>/events.jsonl           monitor firings, skipped steps, checkpoints, stop reasons
+//! <run>/checkpoint-<step>/     model.mpk, optimizer.mpk, trainer.json (step, RNG, monitor state)
+//! <run>/final/                 the final checkpoint
+//! <run>/summary.json           final metrics
+//! ```
+//!
+//! Checkpoints are written to a temporary directory and renamed, so a crash never leaves a
+//! half-written `checkpoint-<step>/`; `resume` continues from the newest complete one and, on
+//! the CPU, reproduces an uninterrupted run bit for bit.
+
+mod classify;
+mod error;
+mod monitor;
+mod rundir;
+mod schedule;
+
+pub use classify::{ClassifyMlp, RunOptions, RunSummary, run};
+pub use error::{Result, TrainError};
+pub use monitor::{MonitorEvent, SpikeDetector};
+pub use rundir::{RunDir, newest_checkpoint, timestamp_utc};
+pub use schedule::learning_rate;

@@ -1,0 +1,255 @@
+//! Training end to end on the smoke recipe: run → checkpoint → resume (bit-identical) →
+//! monitors → sweep tables.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::Path;
+
+use bllm_e2e::{bllm, bllm_ok, repo_root};
+
+fn smoke() -> String {
+    repo_root()
+        .join("recipes/smoke.toml")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn run_writes_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=60",
+        "checkpoint.every=20",
+        "checkpoint.keep_last=1",
+        "--run-dir",
+        s(&run),
+    ]);
+    for f in [
+        "recipe.resolved.toml",
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "final/model.mpk",
+        "final/optimizer.mpk",
+        "final/trainer.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // keep_last = 1: checkpoint-20 pruned, 40 kept (60 is the final one).
+    assert!(!run.join("checkpoint-20").exists() && run.join("checkpoint-40").is_dir());
+    let resolved = String::from_utf8(read(&run.join("recipe.resolved.toml"))).unwrap();
+    assert!(resolved.contains("steps = 60"), "{resolved}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&read(&run.join("summary.json"))).unwrap();
+    assert_eq!(summary["steps"], 60);
+    assert!(
+        summary["eval_accuracy"].as_f64().unwrap() > 0.5,
+        "{summary}"
+    );
+    // Metrics carry the monitors.
+    let metrics = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for k in [
+        "loss",
+        "lr",
+        "grad_norm",
+        "flip_ratio",
+        "pass_through",
+        "quant_error",
+    ] {
+        assert!(first.get(k).is_some(), "{k} missing from {first}");
+    }
+}
+
+#[test]
+fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let common = [
+        "train.steps=80",
+        "checkpoint.every=30",
+        "model.binary_activations=true",
+        "optimizer.kind=bop_adam",
+    ];
+    let args = |run: &Path, extra: &[&str]| {
+        let mut v: Vec<String> = vec!["run".into(), smoke()];
+        v.extend(common.iter().map(|x| x.to_string()));
+        v.extend(["--run-dir".into(), s(run).to_owned()]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let call = |v: Vec<String>| bllm_ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    call(args(&a, &[]));
+    call(args(&b, &["--max-steps", "45"]));
+    assert!(!b.join("summary.json").exists() && b.join("checkpoint-45").is_dir());
+    // A crash during a later checkpoint write leaves a temp dir and maybe a partial directory;
+    // resume must ignore both and use checkpoint-45.
+    std::fs::create_dir_all(b.join(".checkpoint-60.tmp-999")).unwrap();
+    std::fs::create_dir_all(b.join("checkpoint-60")).unwrap();
+    std::fs::write(b.join("checkpoint-60/model.mpk"), b"half").unwrap();
+    call(args(&b, &["--resume"]));
+    assert_eq!(
+        read(&a.join("final/model.mpk")),
+        read(&b.join("final/model.mpk")),
+        "weights differ"
+    );
+    assert_eq!(
+        read(&a.join("metrics.jsonl")),
+        read(&b.join("metrics.jsonl")),
+        "metrics differ"
+    );
+    assert_eq!(read(&a.join("summary.json")), read(&b.join("summary.json")));
+    let events = String::from_utf8(read(&b.join("events.jsonl"))).unwrap();
+    assert!(events.contains("\"event\":\"resume\""), "{events}");
+}
+
+#[test]
+fn a_run_is_reproducible_from_its_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "estimator.kind=stochastic",
+        "--run-dir",
+        s(&a),
+    ]);
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "estimator.kind=stochastic",
+        "--run-dir",
+        s(&b),
+    ]);
+    assert_eq!(
+        read(&a.join("final/model.mpk")),
+        read(&b.join("final/model.mpk"))
+    );
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "estimator.kind=stochastic",
+        "seed=1",
+        "--run-dir",
+        s(&b),
+    ]);
+    assert_ne!(
+        read(&a.join("final/model.mpk")),
+        read(&b.join("final/model.mpk"))
+    );
+}
+
+#[test]
+fn monitors_fire_on_divergence_and_stay_quiet_on_a_healthy_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = dir.path().join("healthy");
+    bllm_ok(&["run", &smoke(), "--run-dir", s(&healthy)]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&read(&healthy.join("summary.json"))).unwrap();
+    assert_eq!(
+        summary["monitor_events"],
+        0,
+        "healthy run fired monitors: {}",
+        String::from_utf8_lossy(&read(&healthy.join("events.jsonl")))
+    );
+    // A float first layer with an absurd learning rate diverges: the loss and grad-norm spike
+    // detectors fire on the way up, then non_finite stops the run at the overflow.
+    let bad = dir.path().join("bad");
+    let e = bllm(&[
+        "run",
+        &smoke(),
+        "optimizer.lr=10",
+        "optimizer.kind=sgd",
+        "train.grad_clip=0",
+        "schedule.warmup_steps=0",
+        "model.float_first=true",
+        "monitors.spike_window=5",
+        "--run-dir",
+        s(&bad),
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("stopped at step") && e.contains("monitor non_finite"),
+        "{e}"
+    );
+    let events = String::from_utf8(read(&bad.join("events.jsonl"))).unwrap();
+    for needle in [
+        "\"event\":\"stop\"",
+        "\"monitor\":\"loss_spike\"",
+        "\"monitor\":\"grad_spike\"",
+        "\"event\":\"skip_step\"",
+    ] {
+        assert!(events.contains(needle), "{needle} missing from {events}");
+    }
+    // The stop saved a checkpoint to inspect.
+    assert!(std::fs::read_dir(&bad).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("checkpoint-")
+    }));
+    // Weights pushed beyond the clip: the pass-through fraction reported drops to 0.
+    let clipped = dir.path().join("clipped");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "estimator.kind=clipped",
+        "estimator.clip=0.001",
+        "--run-dir",
+        s(&clipped),
+    ]);
+    let metrics = String::from_utf8(read(&clipped.join("metrics.jsonl"))).unwrap();
+    let last: serde_json::Value = serde_json::from_str(
+        metrics
+            .lines()
+            .find(|l| l.contains("pass_through"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(last["pass_through"].as_f64().unwrap() < 0.05, "{last}");
+    let events = String::from_utf8(read(&clipped.join("events.jsonl"))).unwrap();
+    assert!(events.contains("\"monitor\":\"pass_through\""), "{events}");
+}
+
+#[test]
+fn sweep_tabulates_a_2x2() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("s.toml");
+    let text = std::fs::read_to_string(smoke())
+        .unwrap()
+        .replace("# bllm run recipes/smoke.toml", "# bllm sweep s.toml");
+    std::fs::write(
+        &recipe,
+        format!("{text}\n[sweep]\n\"estimator.kind\" = [\"clipped\", \"ede\"]\nseed = [0, 1]\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("sweep");
+    bllm_ok(&["sweep", s(&recipe), "train.steps=20", "--run-dir", s(&out)]);
+    let csv = String::from_utf8(read(&out.join("summary.csv"))).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("estimator.kind=clipped,2,0,")
+            && lines[2].starts_with("estimator.kind=ede,2,0,"),
+        "{csv}"
+    );
+    assert!(out.join("estimator.kind=ede,seed=1/summary.json").is_file());
+    let md = String::from_utf8(read(&out.join("summary.md"))).unwrap();
+    assert!(md.contains("| estimator.kind=clipped | 2 | 0 |"), "{md}");
+}
