@@ -225,6 +225,9 @@ fn monitors_fire_on_divergence_and_stay_quiet_on_a_healthy_run() {
     assert!(last["pass_through"].as_f64().unwrap() < 0.05, "{last}");
     let events = String::from_utf8(read(&clipped.join("events.jsonl"))).unwrap();
     assert!(events.contains("\"monitor\":\"pass_through\""), "{events}");
+    // With almost no pass-through the STE gradient of the binary weights vanishes and the
+    // shadow-cosine monitor reports the mismatch.
+    assert!(events.contains("\"monitor\":\"shadow_cosine\""), "{events}");
 }
 
 #[test]
@@ -250,6 +253,10 @@ fn sweep_tabulates_a_2x2() {
         "{csv}"
     );
     assert!(out.join("estimator.kind=ede,seed=1/summary.json").is_file());
+    assert!(
+        lines[0].contains("shadow_cosine_mean") && lines[0].contains("fd_sign_agreement_mean"),
+        "{csv}"
+    );
     let md = String::from_utf8(read(&out.join("summary.md"))).unwrap();
     assert!(md.contains("| estimator.kind=clipped | 2 | 0 |"), "{md}");
 }

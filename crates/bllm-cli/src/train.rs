@@ -173,6 +173,13 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// summary.csv and summary.md from `(group, status, summary)` rows, grouped in first-seen order.
 pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, String) {
+    const MON: [(&str, &str); 5] = [
+        ("shadow_cosine", "shadow cos"),
+        ("fd_sign_agreement", "FD sign agree"),
+        ("flip_ratio", "flip ratio"),
+        ("pass_through", "pass-through"),
+        ("quant_error", "quant error"),
+    ];
     let mut groups: Vec<&str> = Vec::new();
     for (g, _, _) in rows {
         if !groups.contains(&g.as_str()) {
@@ -180,11 +187,19 @@ pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, St
         }
     }
     let mut csv = String::from(
-        "group,runs,stopped,eval_accuracy_mean,eval_accuracy_std,eval_loss_mean,eval_loss_std,monitor_events_mean,skipped_steps_mean\n",
+        "group,runs,stopped,eval_accuracy_mean,eval_accuracy_std,eval_loss_mean,eval_loss_std,monitor_events_mean,skipped_steps_mean",
     );
     let mut md = String::from(
-        "| group | runs | stopped | eval accuracy | eval loss | monitor events | skipped steps |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| group | runs | stopped | eval accuracy | eval loss | monitor events | skipped steps |",
     );
+    for (k, label) in MON {
+        csv.push_str(&format!(",{k}_mean,{k}_std"));
+        md.push_str(&format!(" {label} |"));
+    }
+    csv.push('\n');
+    md.push_str("\n|---|---:|---:|---:|---:|---:|---:|");
+    md.push_str(&"---:|".repeat(MON.len()));
+    md.push('\n');
     for g in groups {
         let rs: Vec<&RunSummary> = rows
             .iter()
@@ -204,9 +219,25 @@ pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, St
         let (sm, _) = col(|s| s.skipped_steps as f64);
         let name = if g.is_empty() { "(all)" } else { g };
         csv.push_str(&format!(
-            "{name},{n},{stopped},{am:.6},{asd:.6},{lm:.6},{lsd:.6},{em:.3},{sm:.3}\n"
+            "{name},{n},{stopped},{am:.6},{asd:.6},{lm:.6},{lsd:.6},{em:.3},{sm:.3}"
         ));
-        md.push_str(&format!("| {name} | {n} | {stopped} | {am:.4} ± {asd:.4} | {lm:.4} ± {lsd:.4} | {em:.1} | {sm:.1} |\n"));
+        md.push_str(&format!("| {name} | {n} | {stopped} | {am:.4} ± {asd:.4} | {lm:.4} ± {lsd:.4} | {em:.1} | {sm:.1} |"));
+        for (k, _) in MON {
+            let vals: Vec<f64> = rs
+                .iter()
+                .filter_map(|s| s.monitor_means.get(k).copied())
+                .collect();
+            if vals.is_empty() {
+                csv.push_str(",,");
+                md.push_str(" – |");
+            } else {
+                let (m, sd) = mean_std(&vals);
+                csv.push_str(&format!(",{m:.6},{sd:.6}"));
+                md.push_str(&format!(" {m:.3} ± {sd:.3} |"));
+            }
+        }
+        csv.push('\n');
+        md.push('\n');
     }
     (csv, md)
 }

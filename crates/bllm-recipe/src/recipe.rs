@@ -204,9 +204,9 @@ impl MonitorsSection {
         ),
         (
             "finite_difference",
-            "warn",
-            0.6,
-            "fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below",
+            "log",
+            0.25,
+            "fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below (0.5 = chance; near-chance agreement is common for STEs, so it only logs by default)",
         ),
         (
             "flip_ratio",
@@ -516,7 +516,7 @@ impl Recipe {
         let mut ms = root.table("monitors", r);
         let every = ms.int("every", Some(10), 1, i64::MAX, r) as usize;
         let spike_window = ms.int("spike_window", Some(50), 5, 100_000, r) as usize;
-        let fd_directions = ms.int("fd_directions", Some(8), 1, 1024, r) as usize;
+        let fd_directions = ms.int("fd_directions", Some(16), 1, 1024, r) as usize;
         let mut monitors = Vec::new();
         for (mname, action, threshold, _) in MonitorsSection::NAMES {
             let mut one = ms.table(mname, r);

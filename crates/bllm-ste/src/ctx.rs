@@ -1,5 +1,18 @@
 //! [`Ctx`]: what a binarizer may depend on besides its input.
 
+/// What binarizers compute in this forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shadow {
+    /// The real binarized forward with straight-through gradients.
+    #[default]
+    Off,
+    /// Every binarizer replaced by its smooth surrogate `F` (`F' = G`): the "shadow" network
+    /// whose true gradient the STE gradient is compared with.
+    Surrogate,
+    /// Every binarizer replaced by the identity.
+    Identity,
+}
+
 /// Training progress and randomness for one forward pass.
 ///
 /// `progress` is training progress in `[0, 1]` (step / total steps) and drives every schedule;
@@ -11,6 +24,8 @@ pub struct Ctx {
     pub progress: f64,
     /// Seed for stochastic binarizers.
     pub seed: u64,
+    /// Real forward or one of the shadow forwards used by the gradient-mismatch monitor.
+    pub shadow: Shadow,
 }
 
 impl Ctx {
@@ -23,12 +38,18 @@ impl Ctx {
                 progress.clamp(0.0, 1.0)
             },
             seed: 0,
+            shadow: Shadow::Off,
         }
     }
 
     /// The same context with another seed.
     pub fn with_seed(self, seed: u64) -> Self {
         Self { seed, ..self }
+    }
+
+    /// The same context in a shadow mode.
+    pub fn with_shadow(self, shadow: Shadow) -> Self {
+        Self { shadow, ..self }
     }
 
     /// A context for a sub-component `id` (a layer index, a step): same progress, a seed mixed

@@ -163,9 +163,24 @@ impl Estimator {
         dispatch!(self, b => b.grad(x, ctx))
     }
 
+    /// Smooth surrogate `F(x)` (`F' = G`), differentiable through autodiff.
+    pub fn surrogate<B: Backend, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        ctx: &Ctx,
+    ) -> Tensor<B, D> {
+        dispatch!(self, b => b.surrogate(x, ctx))
+    }
+
     /// The binarizer as an autodiff op: forward exactly `q(x)`, gradient exactly
-    /// `upstream · G(x)`.
+    /// `upstream · G(x)`. In a shadow context ([`Ctx::shadow`]) it computes `F(x)` or `x`
+    /// instead, for the gradient-mismatch monitor.
     pub fn apply<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        match ctx.shadow {
+            crate::Shadow::Off => {}
+            crate::Shadow::Surrogate => return self.surrogate(x, ctx),
+            crate::Shadow::Identity => return x,
+        }
         let xd = ops::constant(x.clone());
         let q = self.forward(xd.clone(), ctx);
         if !B::ad_enabled(&x.device()) {

@@ -33,6 +33,6 @@ pub mod ops;
 pub mod quant;
 pub mod schedule;
 
-pub use ctx::Ctx;
+pub use ctx::{Ctx, Shadow};
 pub use error::{Result, SteError};
 pub use estimator::{Estimator, EstimatorInfo, ParamInfo};

@@ -163,6 +163,9 @@ pub struct RunSummary {
     /// Monitor firings that warned, skipped or stopped (`log`-only firings are in
     /// `events.jsonl` but not counted here).
     pub monitor_events: usize,
+    /// Mean of each monitor's logged value over the run (`shadow_cosine`, `fd_sign_agreement`,
+    /// `fd_spearman`, `flip_ratio`, `pass_through`, `quant_error`).
+    pub monitor_means: std::collections::BTreeMap<String, f64>,
     /// Model storage: packed bytes / float32-equivalent bytes.
     pub model_bytes: usize,
     /// float32-equivalent bytes of the same model.
@@ -180,7 +183,18 @@ struct TrainerState {
     monitor_events: usize,
     last_signs: Vec<Vec<bool>>,
     recent_losses: Vec<f64>,
+    monitor_sums: std::collections::BTreeMap<String, (f64, usize)>,
 }
+
+/// Monitor values averaged into [`RunSummary::monitor_means`].
+const SUMMARISED: [&str; 6] = [
+    "shadow_cosine",
+    "fd_sign_agreement",
+    "fd_spearman",
+    "flip_ratio",
+    "pass_through",
+    "quant_error",
+];
 
 /// The optimizer chosen by the recipe.
 enum Opt {
@@ -410,6 +424,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         monitor_events: 0,
         last_signs: weight_signs(&model),
         recent_losses: Vec::new(),
+        monitor_sums: Default::default(),
     };
     let event = |run: &RunDir, e: MonitorEvent| -> Result<()> {
         run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
@@ -542,10 +557,64 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         let x = Tensor::<Ad, 2>::from_data(TensorData::new(xb, [bs, dim]), &dev);
         let y = Tensor::<Ad, 1, Int>::from_data(TensorData::new(yb, [bs]), &dev);
 
-        let loss = loss_fn.forward(model.forward(x, &ctx), y);
+        let loss = loss_fn.forward(model.forward(x.clone(), &ctx), y.clone());
         let loss_v: f32 = loss.clone().into_scalar().elem();
         let loss_v = f64::from(loss_v);
         let mut grads = loss.backward();
+        // Gradient-mismatch monitors run on this batch, before the update.
+        let due = |name: &str| mon(name).is_some_and(|m| (step + 1) % m.every == 0);
+        let mut mismatch: Vec<(&str, f64, bool)> = Vec::new();
+        let mut mismatch_metrics = serde_json::Map::new();
+        if (due("shadow_cosine") || due("finite_difference")) && !model.binary_layers.is_empty() {
+            let g_ste: Vec<Tensor<Inner, 2>> = model
+                .binary_layers
+                .iter()
+                .map(|l| {
+                    l.weight
+                        .val()
+                        .grad(&grads)
+                        .unwrap_or_else(|| l.weight.val().inner().zeros_like())
+                })
+                .collect();
+            if due("shadow_cosine") {
+                let shadow = loss_fn.forward(
+                    model.forward(x.clone(), &ctx.with_shadow(bllm_ste::Shadow::Surrogate)),
+                    y.clone(),
+                );
+                let gs = shadow.backward();
+                let mut cosines = Vec::new();
+                for (i, (l, g)) in model.binary_layers.iter().zip(&g_ste).enumerate() {
+                    let h = l.weight.val().grad(&gs).unwrap_or_else(|| g.zeros_like());
+                    let dot: f32 = (g.clone() * h.clone()).sum().into_scalar().elem();
+                    let ng: f32 = g.clone().square().sum().sqrt().into_scalar().elem();
+                    let nh: f32 = h.square().sum().sqrt().into_scalar().elem();
+                    let cos = f64::from(dot) / (f64::from(ng) * f64::from(nh)).max(1e-30);
+                    mismatch_metrics.insert(format!("shadow_cosine/binary{i}"), json!(cos));
+                    mismatch_metrics.insert(
+                        format!("shadow_norm_ratio/binary{i}"),
+                        json!(f64::from(ng) / f64::from(nh).max(1e-30)),
+                    );
+                    cosines.push(cos);
+                }
+                let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+                mismatch_metrics.insert("shadow_cosine".into(), json!(mean));
+                mismatch.push(("shadow_cosine", mean, false));
+            }
+            if due("finite_difference") {
+                let (agree, rho) = finite_difference(
+                    &model,
+                    &g_ste,
+                    &x,
+                    &y,
+                    &ctx,
+                    recipe.monitors.fd_directions,
+                    recipe.seed ^ step as u64,
+                );
+                mismatch_metrics.insert("fd_sign_agreement".into(), json!(agree));
+                mismatch_metrics.insert("fd_spearman".into(), json!(rho));
+                mismatch.push(("finite_difference", agree, false));
+            }
+        }
         let mut gn = GradNorm {
             grads: &grads,
             sum: 0.0,
@@ -634,7 +703,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
 
         let mut metrics = json!({"step": state.step, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
         let every = |name: &str| mon(name).is_some_and(|m| state.step % m.every == 0);
-        let mut after: Vec<(&str, f64, bool)> = Vec::new();
+        let mut after: Vec<(&str, f64, bool)> = mismatch;
+        if let Some(obj) = metrics.as_object_mut() {
+            obj.extend(mismatch_metrics);
+        }
         if every("flip_ratio") {
             let signs = weight_signs(&model);
             let (mut flips, mut n) = (0usize, 0usize);
@@ -703,6 +775,13 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
                     &state,
                 )?;
                 return Err(stopped(&run, state.step, name, value, m.threshold)?);
+            }
+        }
+        for k in SUMMARISED {
+            if let Some(v) = metrics.get(k).and_then(serde_json::Value::as_f64) {
+                let e = state.monitor_sums.entry(k.to_owned()).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
             }
         }
         if state.step % recipe.train.log_every == 0
@@ -788,6 +867,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         eval_accuracy,
         skipped_steps: state.skipped_steps,
         monitor_events: state.monitor_events,
+        monitor_means: state
+            .monitor_sums
+            .iter()
+            .map(|(k, (s, n))| (k.clone(), s / (*n).max(1) as f64))
+            .collect(),
         model_bytes: sum.total_bytes(),
         model_float32_bytes: sum.float32_equivalent_bytes(),
     };
@@ -879,4 +963,102 @@ fn stopped(
         monitor: name.into(),
         reason: format!("value {value} crossed threshold {threshold}"),
     })
+}
+
+/// Finite-difference check of the STE gradient on one batch: for each binary layer and `k`
+/// seeded random ±1 directions `u` over its latent weights, compares the central difference
+/// `[L(w + εu) − L(w − εu)] / 2ε` through the real binarized forward with `⟨g_STE, u⟩`.
+/// `ε` is the 5th percentile of `|w|`, so a perturbation flips about 2.5 % of the signs.
+/// Returns (sign agreement, Spearman rank correlation) over all layers and directions.
+fn finite_difference(
+    model: &ClassifyMlp<Ad>,
+    g_ste: &[Tensor<Inner, 2>],
+    x: &Tensor<Ad, 2>,
+    y: &Tensor<Ad, 1, Int>,
+    ctx: &Ctx,
+    k: usize,
+    seed: u64,
+) -> (f64, f64) {
+    let base = model.valid();
+    let (x, y) = (x.clone().inner(), y.clone().inner());
+    let loss_fn = CrossEntropyLossConfig::new().init(&Default::default());
+    let mut rng = SplitMix64::new(seed ^ 0xFD);
+    let (mut fd, mut lin) = (Vec::new(), Vec::new());
+    for (li, g) in g_ste.iter().enumerate() {
+        let w = base.binary_layers[li].weight.val();
+        let mut mags = to_vec(w.clone().abs());
+        mags.sort_by(f32::total_cmp);
+        let eps = f64::from(mags[mags.len() / 20].max(1e-6));
+        for _ in 0..k {
+            let dims = w.dims();
+            let u: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| if rng.next_u64() & 1 == 1 { 1.0 } else { -1.0 })
+                .collect();
+            let u = Tensor::<Inner, 2>::from_data(TensorData::new(u, dims), &Default::default());
+            let loss_at = |sign: f64| -> f64 {
+                let mut m = base.clone();
+                m.binary_layers[li].weight =
+                    Param::from_tensor(w.clone() + u.clone().mul_scalar(sign * eps));
+                let l: f32 = loss_fn
+                    .forward(m.forward(x.clone(), ctx), y.clone())
+                    .into_scalar()
+                    .elem();
+                f64::from(l)
+            };
+            fd.push((loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps));
+            let d: f32 = (g.clone() * u).sum().into_scalar().elem();
+            lin.push(f64::from(d));
+        }
+    }
+    let agree = fd
+        .iter()
+        .zip(&lin)
+        .filter(|(a, b)| a.signum() == b.signum() && **a != 0.0)
+        .count() as f64
+        / fd.len().max(1) as f64;
+    (agree, spearman(&fd, &lin))
+}
+
+/// Spearman rank correlation (average ranks for ties).
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for t in i..=j {
+                r[idx[t]] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        0.0
+    } else {
+        cov / (va * vb).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spearman;
+
+    #[test]
+    fn spearman_of_monotone_and_reversed() {
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 100.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
+    }
 }

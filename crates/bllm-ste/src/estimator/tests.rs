@@ -304,3 +304,45 @@ fn gradient_flows_through_intermediate_tensors() {
         assert_eq!(g, vec![2.0 * want[0], 2.0 * want[1]], "{}", est.name());
     }
 }
+
+#[test]
+fn surrogate_derivative_is_g() {
+    // Autodiff through F must give G (up to the floating point of F's own derivative ops).
+    let xs = grid();
+    for est in Estimator::all() {
+        for p in [0.0, 0.5, 1.0] {
+            let ctx = Ctx::at(p);
+            let x = Tensor::<Ad, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &dev())
+                .require_grad();
+            let grads = est.surrogate(x.clone(), &ctx).sum().backward();
+            let got = to_vec(x.grad(&grads).expect("surrogate is differentiable"));
+            let want = to_vec(est.grad(
+                Tensor::<NdArray, 1>::from_floats(xs.as_slice(), &dev()),
+                &ctx,
+            ));
+            for ((x, g), w) in xs.iter().zip(&got).zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+                    "{} p={p} x={x}: F' = {g}, G = {w}",
+                    est.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shadow_contexts_switch_the_forward() {
+    let x = Tensor::<NdArray, 1>::from_floats([0.3f32, -2.0], &dev());
+    let est = Estimator::from_name("clipped").unwrap();
+    let ctx = Ctx::default();
+    assert_eq!(to_vec(est.apply(x.clone(), &ctx)), vec![1.0, -1.0]);
+    assert_eq!(
+        to_vec(est.apply(x.clone(), &ctx.with_shadow(crate::Shadow::Surrogate))),
+        vec![0.3, -1.0]
+    );
+    assert_eq!(
+        to_vec(est.apply(x, &ctx.with_shadow(crate::Shadow::Identity))),
+        vec![0.3, -2.0]
+    );
+}

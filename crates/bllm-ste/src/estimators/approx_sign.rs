@@ -28,4 +28,10 @@ impl Binarizer for ApproxSign {
     fn grad<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
         x.abs().mul_scalar(-2.0).add_scalar(2.0).clamp_min(0.0)
     }
+
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        // 2x − x|x| on [−1, 1], ±1 beyond.
+        let c = x.clamp(-1.0, 1.0);
+        c.clone().mul_scalar(2.0) - c.clone() * c.abs()
+    }
 }

@@ -43,6 +43,10 @@ impl Binarizer for Clipped {
         inside(x, self.clip)
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        x.clamp(-self.clip, self.clip)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![("clip", self.clip, "pass-through half-width c")]
     }

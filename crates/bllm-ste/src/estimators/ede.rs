@@ -56,6 +56,11 @@ impl Binarizer for Ede {
         th.clone().mul(th).neg().add_scalar(1.0).mul_scalar(k * t)
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        let (t, k) = schedule::ede(self.t_min, self.t_max, ctx.progress);
+        x.mul_scalar(t).tanh().mul_scalar(k)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![
             ("t_min", self.t_min, "temperature at progress 0"),

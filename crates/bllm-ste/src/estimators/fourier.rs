@@ -77,6 +77,18 @@ impl Binarizer for Fourier {
         sum.mul_scalar(4.0 * self.omega / PI).mul(inside(x, 1.0))
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        // (4/π) Σ sin((2i+1)ωx)/(2i+1) on [−1, 1], constant beyond.
+        let n = schedule::fourier_terms(self.n_start, self.n_end, ctx.progress);
+        let c = x.clamp(-1.0, 1.0);
+        let mut sum = c.zeros_like();
+        for i in 0..n {
+            let k = (2 * i + 1) as f64;
+            sum = sum + c.clone().mul_scalar(k * self.omega).sin().div_scalar(k);
+        }
+        sum.mul_scalar(4.0 / PI)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![
             (

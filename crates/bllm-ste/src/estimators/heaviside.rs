@@ -44,6 +44,10 @@ impl Binarizer for Heaviside {
         inside(x, self.clip)
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        x.clamp(-self.clip, self.clip).add_scalar(0.5)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![("clip", self.clip, "pass-through half-width c")]
     }

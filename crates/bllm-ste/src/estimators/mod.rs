@@ -64,6 +64,11 @@ pub trait Binarizer {
     /// Surrogate gradient factor `G(x)` at progress `ctx.progress` (no gradient).
     fn grad<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D>;
 
+    /// Smooth surrogate `F(x)` with `F' = G` and `F(0)` at the middle of the output levels,
+    /// built from differentiable ops (autodiff gives its derivative). Used by the shadow
+    /// gradient-mismatch monitor.
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D>;
+
     /// Parameter names, values and meaning, for `bllm ste list`.
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         Vec::new()

@@ -75,6 +75,17 @@ impl Binarizer for Reste {
         power.mask_fill(near, constant).mul(inside(a, self.t))
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        // x·m^(1/o)/m inside |x| ≤ m, sign(x)|x|^(1/o) up to t, constant beyond.
+        let o = schedule::reste_power(self.o_end, ctx.progress);
+        let c = x.clone().clamp(-self.t, self.t);
+        let a = c.clone().abs().clamp_min(self.m);
+        let outer = crate::ops::sign_pm1(crate::ops::constant(c.clone())) * a.powf_scalar(1.0 / o);
+        let linear = c.clone().mul_scalar(self.m.powf(1.0 / o) / self.m);
+        let near = crate::ops::constant(c.abs()).lower_equal_elem(self.m);
+        outer.mask_where(near, linear)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![
             ("t", self.t, "clip threshold: no gradient beyond |x| > t"),

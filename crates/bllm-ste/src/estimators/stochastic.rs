@@ -37,4 +37,8 @@ impl Binarizer for Stochastic {
     fn grad<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
         inside(x, 1.0)
     }
+
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        x.clamp(-1.0, 1.0)
+    }
 }

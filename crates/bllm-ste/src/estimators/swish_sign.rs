@@ -52,6 +52,14 @@ impl Binarizer for SwishSign {
         num.mul_scalar(self.beta).div(bx.cosh().add_scalar(1.0))
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        // 2σ(βx)(1 + βx(1 − σ(βx))) − 1
+        let bx = x.mul_scalar(self.beta);
+        let s = burn::tensor::activation::sigmoid(bx.clone());
+        let inner = bx * s.clone().neg().add_scalar(1.0);
+        (s.mul_scalar(2.0) * inner.add_scalar(1.0)).sub_scalar(1.0)
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![("beta", self.beta, "sharpness β")]
     }

@@ -48,6 +48,10 @@ impl Binarizer for TernaryThreshold {
         x.ones_like()
     }
 
+    fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
+        x
+    }
+
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         vec![("delta", self.delta, "threshold factor: Δ = delta·mean|W|")]
     }
