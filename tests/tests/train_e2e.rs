@@ -259,4 +259,24 @@ fn sweep_tabulates_a_2x2() {
     );
     let md = String::from_utf8(read(&out.join("summary.md"))).unwrap();
     assert!(md.contains("| estimator.kind=clipped | 2 | 0 |"), "{md}");
+    // report regenerates the same tables and draws one line per run.
+    std::fs::remove_file(out.join("summary.csv")).unwrap();
+    bllm_ok(&["report", s(&out)]);
+    assert_eq!(
+        String::from_utf8(read(&out.join("summary.csv"))).unwrap(),
+        csv
+    );
+    for plot in [
+        "loss",
+        "accuracy",
+        "shadow_cosine",
+        "fd_sign_agreement",
+        "flip_ratio",
+        "quant_error",
+    ] {
+        let png = read(&out.join("plots").join(format!("{plot}.png")));
+        assert_eq!(&png[..4], b"\x89PNG", "{plot}");
+    }
+    let e = bllm(&["report", s(dir.path())]).unwrap_err();
+    assert!(e.contains("neither a run directory"), "{e}");
 }

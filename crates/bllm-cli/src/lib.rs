@@ -4,6 +4,7 @@
 mod codes;
 mod plot;
 pub mod recipes;
+mod report;
 mod ste;
 mod train;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Run(train::RunArgs),
     /// Run every combination of a recipe's [sweep] table and tabulate the results.
     Sweep(train::SweepArgs),
+    /// Plot a run's or a sweep's curves (PNG) and regenerate a sweep's tables.
+    Report(report::ReportArgs),
     /// Check a recipe (with KEY=VALUE overrides) and print it resolved, or every problem.
     Validate(recipes::ValidateArgs),
     /// List the shipped recipes with their descriptions.
@@ -67,6 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ste(c) => ste::run(c),
         Command::Validate(a) => recipes::validate(a),
         Command::Run(a) => train::run(a),
+        Command::Report(a) => report::report(a),
         Command::Sweep(a) => train::sweep(a),
         Command::Ls(a) => recipes::ls(a),
     }

@@ -1,0 +1,138 @@
+//! `bllm report RUN_OR_SWEEP_DIR`: regenerate the tables and plot the curves.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bllm_train::RunSummary;
+use clap::Args;
+
+/// Arguments of `bllm report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A run directory (with metrics.jsonl) or a sweep directory (with run directories).
+    pub dir: PathBuf,
+}
+
+/// Curves plotted: (metric key, split, title).
+const CURVES: [(&str, &str, &str); 8] = [
+    ("loss", "train", "training loss"),
+    ("accuracy", "eval", "held-out accuracy"),
+    ("grad_norm", "train", "gradient norm"),
+    (
+        "shadow_cosine",
+        "train",
+        "shadow cosine (STE vs surrogate gradient)",
+    ),
+    (
+        "fd_sign_agreement",
+        "train",
+        "finite-difference sign agreement",
+    ),
+    ("flip_ratio", "train", "flip ratio"),
+    ("pass_through", "train", "pass-through fraction"),
+    (
+        "quant_error",
+        "train",
+        "quantisation error ||W - aB|| / ||W||",
+    ),
+];
+
+fn read_metrics(run: &Path) -> Result<Vec<serde_json::Value>> {
+    let p = run.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: line {} is not JSON", p.display(), i + 1))
+        })
+        .collect()
+}
+
+/// `bllm report`.
+pub fn report(a: ReportArgs) -> Result<()> {
+    let dir = &a.dir;
+    let runs: Vec<PathBuf> = if dir.join("metrics.jsonl").is_file() {
+        vec![dir.clone()]
+    } else {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("metrics.jsonl").is_file())
+            .collect();
+        v.sort();
+        v
+    };
+    if runs.is_empty() {
+        bail!(
+            "{}: neither a run directory (metrics.jsonl) nor a sweep directory (run directories)",
+            dir.display()
+        );
+    }
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots)
+        .with_context(|| format!("cannot create {}", plots.display()))?;
+    let metrics: Vec<(String, Vec<serde_json::Value>)> = runs
+        .iter()
+        .map(|r| {
+            Ok((
+                r.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                read_metrics(r)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut written = 0;
+    for (key, split, title) in CURVES {
+        let series: Vec<(String, Vec<(f64, f64)>)> = metrics
+            .iter()
+            .map(|(name, rows)| {
+                let pts = rows
+                    .iter()
+                    .filter(|r| r["split"] == split)
+                    .filter_map(|r| Some((r["step"].as_f64()?, r.get(key)?.as_f64()?)))
+                    .collect();
+                (name.clone(), pts)
+            })
+            .filter(|(_, p): &(String, Vec<(f64, f64)>)| !p.is_empty())
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let file = plots.join(format!("{}.png", key.replace('/', "_")));
+        crate::plot::lines(&file, title, "step", key, &series)?;
+        written += 1;
+    }
+    // Tables (sweeps): regroup the runs by their name without the seed.
+    if runs.len() > 1 || runs[0] != *dir {
+        let mut rows = Vec::new();
+        for r in &runs {
+            let name = r
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let group: Vec<&str> = name
+                .split(',')
+                .filter(|p| !p.starts_with("seed="))
+                .collect();
+            let summary: Option<RunSummary> = std::fs::read(r.join("summary.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let status = if summary.is_some() { "ok" } else { "stopped" };
+            rows.push((group.join(","), status, summary));
+        }
+        let (csv, md) = crate::train::tables(&rows);
+        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+        print!("{md}");
+    }
+    eprintln!(
+        "{written} plots in {} ({} run{})",
+        plots.display(),
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
