@@ -139,6 +139,10 @@ fn a_run_is_reproducible_from_its_seed() {
         read(&a.join("final/model.mpk")),
         read(&b.join("final/model.mpk"))
     );
+    // A finished run is never overwritten by accident.
+    let e = bllm(&["run", &smoke(), "train.steps=30", "--run-dir", s(&b)]).unwrap_err();
+    assert!(e.contains("already holds a run"), "{e}");
+    let c = dir.path().join("c");
     bllm_ok(&[
         "run",
         &smoke(),
@@ -146,11 +150,11 @@ fn a_run_is_reproducible_from_its_seed() {
         "estimator.kind=stochastic",
         "seed=1",
         "--run-dir",
-        s(&b),
+        s(&c),
     ]);
     assert_ne!(
         read(&a.join("final/model.mpk")),
-        read(&b.join("final/model.mpk"))
+        read(&c.join("final/model.mpk"))
     );
 }
 

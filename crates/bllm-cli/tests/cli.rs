@@ -462,3 +462,64 @@ fn ste_table_gives_autodiff_gradients_and_a_png() {
     let e = err(&["ste", "table", "--x=0:1:0.1", "--progress", "2"]);
     assert!(e.contains("--progress"), "{e}");
 }
+
+#[test]
+fn sigkill_during_training_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/smoke.toml");
+    let run_args = |run: &Path| -> Vec<String> {
+        [
+            "run",
+            recipe,
+            "train.steps=1500",
+            "checkpoint.every=7",
+            "checkpoint.keep_last=3",
+            "--run-dir",
+            s(run),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let full = dir.path().join("full");
+    ok(&run_args(&full)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    // Kill a second run (SIGKILL) at several points; some kills land inside checkpoint writes.
+    let killed = dir.path().join("killed");
+    let has_checkpoint = || {
+        std::fs::read_dir(&killed)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            })
+            .unwrap_or(false)
+    };
+    let args_now = || {
+        let mut a = run_args(&killed);
+        if has_checkpoint() {
+            a.push("--resume".into());
+        }
+        a
+    };
+    for delay_ms in [150u64, 90, 60] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bllm"))
+            .args(args_now())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ok(&args_now().iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read(full.join("final/model.mpk")).unwrap(),
+        std::fs::read(killed.join("final/model.mpk")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(full.join("metrics.jsonl")).unwrap(),
+        std::fs::read(killed.join("metrics.jsonl")).unwrap()
+    );
+}

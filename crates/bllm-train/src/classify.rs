@@ -405,6 +405,15 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
     let dev = Default::default();
+    if !opts.resume
+        && (opts.run_dir.join("metrics.jsonl").exists()
+            || newest_checkpoint(&opts.run_dir)?.is_some())
+    {
+        return Err(TrainError::Checkpoint {
+            path: opts.run_dir.clone(),
+            message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
+        });
+    }
     let run = RunDir::create(&opts.run_dir)?;
     let (xt, yt, xe, ye) = make_data(recipe);
     let dim = recipe.data.dim;
