@@ -49,6 +49,12 @@ fn run_writes_the_run_directory() {
     }
     // keep_last = 1: checkpoint-20 pruned, 40 kept (60 is the final one).
     assert!(!run.join("checkpoint-20").exists() && run.join("checkpoint-40").is_dir());
+    // Tensors are also saved as safetensors, named by module path.
+    let st = read(&run.join("final/model.safetensors"));
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let w = st.tensor("binary_layers.0.weight").unwrap();
+    assert_eq!(w.shape(), [32, 64]);
+    assert_eq!(st.tensor("float_layers.0.bias").unwrap().shape(), [4]);
     let resolved = String::from_utf8(read(&run.join("recipe.resolved.toml"))).unwrap();
     assert!(resolved.contains("steps = 60"), "{resolved}");
     let summary: serde_json::Value =

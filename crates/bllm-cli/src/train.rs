@@ -86,14 +86,36 @@ pub fn run(a: RunArgs) -> Result<()> {
             PathBuf::from("checkpoints").join(format!("{}-{}", recipe.name, timestamp_utc()))
         }
     };
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         run_dir: run_dir.clone(),
         resume: a.resume,
         max_steps: a.max_steps,
         verbose: true,
+        progress: None,
     };
-    let s = bllm_train::run(&recipe, &opts)
-        .with_context(|| format!("run {} failed", run_dir.display()))?;
+    // A progress bar on a terminal; periodic log lines otherwise.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(recipe.train.steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps  loss {msg}  {elapsed} < {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    if let Some(bar) = bar.clone() {
+        opts.verbose = false;
+        opts.progress = Some(Box::new(move |done, _, loss| {
+            bar.set_position(done as u64);
+            bar.set_message(format!("{loss:.4}"));
+        }));
+    }
+    let result = bllm_train::run(&recipe, &mut opts);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
     print_summary(&s, &run_dir);
     Ok(())
 }
@@ -128,13 +150,14 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     for (i, r) in runs.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
         let run_dir = dir.join(&r.name);
-        let opts = RunOptions {
+        let mut opts = RunOptions {
             run_dir: run_dir.clone(),
             resume: false,
             max_steps: None,
             verbose: false,
+            progress: None,
         };
-        let (status, s) = match bllm_train::run(&r.recipe, &opts) {
+        let (status, s) = match bllm_train::run(&r.recipe, &mut opts) {
             Ok(s) => ("ok", Some(s)),
             Err(bllm_train::TrainError::Stopped { .. }) => ("stopped", None),
             Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),

@@ -130,8 +130,10 @@ impl<B: Backend> bllm_nn::Summarize for ClassifyMlp<B> {
     }
 }
 
+/// Called after every step with (steps done, total steps, training loss).
+pub type ProgressFn = Box<dyn FnMut(usize, usize, f64)>;
+
 /// How to run.
-#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The run directory.
     pub run_dir: PathBuf,
@@ -141,6 +143,8 @@ pub struct RunOptions {
     pub max_steps: Option<usize>,
     /// Print progress lines to stderr.
     pub verbose: bool,
+    /// Progress callback (a progress bar), if any.
+    pub progress: Option<ProgressFn>,
 }
 
 /// What a finished run reports (also written as `summary.json`).
@@ -394,7 +398,7 @@ fn weight_signs(model: &ClassifyMlp<Ad>) -> Vec<Vec<bool>> {
 }
 
 /// Runs (or resumes) a classify recipe into `opts.run_dir`.
-pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
+pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     if recipe.device != "cpu" {
         return Err(TrainError::Unsupported(format!(
             "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
@@ -511,6 +515,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
                     message: e.to_string(),
                 })?;
             opt.save(dir)?;
+            write_safetensors(model, &dir.join("model.safetensors"))?;
             let json = serde_json::to_vec_pretty(state).unwrap_or_default();
             std::fs::write(dir.join("trainer.json"), json)
                 .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
@@ -705,6 +710,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             model = opt.step(lr, model, grads);
         }
         state.step += 1;
+        if let Some(p) = opts.progress.as_mut() {
+            p(state.step, total, loss_v);
+        }
         state.recent_losses.push(loss_v);
         if state.recent_losses.len() > recipe.train.log_every {
             state.recent_losses.remove(0);
@@ -1070,4 +1078,57 @@ mod tests {
         assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
         assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
     }
+}
+
+/// Collects every float parameter with its dotted path (`binary_layers.0.weight`).
+struct Named {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor<Ad> for Named {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+        let t = p.val().inner();
+        self.out
+            .push((self.path.join("."), t.dims().to_vec(), to_vec(t)));
+    }
+}
+
+/// The model's tensors as safetensors (f32, named by module path), for inspection with any
+/// safetensors reader; resume uses the exact Burn records beside it.
+pub fn write_safetensors(model: &ClassifyMlp<Ad>, path: &Path) -> Result<()> {
+    let mut named = Named {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut named);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
+        .out
+        .into_iter()
+        .map(|(n, shape, v)| (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let data = safetensors::serialize(views, &None).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
 }

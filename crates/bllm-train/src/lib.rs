@@ -8,7 +8,7 @@
 //! <run>/recipe.resolved.toml   the recipe after overrides
 //! <run>/metrics.jsonl          {"step", "split", "name": value, …} per logged step
 //! <run>/events.jsonl           monitor firings, skipped steps, checkpoints, stop reasons
-//! <run>/checkpoint-<step>/     model.mpk, optimizer.mpk, trainer.json (step, RNG, monitor state)
+//! <run>/checkpoint-<step>/     model.mpk, model.safetensors, optimizer.mpk, trainer.json
 //! <run>/final/                 the final checkpoint
 //! <run>/summary.json           final metrics
 //! ```
@@ -23,7 +23,7 @@ mod monitor;
 mod rundir;
 mod schedule;
 
-pub use classify::{ClassifyMlp, RunOptions, RunSummary, run};
+pub use classify::{ClassifyMlp, ProgressFn, RunOptions, RunSummary, run, write_safetensors};
 pub use error::{Result, TrainError};
 pub use monitor::{MonitorEvent, SpikeDetector};
 pub use rundir::{RunDir, newest_checkpoint, timestamp_utc};
