@@ -1068,18 +1068,6 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::spearman;
-
-    #[test]
-    fn spearman_of_monotone_and_reversed() {
-        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 100.0]) - 1.0).abs() < 1e-12);
-        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
-    }
-}
-
 /// Collects every float parameter with its dotted path (`binary_layers.0.weight`).
 struct Named {
     path: Vec<String>,
@@ -1131,4 +1119,16 @@ pub fn write_safetensors(model: &ClassifyMlp<Ad>, path: &Path) -> Result<()> {
         message: e.to_string(),
     })?;
     std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spearman;
+
+    #[test]
+    fn spearman_of_monotone_and_reversed() {
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 100.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
+    }
 }
