@@ -49,6 +49,13 @@ fn run_writes_the_run_directory() {
     }
     // keep_last = 1: checkpoint-20 pruned, 40 kept (60 is the final one).
     assert!(!run.join("checkpoint-20").exists() && run.join("checkpoint-40").is_dir());
+    // The binary layer's weights are exported in the code contract layout with their scales.
+    let out = bllm_e2e::bllm(&["codes", "info", s(&run.join("final/export/binary0"))]);
+    assert!(out.is_ok(), "{out:?}");
+    let (codes, manifest) =
+        bllm_codes::io::read_codes_dir(&run.join("final/export/binary0")).unwrap();
+    assert_eq!((codes.rows(), codes.bits()), (64, 32));
+    assert!(manifest.encoder.unwrap().contains("clipped"));
     // Tensors are also saved as safetensors, named by module path.
     let st = read(&run.join("final/model.safetensors"));
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
@@ -238,6 +245,58 @@ fn monitors_fire_on_divergence_and_stay_quiet_on_a_healthy_run() {
     // With almost no pass-through the STE gradient of the binary weights vanishes and the
     // shadow-cosine monitor reports the mismatch.
     assert!(events.contains("\"monitor\":\"shadow_cosine\""), "{events}");
+}
+
+#[test]
+fn counter_monitors_fire_on_misconfigured_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A learning rate far too large for binary latent weights: signs flip back and forth.
+    let flippy = dir.path().join("flippy");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=40",
+        "optimizer.lr=1.0",
+        "schedule.kind=constant",
+        "monitors.flip_ratio.action=warn",
+        "monitors.flip_ratio.threshold=0.2",
+        "--run-dir",
+        s(&flippy),
+    ]);
+    let events = String::from_utf8(read(&flippy.join("events.jsonl"))).unwrap();
+    assert!(
+        events.contains("\"monitor\":\"flip_ratio\",\"step\""),
+        "{events}"
+    );
+    // No scaling on small latent weights: ±1 is far from W, the quantisation error explodes.
+    let unscaled = dir.path().join("unscaled");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "model.scaling=none",
+        "monitors.quant_error.action=warn",
+        "--run-dir",
+        s(&unscaled),
+    ]);
+    let events = String::from_utf8(read(&unscaled.join("events.jsonl"))).unwrap();
+    assert!(events.contains("\"monitor\":\"quant_error\""), "{events}");
+    // Demanding near-perfect finite-difference agreement makes that monitor fire.
+    let fd = dir.path().join("fd");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "monitors.finite_difference.action=warn",
+        "monitors.finite_difference.threshold=0.99",
+        "--run-dir",
+        s(&fd),
+    ]);
+    let events = String::from_utf8(read(&fd.join("events.jsonl"))).unwrap();
+    assert!(
+        events.contains("\"monitor\":\"finite_difference\""),
+        "{events}"
+    );
 }
 
 #[test]

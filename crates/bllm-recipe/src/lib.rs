@@ -22,7 +22,8 @@ mod walk;
 pub use error::{Issue, RecipeError, Result};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
-    CheckpointSection, ComponentCheck, DataSection, Kind, LrSchedule, ModelSection, MonitorAction,
-    MonitorSection, MonitorsSection, OptimizerKind, OptimizerSection, Recipe, TrainSection,
+    CheckpointSection, ComponentCheck, DataSection, EvalSection, ExportSection, Kind, LrSchedule,
+    ModelSection, MonitorAction, MonitorSection, MonitorsSection, OptimizerKind, OptimizerSection,
+    Recipe, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

@@ -127,8 +127,21 @@ pub struct TrainSection {
     pub grad_clip: f64,
     /// Log training metrics every N steps.
     pub log_every: usize,
-    /// Evaluate every N steps (0 = only at the end).
-    pub eval_every: usize,
+}
+
+/// `[eval]`: held-out evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSection {
+    /// Evaluate every N steps (0 = only at the end; the end is always evaluated).
+    pub every: usize,
+}
+
+/// `[export]`: what a finished run writes to `final/export/`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportSection {
+    /// Each binary layer's weights as a codes directory in the contract layout (one row per
+    /// output channel) plus its scales.
+    pub weights: bool,
 }
 
 /// `[checkpoint]`.
@@ -277,6 +290,10 @@ pub struct Recipe {
     pub train: TrainSection,
     /// `[checkpoint]`.
     pub checkpoint: CheckpointSection,
+    /// `[eval]`.
+    pub eval: EvalSection,
+    /// `[export]`.
+    pub export: ExportSection,
     /// `[monitors]`.
     pub monitors: MonitorsSection,
     /// `[sweep]`: dotted path → values (empty when absent).
@@ -486,7 +503,6 @@ impl Recipe {
             batch_size: t.int("batch_size", Some(64), 1, 1 << 24, r) as usize,
             grad_clip: t.float("grad_clip", Some(0.0), 0.0, f64::INFINITY, r),
             log_every: t.int("log_every", Some(10), 1, i64::MAX, r) as usize,
-            eval_every: t.int("eval_every", Some(0), 0, i64::MAX, r) as usize,
         };
         t.finish(r);
         // Cross-field checks only compare values that were themselves valid.
@@ -505,6 +521,17 @@ impl Recipe {
                 format!("the integer {}", train.batch_size),
             );
         }
+
+        let mut ev = root.table("eval", r);
+        let eval = EvalSection {
+            every: ev.int("every", Some(0), 0, i64::MAX, r) as usize,
+        };
+        ev.finish(r);
+        let mut ex = root.table("export", r);
+        let export = ExportSection {
+            weights: ex.boolean("weights", true, r),
+        };
+        ex.finish(r);
 
         let mut c = root.table("checkpoint", r);
         let checkpoint = CheckpointSection {
@@ -578,6 +605,8 @@ impl Recipe {
             schedule,
             train,
             checkpoint,
+            eval,
+            export,
             monitors,
             sweep,
             resolved: table.clone(),

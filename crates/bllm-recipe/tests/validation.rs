@@ -54,14 +54,14 @@ action = "panic"
 "#;
     let got = errors(text, &["model.hidden=[0]", "train.log_every=0"]);
     let want = [
-        "r.toml: colour: expected a known key (checkpoint, data, description, device, estimator, kind, model, monitors, name, optimizer, schedule, seed, sweep, train), found an unknown key",
+        "r.toml: colour: expected a known key (checkpoint, data, description, device, estimator, eval, export, kind, model, monitors, name, optimizer, schedule, seed, sweep, train), found an unknown key",
         "override model.hidden=[0]: model.hidden: expected an array of integers >= 1 (hidden widths), found an array of 1 items",
         "r.toml: optimizer.kind: expected one of \"adam\", \"adamw\", \"sgd\", \"bop_adam\", found the string \"adamm\" (did you mean \"adam\"?)",
         "r.toml: optimizer.lr: expected a number in [0, 10], found the float -1",
         "r.toml: train.steps: expected an integer in 1..=100000000, found nothing (the key is required)",
         "r.toml: train.batch_size: expected an integer in 1..=16777216, found the string \"many\"",
         "override train.log_every=0: train.log_every: expected an integer >= 1, found the integer 0",
-        "r.toml: train.stpes: expected a known key (batch_size, eval_every, grad_clip, log_every, steps), found an unknown key (did you mean \"train.steps\"?)",
+        "r.toml: train.stpes: expected a known key (batch_size, grad_clip, log_every, steps), found an unknown key (did you mean \"train.steps\"?)",
         "r.toml: monitors.loss_spike.action: expected one of \"log\", \"warn\", \"skip_step\", \"stop\", found the string \"panic\"",
     ];
     for w in &want {

@@ -522,6 +522,28 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         })
     };
 
+    // A periodic (or early-stop) checkpoint: write it, record it, keep the newest N.
+    let checkpoint =
+        |model: &ClassifyMlp<Ad>, opt: &Opt, state: &TrainerState, note: &str| -> Result<()> {
+            let p = save(
+                &run,
+                &format!("checkpoint-{}", state.step),
+                model,
+                opt,
+                state,
+            )?;
+            let e = MonitorEvent {
+                step: state.step,
+                event: "checkpoint".into(),
+                monitor: None,
+                action: None,
+                value: None,
+                threshold: None,
+                message: Some(format!("{}{note}", p.display())),
+            };
+            event(&run, e)?;
+            run.prune(recipe.checkpoint.keep_last)
+        };
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     let loss_fn = CrossEntropyLossConfig::new().init(&dev);
@@ -806,10 +828,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         {
             run.append("metrics.jsonl", &metrics)?;
         }
-        if recipe.train.eval_every > 0
-            && state.step % recipe.train.eval_every == 0
-            && state.step < total
-        {
+        if recipe.eval.every > 0 && state.step % recipe.eval.every == 0 && state.step < total {
             let (l, a) = eval(&model, state.step);
             run.append(
                 "metrics.jsonl",
@@ -826,51 +845,13 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             && state.step % recipe.checkpoint.every == 0
             && state.step < total
         {
-            let p = save(
-                &run,
-                &format!("checkpoint-{}", state.step),
-                &model,
-                &opt,
-                &state,
-            )?;
-            event(
-                &run,
-                MonitorEvent {
-                    step: state.step,
-                    event: "checkpoint".into(),
-                    monitor: None,
-                    action: None,
-                    value: None,
-                    threshold: None,
-                    message: Some(p.display().to_string()),
-                },
-            )?;
-            run.prune(recipe.checkpoint.keep_last)?;
+            checkpoint(&model, &opt, &state, "")?;
         }
     }
 
     let complete = state.step >= total;
     if !complete {
-        let p = save(
-            &run,
-            &format!("checkpoint-{}", state.step),
-            &model,
-            &opt,
-            &state,
-        )?;
-        event(
-            &run,
-            MonitorEvent {
-                step: state.step,
-                event: "checkpoint".into(),
-                monitor: None,
-                action: None,
-                value: None,
-                threshold: None,
-                message: Some(format!("{} (stopped early by max_steps)", p.display())),
-            },
-        )?;
-        run.prune(recipe.checkpoint.keep_last)?;
+        checkpoint(&model, &opt, &state, " (stopped early by max_steps)")?;
     }
     let (eval_loss, eval_accuracy) = eval(&model, state.step);
     let sum = bllm_nn::summary(&model);
@@ -894,7 +875,10 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     };
     if complete {
         run.append("metrics.jsonl", &json!({"step": state.step, "split": "eval", "loss": eval_loss, "accuracy": eval_accuracy}))?;
-        save(&run, "final", &model, &opt, &state)?;
+        let final_dir = save(&run, "final", &model, &opt, &state)?;
+        if recipe.export.weights {
+            export_weights(&model, recipe, &final_dir.join("export"))?;
+        }
         let p = run.path.join("summary.json");
         let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         json.push(b'\n');
@@ -1066,6 +1050,45 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     } else {
         cov / (va * vb).sqrt()
     }
+}
+
+/// Writes each binary layer's weights as a codes directory (`binary<i>/codes.bcodes` +
+/// `manifest.json`, one row per output channel) and its scales (`binary<i>/scales.json`).
+fn export_weights(model: &ClassifyMlp<Ad>, recipe: &Recipe, dir: &Path) -> Result<()> {
+    for (i, layer) in model.binary_layers.iter().enumerate() {
+        let out = dir.join(format!("binary{i}"));
+        let w = match layer.binary_weights() {
+            Ok(w) => w,
+            Err(bllm_nn::NnError::Unsupported(_)) => continue, // ternary: no 1-bit export
+            Err(e) => return Err(e.into()),
+        };
+        let info = bllm_codes::io::ManifestInfo {
+            source: None,
+            encoder: Some(format!(
+                "BinaryLinear weights, layer binary{i}, estimator {}",
+                layer.config.weight.name()
+            )),
+            recipe: Some(format!("{} (seed {})", recipe.name, recipe.seed)),
+            tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
+        };
+        bllm_codes::io::write_codes_dir(&out, &w.codes, info).map_err(|e| {
+            TrainError::Checkpoint {
+                path: out.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let scales = serde_json::to_vec_pretty(
+            &json!({ "scales": w.scales, "rows": "output channels", "bits": "input features" }),
+        )
+        .unwrap_or_default();
+        bllm_codes::io::write_atomic(&out.join("scales.json"), &scales).map_err(|e| {
+            TrainError::Checkpoint {
+                path: out.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Collects every float parameter with its dotted path (`binary_layers.0.weight`).
