@@ -167,3 +167,71 @@ fn errors_name_the_problem() {
     let e = bllm(&["codes", "frobnicate"]).unwrap_err();
     assert!(e.contains("frobnicate"), "{e}");
 }
+
+#[test]
+fn baseline_encoders_fit_save_and_encode_identically() {
+    let out = tempfile::tempdir().unwrap();
+    let db = repo_root().join("datasets/sample-clustered/db.npy");
+    let x = bllm_codes::io::npy::read_float_matrix(&db).unwrap();
+    for method in ["lsh", "lsh_centred", "pca", "itq"] {
+        let enc_dir = out.path().join(format!("enc-{method}"));
+        let codes_dir = out.path().join(format!("codes-{method}"));
+        bllm_ok(&[
+            "codes",
+            "fit",
+            "--method",
+            method,
+            "--bits",
+            "64",
+            "--train",
+            s(&db),
+            "--out",
+            s(&enc_dir),
+            "--seed",
+            "3",
+        ]);
+        bllm_ok(&[
+            "encode",
+            "--encoder",
+            s(&enc_dir),
+            "--input",
+            s(&db),
+            "--out",
+            s(&codes_dir),
+        ]);
+        // The saved encoder reproduces, bit for bit, what the freshly fitted one computes.
+        let fresh =
+            bllm_hash::fit(bllm_hash::Method::from_name(method).unwrap(), &x, 64, 3).unwrap();
+        let (codes, manifest) = bllm_codes::io::read_codes_dir(&codes_dir).unwrap();
+        assert_eq!(codes, fresh.encode(&x).unwrap(), "{method}");
+        assert!(manifest.encoder.unwrap().starts_with(method));
+    }
+    let e = bllm(&[
+        "codes",
+        "fit",
+        "--method",
+        "umap",
+        "--bits",
+        "8",
+        "--train",
+        s(&db),
+        "--out",
+        s(out.path()),
+    ])
+    .unwrap_err();
+    assert!(e.contains("umap") && e.contains("itq"), "{e}");
+    let e = bllm(&[
+        "codes",
+        "fit",
+        "--method",
+        "pca",
+        "--bits",
+        "999",
+        "--train",
+        s(&db),
+        "--out",
+        s(out.path()),
+    ])
+    .unwrap_err();
+    assert!(e.contains("999"), "{e}");
+}

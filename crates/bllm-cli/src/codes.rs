@@ -25,6 +25,72 @@ pub enum CodesCommand {
     Bench(BenchArgs),
     /// Validate a codes directory and print its manifest.
     Info(InfoArgs),
+    /// Fit a baseline encoder (lsh, lsh_centred, pca, itq, sign) on float embeddings and save it.
+    Fit(FitArgs),
+}
+
+/// Arguments of `bllm codes fit`.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Method: lsh, lsh_centred, pca, itq or sign.
+    #[arg(long)]
+    pub method: String,
+    /// Code length.
+    #[arg(long)]
+    pub bits: usize,
+    /// Training embeddings (.npy, float32 or float16).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Output encoder directory (encoder.safetensors + encoder.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the random parts (hyperplanes, ITQ's initial rotation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Arguments of `bllm encode`.
+#[derive(Debug, Args)]
+pub struct EncodeArgs {
+    /// Encoder directory (from `bllm codes fit` or a training run's export).
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Embeddings to encode (.npy, float32 or float16).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output codes directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `bllm encode`: codes for new vectors through a saved encoder.
+pub fn encode(a: EncodeArgs) -> Result<()> {
+    let enc = bllm_hash::LinearEncoder::load(&a.encoder)?;
+    let x = npy::read_float_matrix(&a.input).context("cannot read the input embeddings")?;
+    let codes = enc
+        .encode(&x)
+        .with_context(|| format!("cannot encode {}", a.input.display()))?;
+    let info = ManifestInfo {
+        source: Some(SourceInfo {
+            path: a.input.display().to_string(),
+            sha256: io::sha256_file(&a.input)?,
+            dtype: npy::read_npy(&a.input)?.dtype.name().into(),
+            rows: x.rows(),
+            dim: x.cols(),
+        }),
+        encoder: Some(format!("{} ({})", enc.method, a.encoder.display())),
+        recipe: None,
+        tool: Some(crate::tool_version()),
+    };
+    io::write_codes_dir(&a.out, &codes, info)?;
+    println!(
+        "encoded {} rows into {} bits with {} → {}",
+        codes.rows(),
+        codes.bits(),
+        enc.method,
+        a.out.display()
+    );
+    Ok(())
 }
 
 /// Arguments of `bllm codes pack`.
@@ -182,6 +248,7 @@ pub fn run(cmd: CodesCommand) -> Result<()> {
         CodesCommand::Recall(a) => recall(a),
         CodesCommand::Bench(a) => bench_cmd(a),
         CodesCommand::Info(a) => info(a),
+        CodesCommand::Fit(a) => fit(a),
     }
 }
 
@@ -378,6 +445,23 @@ fn info(a: InfoArgs) -> Result<()> {
         codes.rows(),
         codes.bits(),
         codes.byte_len()
+    );
+    Ok(())
+}
+
+fn fit(a: FitArgs) -> Result<()> {
+    let method = bllm_hash::Method::from_name(&a.method)?;
+    let x = npy::read_float_matrix(&a.train).context("cannot read the training embeddings")?;
+    let enc = bllm_hash::fit(method, &x, a.bits, a.seed)
+        .with_context(|| format!("cannot fit {} with {} bits", a.method, a.bits))?;
+    enc.save(&a.out)?;
+    println!(
+        "fitted {} ({} → {} bits) on {} rows → {}",
+        enc.method,
+        enc.dim,
+        enc.bits,
+        x.rows(),
+        a.out.display()
     );
     Ok(())
 }

@@ -39,6 +39,8 @@ pub enum Command {
     Validate(recipes::ValidateArgs),
     /// List the shipped recipes with their descriptions.
     Ls(recipes::LsArgs),
+    /// Encode embeddings into codes with a saved encoder.
+    Encode(codes::EncodeArgs),
     /// Straight-through estimators: list them, tabulate and plot forward and gradient.
     #[command(subcommand)]
     Ste(ste::SteCommand),
@@ -68,6 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
         Command::Ste(c) => ste::run(c),
+        Command::Encode(a) => codes::encode(a),
         Command::Validate(a) => recipes::validate(a),
         Command::Run(a) => train::run(a),
         Command::Report(a) => report::report(a),

@@ -1,0 +1,232 @@
+//! [`LinearEncoder`]: `sign((x − μ)·P − t)`, and its on-disk form.
+
+use std::path::Path;
+
+use bllm_codes::{FloatMatrix, PackedCodes};
+use serde::{Deserialize, Serialize};
+
+use crate::{HashError, Result};
+
+/// File name of the encoder's tensors (safetensors: `mean` [d], `projection` [d, bits],
+/// `thresholds` [bits], all f32).
+pub const ENCODER_TENSORS: &str = "encoder.safetensors";
+/// File name of the encoder's description (JSON).
+pub const ENCODER_JSON: &str = "encoder.json";
+
+/// A linear binary encoder: `bit_j(x) = [((x − μ) · P)_j − t_j ≥ 0]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearEncoder {
+    /// Method that produced it (`lsh`, `pca`, `itq`, a learned head's name, …).
+    pub method: String,
+    /// Input dimension `d`.
+    pub dim: usize,
+    /// Code length.
+    pub bits: usize,
+    /// Centring vector μ (`d`).
+    pub mean: Vec<f32>,
+    /// Projection `P`, row-major `[d, bits]`.
+    pub projection: Vec<f32>,
+    /// Thresholds `t` (`bits`).
+    pub thresholds: Vec<f32>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncoderJson {
+    format: String,
+    method: String,
+    dim: usize,
+    bits: usize,
+    formula: String,
+    tensors: String,
+}
+
+impl LinearEncoder {
+    /// Checks the shapes.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.dim > 0
+            && self.bits > 0
+            && self.mean.len() == self.dim
+            && self.projection.len() == self.dim * self.bits
+            && self.thresholds.len() == self.bits;
+        if ok {
+            Ok(())
+        } else {
+            Err(HashError::InvalidArgument(format!(
+                "encoder shapes disagree: dim {}, bits {}, mean {}, projection {}, thresholds {}",
+                self.dim,
+                self.bits,
+                self.mean.len(),
+                self.projection.len(),
+                self.thresholds.len()
+            )))
+        }
+    }
+
+    /// The projections `(x − μ)·P − t` of every row, row-major `[rows, bits]`.
+    pub fn project(&self, x: &FloatMatrix) -> Result<Vec<f32>> {
+        if x.cols() != self.dim {
+            return Err(HashError::InvalidArgument(format!(
+                "input has {} columns, the encoder expects {}",
+                x.cols(),
+                self.dim
+            )));
+        }
+        let (n, d, k) = (x.rows(), self.dim, self.bits);
+        let centred: Vec<f32> = x
+            .as_slice()
+            .chunks(d)
+            .flat_map(|r| r.iter().zip(&self.mean).map(|(a, m)| a - m))
+            .collect();
+        let mut out = vec![0f32; n * k];
+        if n > 0 {
+            // SAFETY: A is n×d (row stride d), B is d×k (row stride k), C is n×k (row stride k);
+            // all three buffers have exactly those sizes.
+            unsafe {
+                matrixmultiply_sgemm(n, d, k, &centred, &self.projection, &mut out);
+            }
+        }
+        for row in out.chunks_mut(k) {
+            for (v, t) in row.iter_mut().zip(&self.thresholds) {
+                *v -= t;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Codes of every row of `x`.
+    pub fn encode(&self, x: &FloatMatrix) -> Result<PackedCodes> {
+        let p = self.project(x)?;
+        Ok(PackedCodes::from_f32_rows(&p, self.bits, self.bits)?)
+    }
+
+    /// Saves `encoder.safetensors` and `encoder.json` into `dir` (created), atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| HashError::File {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (m, p, t) = (
+            bytes(&self.mean),
+            bytes(&self.projection),
+            bytes(&self.thresholds),
+        );
+        fn view(shape: Vec<usize>, b: &[u8]) -> Result<safetensors::tensor::TensorView<'_>> {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b)
+                .map_err(|e| HashError::InvalidArgument(e.to_string()))
+        }
+        let tensors = vec![
+            ("mean".to_owned(), view(vec![self.dim], &m)?),
+            (
+                "projection".to_owned(),
+                view(vec![self.dim, self.bits], &p)?,
+            ),
+            ("thresholds".to_owned(), view(vec![self.bits], &t)?),
+        ];
+        let data = safetensors::serialize(tensors, &None)
+            .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
+        bllm_codes::io::write_atomic(&dir.join(ENCODER_TENSORS), &data)?;
+        let json = EncoderJson {
+            format: "bllm-linear-encoder".into(),
+            method: self.method.clone(),
+            dim: self.dim,
+            bits: self.bits,
+            formula: "bit_j = ((x - mean) @ projection - thresholds)_j >= 0; packed LSB-first in little-endian u64 words".into(),
+            tensors: ENCODER_TENSORS.into(),
+        };
+        let mut text = serde_json::to_vec_pretty(&json)
+            .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
+        text.push(b'\n');
+        bllm_codes::io::write_atomic(&dir.join(ENCODER_JSON), &text)?;
+        Ok(())
+    }
+
+    /// Loads an encoder saved by [`save`](Self::save), checking names, dtypes and shapes.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let jpath = dir.join(ENCODER_JSON);
+        let bad = |p: &Path, reason: String| HashError::File {
+            path: p.to_owned(),
+            reason,
+        };
+        let text = std::fs::read(&jpath).map_err(|e| bad(&jpath, e.to_string()))?;
+        let j: EncoderJson = serde_json::from_slice(&text)
+            .map_err(|e| bad(&jpath, format!("invalid encoder description: {e}")))?;
+        if j.format != "bllm-linear-encoder" {
+            return Err(bad(
+                &jpath,
+                format!("format is {:?}, expected \"bllm-linear-encoder\"", j.format),
+            ));
+        }
+        let tpath = dir.join(&j.tensors);
+        let raw = std::fs::read(&tpath).map_err(|e| bad(&tpath, e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&raw).map_err(|e| bad(&tpath, e.to_string()))?;
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| bad(&tpath, format!("tensor {name:?}: {e}")))?;
+            if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
+                return Err(bad(
+                    &tpath,
+                    format!(
+                        "tensor {name:?} is {:?} {:?}, expected F32 {shape:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let enc = Self {
+            method: j.method,
+            dim: j.dim,
+            bits: j.bits,
+            mean: get("mean", &[j.dim])?,
+            projection: get("projection", &[j.dim, j.bits])?,
+            thresholds: get("thresholds", &[j.bits])?,
+        };
+        if let Some(v) = enc
+            .mean
+            .iter()
+            .chain(&enc.projection)
+            .chain(&enc.thresholds)
+            .find(|v| !v.is_finite())
+        {
+            return Err(bad(&tpath, format!("non-finite value {v} in the encoder")));
+        }
+        enc.validate()?;
+        Ok(enc)
+    }
+}
+
+/// Row-major `C = A · B` via matrixmultiply.
+///
+/// # Safety
+/// `a` must hold `m·k`, `b` `k·n` and `c` `m·n` values.
+unsafe fn matrixmultiply_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: guaranteed by the caller; strides describe row-major matrices of those shapes.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}

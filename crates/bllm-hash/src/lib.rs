@@ -1,0 +1,20 @@
+//! # bllm-hash — classic binary hashing baselines
+//!
+//! Every method here is a [`LinearEncoder`]: `code = sign((x − μ) · P − t)` with `sign(0) = +1`,
+//! packed in the contract layout of `bllm-codes`. That is also the export format of learned
+//! heads, so baselines and trained encoders are saved, loaded and applied the same way.
+//!
+//! * [`random_hyperplanes`] — LSH (Charikar 2002): `P` a seeded Gaussian matrix, raw or centred;
+//! * [`pca_sign`] — the top-k principal directions (k ≤ d);
+//! * [`itq`] — PCA then Iterative Quantization (Gong & Lazebnik 2011): a rotation `R`
+//!   alternating `B = sign(V R)` and the orthogonal Procrustes solution, minimising the
+//!   quantisation loss `‖B − V R‖²`;
+//! * [`centred_sign`] — `sign(x − μ)`, bits = dimension.
+
+mod encoder;
+mod error;
+mod fit;
+
+pub use encoder::{ENCODER_JSON, ENCODER_TENSORS, LinearEncoder};
+pub use error::{HashError, Result};
+pub use fit::{ItqReport, Method, centred_sign, fit, itq, pca, pca_sign, random_hyperplanes};
