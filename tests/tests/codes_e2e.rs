@@ -20,13 +20,22 @@ fn every_bundled_dataset_matches_its_manifest() {
         if !manifest.is_file() {
             continue;
         }
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
         for key in ["name", "description", "source", "licence"] {
-            assert!(m[key].as_str().is_some_and(|v| !v.is_empty()), "{}: {key} missing", manifest.display());
+            assert!(
+                m[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{}: {key} missing",
+                manifest.display()
+            );
         }
         for (name, meta) in m["files"].as_object().unwrap() {
             let sum = bllm_codes::io::sha256_file(&dir.join(name)).unwrap();
-            assert_eq!(meta["sha256"].as_str().unwrap(), sum, "{name} changed without its manifest");
+            assert_eq!(
+                meta["sha256"].as_str().unwrap(),
+                sum,
+                "{name} changed without its manifest"
+            );
             if name.ends_with(".npy") {
                 let arr = bllm_codes::io::npy::read_npy(&dir.join(name)).unwrap();
                 assert_eq!(serde_json::json!([arr.rows, arr.cols]), meta["shape"]);
@@ -34,7 +43,10 @@ fn every_bundled_dataset_matches_its_manifest() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "expected the bundled datasets, checked {checked} files");
+    assert!(
+        checked >= 4,
+        "expected the bundled datasets, checked {checked} files"
+    );
 }
 
 /// Runs the quickstart pipeline into `out` at 64 bits.
