@@ -1,0 +1,18 @@
+//! # bllm-data — embedding datasets
+//!
+//! * [`load_embeddings`]: float embeddings from `.npy` (float32/float16), `.fvecs` and
+//!   `.safetensors`, as a [`FloatMatrix`], with errors naming the file and what is wrong;
+//! * [`check_manifest`]: a bundled dataset's `MANIFEST.json` (source, licence, sha256 per file)
+//!   verified against the files on load;
+//! * [`Split`]: database / queries / training rows (`queries = N` takes the first N rows);
+//! * [`synthetic`]: the review's hard case, seeded.
+
+mod error;
+mod load;
+mod split;
+pub mod synthetic;
+
+pub use bllm_codes::FloatMatrix;
+pub use error::{DataError, Result};
+pub use load::{check_manifest, load_embeddings, write_fvecs};
+pub use split::Split;
