@@ -247,3 +247,45 @@ fn baseline_encoders_fit_save_and_encode_identically() {
     .unwrap_err();
     assert!(e.contains("999"), "{e}");
 }
+
+#[test]
+fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
+    let out = tempfile::tempdir().unwrap();
+    let data = repo_root().join("datasets/sample-clustered/db.npy");
+    bllm_ok(&[
+        "codes",
+        "compare",
+        "--data",
+        s(&data),
+        "--queries",
+        "50",
+        "--methods",
+        "lsh,itq",
+        "--bits",
+        "16,32",
+        "-k",
+        "1,10",
+        "--rerank",
+        "100",
+        "--out",
+        s(out.path()),
+    ]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    // 2 methods × 2 bit budgets × 2 k × (Hamming + 1 re-rank depth).
+    assert_eq!(rows.len(), 16);
+    for r in &rows {
+        let recall = r["recall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&recall), "{r}");
+        for key in ["method", "bits", "k", "rerank"] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+    }
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(
+        md.contains("| itq | 32 |") && md.contains("R@10 rerank 100"),
+        "{md}"
+    );
+    let e = bllm(&["codes", "compare", "--data", s(&data), "--queries", "5000"]).unwrap_err();
+    assert!(e.contains("queries = 5000"), "{e}");
+}

@@ -27,6 +27,37 @@ pub enum CodesCommand {
     Info(InfoArgs),
     /// Fit a baseline encoder (lsh, lsh_centred, pca, itq, sign) on float embeddings and save it.
     Fit(FitArgs),
+    /// Compare baselines: Recall@k for every method × bits, Hamming only and after re-ranking.
+    Compare(CompareArgs),
+}
+
+/// Arguments of `bllm codes compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Embeddings (.npy, .fvecs or .safetensors); the first --queries rows are the queries.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Number of leading rows used as queries (the rest is the database and training set).
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// Methods.
+    #[arg(long, value_delimiter = ',', default_value = "lsh,lsh_centred,pca,itq")]
+    pub methods: Vec<String>,
+    /// Bit budgets.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    pub bits: Vec<usize>,
+    /// Neighbour counts.
+    #[arg(short, long, value_delimiter = ',', default_value = "1,10,100")]
+    pub k: Vec<usize>,
+    /// Re-rank depths (exact re-ranking of the Hamming top R).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub rerank: Vec<usize>,
+    /// Seed of the random parts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write results.json and results.md here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `bllm codes fit`.
@@ -249,6 +280,7 @@ pub fn run(cmd: CodesCommand) -> Result<()> {
         CodesCommand::Bench(a) => bench_cmd(a),
         CodesCommand::Info(a) => info(a),
         CodesCommand::Fit(a) => fit(a),
+        CodesCommand::Compare(a) => compare(a),
     }
 }
 
@@ -463,5 +495,48 @@ fn fit(a: FitArgs) -> Result<()> {
         x.rows(),
         a.out.display()
     );
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    use bllm_hash::compare::{evaluate_encoder, markdown, truth};
+    let x = bllm_data::load_embeddings(&a.data, None)?;
+    let split = bllm_data::Split::first_rows(&x, a.queries)?;
+    let methods = a
+        .methods
+        .iter()
+        .map(|m| bllm_hash::Method::from_name(m.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = truth(&split.db, &split.queries, &a.k)?;
+    let mut rows = Vec::new();
+    for &bits in &a.bits {
+        for &m in &methods {
+            let enc = match bllm_hash::fit(m, &split.train, bits, a.seed) {
+                Ok(e) => e,
+                Err(bllm_hash::HashError::InvalidArgument(why)) => {
+                    eprintln!("skipping {} at {bits} bits: {why}", m.name());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            rows.extend(evaluate_encoder(
+                &enc,
+                &split.db,
+                &split.queries,
+                &t,
+                &a.k,
+                &a.rerank,
+            )?);
+        }
+    }
+    let md = markdown(&rows);
+    print!("{md}");
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut json = serde_json::to_vec_pretty(&rows)?;
+        json.push(b'\n');
+        io::write_atomic(&dir.join("results.json"), &json)?;
+        io::write_atomic(&dir.join("results.md"), md.as_bytes())?;
+    }
     Ok(())
 }

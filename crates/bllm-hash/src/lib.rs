@@ -11,10 +11,12 @@
 //!   quantisation loss `‖B − V R‖²`;
 //! * [`centred_sign`] — `sign(x − μ)`, bits = dimension.
 
+pub mod compare;
 mod encoder;
 mod error;
 mod fit;
 
+pub use compare::ResultRow;
 pub use encoder::{ENCODER_JSON, ENCODER_TENSORS, LinearEncoder};
 pub use error::{HashError, Result};
 pub use fit::{ItqReport, Method, centred_sign, fit, itq, pca, pca_sign, random_hyperplanes};
