@@ -97,18 +97,12 @@ pub struct EncodeArgs {
 /// `bllm encode`: codes for new vectors through a saved encoder.
 pub fn encode(a: EncodeArgs) -> Result<()> {
     let enc = bllm_hash::LinearEncoder::load(&a.encoder)?;
-    let x = npy::read_float_matrix(&a.input).context("cannot read the input embeddings")?;
+    let (x, source) = read_input(&a.input)?;
     let codes = enc
         .encode(&x)
         .with_context(|| format!("cannot encode {}", a.input.display()))?;
     let info = ManifestInfo {
-        source: Some(SourceInfo {
-            path: a.input.display().to_string(),
-            sha256: io::sha256_file(&a.input)?,
-            dtype: npy::read_npy(&a.input)?.dtype.name().into(),
-            rows: x.rows(),
-            dim: x.cols(),
-        }),
+        source: Some(source),
         encoder: Some(format!("{} ({})", enc.method, a.encoder.display())),
         recipe: None,
         tool: Some(crate::tool_version()),
@@ -290,35 +284,35 @@ fn read_dir_codes(dir: &Path) -> Result<PackedCodes> {
     Ok(codes)
 }
 
+/// Reads float embeddings from `.npy` and describes them for a manifest.
+fn read_input(path: &Path) -> Result<(bllm_codes::FloatMatrix, SourceInfo)> {
+    let (x, dtype) =
+        npy::read_float_matrix_typed(path).context("cannot read the input embeddings")?;
+    let source = SourceInfo {
+        path: path.display().to_string(),
+        sha256: io::sha256_file(path)?,
+        dtype: dtype.name().into(),
+        rows: x.rows(),
+        dim: x.cols(),
+    };
+    Ok((x, source))
+}
+
 fn pack(a: PackArgs) -> Result<()> {
-    let m = npy::read_npy(&a.input).context("cannot read the input embeddings")?;
-    let values = m.to_f32(&a.input)?;
-    let bits = a.bits.unwrap_or(m.cols);
-    if bits == 0 || bits > m.cols {
+    let (x, source) = read_input(&a.input)?;
+    let bits = a.bits.unwrap_or(x.cols());
+    if bits == 0 || bits > x.cols() {
         bail!(
             "--bits {bits} is out of range: {} has {} columns, so bits must be in 1..={}",
             a.input.display(),
-            m.cols,
-            m.cols
+            x.cols(),
+            x.cols()
         );
     }
-    let codes = PackedCodes::from_f32_rows(&values, m.cols, bits).map_err(|e| match e {
-        bllm_codes::CodesError::NonFinite {
-            row, col, value, ..
-        } => anyhow::anyhow!(
-            "{}: non-finite value {value} at row {row}, column {col}; codes need finite input",
-            a.input.display()
-        ),
-        other => other.into(),
-    })?;
+    let codes = PackedCodes::from_f32_rows(x.as_slice(), x.cols(), bits)?;
+    let (dtype, cols) = (source.dtype.clone(), x.cols());
     let info = ManifestInfo {
-        source: Some(SourceInfo {
-            path: a.input.display().to_string(),
-            sha256: io::sha256_file(&a.input)?,
-            dtype: m.dtype.name().into(),
-            rows: m.rows,
-            dim: m.cols,
-        }),
+        source: Some(source),
         encoder: Some(format!("sign(x[:{bits}])")),
         recipe: None,
         tool: Some(crate::tool_version()),
@@ -328,8 +322,8 @@ fn pack(a: PackArgs) -> Result<()> {
         "packed {} rows × {bits} bits from {} ({}, {} columns) into {} ({} payload bytes, {} words per row)",
         codes.rows(),
         a.input.display(),
-        m.dtype.name(),
-        m.cols,
+        dtype,
+        cols,
         a.out.join(io::CODES_FILE_NAME).display(),
         codes.byte_len(),
         codes.words_per_row()

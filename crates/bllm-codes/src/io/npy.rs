@@ -174,9 +174,14 @@ pub fn read_npy(path: &Path) -> Result<NpyMatrix> {
 /// Reads a float32 or float16 `.npy` matrix (one embedding per row) into a [`FloatMatrix`];
 /// NaN or infinite values are errors naming the file, row and column.
 pub fn read_float_matrix(path: &Path) -> Result<FloatMatrix> {
+    Ok(read_float_matrix_typed(path)?.0)
+}
+
+/// [`read_float_matrix`], also returning the element type the file stored.
+pub fn read_float_matrix_typed(path: &Path) -> Result<(FloatMatrix, Dtype)> {
     let m = read_npy(path)?;
     let data = m.to_f32(path)?;
-    FloatMatrix::new(m.rows, m.cols, data).map_err(|e| match e {
+    let x = FloatMatrix::new(m.rows, m.cols, data).map_err(|e| match e {
         CodesError::NonFinite {
             row, col, value, ..
         } => CodesError::NonFinite {
@@ -186,7 +191,8 @@ pub fn read_float_matrix(path: &Path) -> Result<FloatMatrix> {
             value,
         },
         other => other,
-    })
+    })?;
+    Ok((x, m.dtype))
 }
 
 /// Reads codes from a `uint64 [rows, words]` or `uint8 [rows, bytes]` `.npy` file. `bits`
