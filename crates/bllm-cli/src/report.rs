@@ -113,15 +113,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let group: Vec<&str> = name
-                .split(',')
-                .filter(|p| !p.starts_with("seed="))
-                .collect();
             let summary: Option<RunSummary> = std::fs::read(r.join("summary.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let status = if summary.is_some() { "ok" } else { "stopped" };
-            rows.push((group.join(","), status, summary));
+            rows.push((crate::train::group_of(&name), status, summary));
         }
         let (csv, md) = crate::train::tables(&rows);
         bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;

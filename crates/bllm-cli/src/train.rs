@@ -162,18 +162,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             Err(bllm_train::TrainError::Stopped { .. }) => ("stopped", None),
             Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),
         };
-        let group: Vec<String> = r
-            .assignments
-            .iter()
-            .filter(|(k, _)| k != "seed")
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                )
-            })
-            .collect();
-        rows.push((group.join(","), status, s));
+        rows.push((group_of(&r.name), status, s));
     }
     let (csv, md) = crate::train::tables(&rows);
     bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
@@ -181,6 +170,17 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     print!("{md}");
     eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
     Ok(())
+}
+
+/// The table group of a run: its name (`key=value,…`, as sweeps name run directories) without
+/// the seed, so seeds of the same configuration average together. `bllm sweep` and
+/// `bllm report` both group with this, so a report regenerates the sweep's tables exactly.
+pub(crate) fn group_of(run_name: &str) -> String {
+    run_name
+        .split(',')
+        .filter(|p| !p.starts_with("seed="))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
