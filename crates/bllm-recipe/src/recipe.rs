@@ -169,6 +169,16 @@ pub enum MonitorAction {
 impl MonitorAction {
     const NAMES: [&'static str; 4] = ["log", "warn", "skip_step", "stop"];
 
+    /// The name used in recipes and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log => Self::NAMES[0],
+            Self::Warn => Self::NAMES[1],
+            Self::SkipStep => Self::NAMES[2],
+            Self::Stop => Self::NAMES[3],
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         match s {
             "log" => Some(Self::Log),

@@ -480,11 +480,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             MonitorEvent {
                 step,
                 event: "resume".into(),
-                monitor: None,
-                action: None,
-                value: None,
-                threshold: None,
                 message: Some(format!("resumed from {}", dir.display())),
+                ..Default::default()
             },
         )?;
     } else {
@@ -535,11 +532,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             let e = MonitorEvent {
                 step: state.step,
                 event: "checkpoint".into(),
-                monitor: None,
-                action: None,
-                value: None,
-                threshold: None,
                 message: Some(format!("{}{note}", p.display())),
+                ..Default::default()
             };
             event(&run, e)?;
             run.prune(recipe.checkpoint.keep_last)
@@ -714,11 +708,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
                 MonitorEvent {
                     step,
                     event: "skip_step".into(),
-                    monitor: None,
-                    action: None,
                     value: Some(loss_v),
-                    threshold: None,
-                    message: None,
+                    ..Default::default()
                 },
             )?;
         } else {
@@ -913,12 +904,7 @@ fn record_firing(
     if action != MonitorAction::Log {
         *count += 1;
     }
-    let act = match action {
-        MonitorAction::Log => "log",
-        MonitorAction::Warn => "warn",
-        MonitorAction::SkipStep => "skip_step",
-        MonitorAction::Stop => "stop",
-    };
+    let act = action.name();
     let e = MonitorEvent {
         step,
         event: "monitor".into(),
@@ -926,7 +912,7 @@ fn record_firing(
         action: Some(act.into()),
         value: Some(value),
         threshold: Some(threshold),
-        message: None,
+        ..Default::default()
     };
     run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
     if verbose && action != MonitorAction::Log {
@@ -953,10 +939,9 @@ fn stopped(
         step,
         event: "stop".into(),
         monitor: Some(name.into()),
-        action: None,
         value: Some(value),
         threshold: Some(threshold),
-        message: None,
+        ..Default::default()
     };
     run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
     Ok(TrainError::Stopped {

@@ -44,8 +44,8 @@ impl SpikeDetector {
     }
 }
 
-/// One line of `events.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One line of `events.jsonl`; unset fields are left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MonitorEvent {
     /// Step.
     pub step: usize,
