@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_train::RunSummary;
+use bllm_train::{RetrievalSummary, RunSummary};
 use clap::Args;
 
 /// Arguments of `bllm report`.
@@ -14,8 +14,14 @@ pub struct ReportArgs {
 }
 
 /// Curves plotted: (metric key, split, title).
-const CURVES: [(&str, &str, &str); 8] = [
+const CURVES: [(&str, &str, &str); 10] = [
     ("loss", "train", "training loss"),
+    ("recall", "eval", "query Hamming Recall@10 (retrieval)"),
+    (
+        "bit_balance",
+        "train",
+        "bit balance: mean |P(bit) − 0.5| (retrieval)",
+    ),
     ("accuracy", "eval", "held-out accuracy"),
     ("grad_norm", "train", "gradient norm"),
     (
@@ -106,7 +112,29 @@ pub fn report(a: ReportArgs) -> Result<()> {
         written += 1;
     }
     // Tables (sweeps): regroup the runs by their name without the seed.
-    if runs.len() > 1 || runs[0] != *dir {
+    let retrieval = runs.iter().any(|r| {
+        std::fs::read(r.join("summary.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RetrievalSummary>(&b).ok())
+            .is_some()
+    });
+    if retrieval && (runs.len() > 1 || runs[0] != *dir) {
+        let mut rows = Vec::new();
+        for r in &runs {
+            let name = r
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let summary: Option<RetrievalSummary> = std::fs::read(r.join("summary.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            rows.push((crate::train::group_of(&name), summary));
+        }
+        let (csv, md) = crate::train::retrieval_tables(&rows);
+        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+        print!("{md}");
+    } else if runs.len() > 1 || runs[0] != *dir {
         let mut rows = Vec::new();
         for r in &runs {
             let name = r

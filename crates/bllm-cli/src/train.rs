@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, expand_sweep, parse_override};
-use bllm_train::{RunOptions, RunSummary, timestamp_utc};
+use bllm_train::{RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
 use clap::Args;
 
 use crate::recipes::{Components, load};
@@ -76,9 +76,6 @@ pub fn run(a: RunArgs) -> Result<()> {
             a.recipe.display()
         );
     }
-    match recipe.kind {
-        Kind::Classify => {}
-    }
     let run_dir = match (&a.run_dir, a.resume) {
         (Some(d), _) => d.clone(),
         (None, true) => newest_run(&recipe.name)?,
@@ -111,13 +108,66 @@ pub fn run(a: RunArgs) -> Result<()> {
             bar.set_message(format!("{loss:.4}"));
         }));
     }
-    let result = bllm_train::run(&recipe, &mut opts);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    match recipe.kind {
+        Kind::Classify => {
+            let result = bllm_train::run(&recipe, &mut opts);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
+            print_summary(&s, &run_dir);
+        }
+        Kind::Retrieval => {
+            let result = bllm_train::run_retrieval(&recipe, &mut opts);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
+            print_retrieval(&s, &run_dir);
+        }
     }
-    let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-    print_summary(&s, &run_dir);
     Ok(())
+}
+
+/// The results table and a one-line verdict: the head against the best baseline at its bits.
+fn print_retrieval(s: &RetrievalSummary, dir: &Path) {
+    if !s.complete {
+        println!(
+            "{}: {} steps (stopped early, resumable) → {}",
+            s.name,
+            s.steps,
+            dir.display()
+        );
+        return;
+    }
+    print!("{}", bllm_hash::compare::markdown(&s.results));
+    let head = s.recall(&s.method, s.bits, 10, 0);
+    let best = s
+        .results
+        .iter()
+        .filter(|r| r.method != s.method && r.bits == s.bits && r.k == 10 && r.rerank == 0)
+        .max_by(|a, b| a.recall.total_cmp(&b.recall));
+    match (head, best) {
+        (Some(h), Some(b)) => println!(
+            "{} at {} bits: Hamming Recall@10 {h:.4} vs best baseline {} {:.4} ({:+.4})",
+            s.method,
+            s.bits,
+            b.method,
+            b.recall,
+            h - b.recall
+        ),
+        (Some(h), None) => println!("{} at {} bits: Hamming Recall@10 {h:.4}", s.method, s.bits),
+        _ => {}
+    }
+    println!(
+        "{} steps, train loss {:.4}, {} monitor events; results → {}/results.md; encoder → {}/export/encoder; codes → {}/export/codes",
+        s.steps,
+        s.train_loss,
+        s.monitor_events,
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
 }
 
 /// Arguments of `bllm sweep`.
@@ -146,6 +196,31 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         PathBuf::from("checkpoints").join(format!("{}-sweep-{}", base.name, timestamp_utc()))
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if base.kind == Kind::Retrieval {
+        let mut rows = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
+            let mut opts = RunOptions {
+                run_dir: dir.join(&r.name),
+                resume: false,
+                max_steps: None,
+                verbose: false,
+                progress: None,
+            };
+            let s = match bllm_train::run_retrieval(&r.recipe, &mut opts) {
+                Ok(s) => Some(s),
+                Err(bllm_train::TrainError::Stopped { .. }) => None,
+                Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),
+            };
+            rows.push((group_of(&r.name), s));
+        }
+        let (csv, md) = retrieval_tables(&rows);
+        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+        print!("{md}");
+        eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
@@ -261,6 +336,58 @@ pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, St
         }
         csv.push('\n');
         md.push('\n');
+    }
+    (csv, md)
+}
+
+/// summary.csv and summary.md of a retrieval sweep: recall mean ± std over the runs of each
+/// group (seeds), for every (method, bits, k, rerank) the runs evaluated.
+pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (String, String) {
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _) in rows {
+        if !groups.contains(&g.as_str()) {
+            groups.push(g);
+        }
+    }
+    let mut csv = String::from("group,runs,stopped,method,bits,k,rerank,recall_mean,recall_std\n");
+    let mut md = String::from(
+        "| group | runs | stopped | method | bits | k | rerank | recall |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
+    );
+    for g in groups {
+        let runs: Vec<&RetrievalSummary> = rows
+            .iter()
+            .filter(|(k, _)| k == g)
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
+        let n = rows.iter().filter(|(k, _)| k == g).count();
+        let stopped = n - runs.len();
+        let mut keys: Vec<(String, usize, usize, usize)> = Vec::new();
+        for s in &runs {
+            for r in &s.results {
+                let key = (r.method.clone(), r.bits, r.k, r.rerank);
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        let name = if g.is_empty() { "(all)" } else { g };
+        if keys.is_empty() {
+            csv.push_str(&format!("{name},{n},{stopped},,,,,,\n"));
+            md.push_str(&format!("| {name} | {n} | {stopped} | – | | | | |\n"));
+        }
+        for (method, bits, k, rerank) in keys {
+            let vals: Vec<f64> = runs
+                .iter()
+                .filter_map(|s| s.recall(&method, bits, k, rerank))
+                .collect();
+            let (m, sd) = mean_std(&vals);
+            csv.push_str(&format!(
+                "{name},{n},{stopped},{method},{bits},{k},{rerank},{m:.6},{sd:.6}\n"
+            ));
+            md.push_str(&format!(
+                "| {name} | {n} | {stopped} | {method} | {bits} | {k} | {rerank} | {m:.4} ± {sd:.4} |\n"
+            ));
+        }
     }
     (csv, md)
 }

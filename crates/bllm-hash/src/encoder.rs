@@ -13,7 +13,8 @@ pub const ENCODER_TENSORS: &str = "encoder.safetensors";
 /// File name of the encoder's description (JSON).
 pub const ENCODER_JSON: &str = "encoder.json";
 
-/// A linear binary encoder: `bit_j(x) = [((x − μ) · P)_j − t_j ≥ 0]`.
+/// A linear binary encoder: `bit_j(x) = [((x̂ − μ) · P)_j − t_j ≥ 0]`, where `x̂ = x / ‖x‖`
+/// when [`normalize`](Self::normalize) is set and `x` otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearEncoder {
     /// Method that produced it (`lsh`, `pca`, `itq`, a learned head's name, …).
@@ -28,6 +29,8 @@ pub struct LinearEncoder {
     pub projection: Vec<f32>,
     /// Thresholds `t` (`bits`).
     pub thresholds: Vec<f32>,
+    /// L2-normalise each input row before centring (as the trainer did).
+    pub normalize: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +42,8 @@ struct EncoderJson {
     bits: usize,
     formula: String,
     tensors: String,
+    #[serde(default)]
+    normalize: bool,
 }
 
 impl LinearEncoder {
@@ -73,11 +78,21 @@ impl LinearEncoder {
             )));
         }
         let (n, d, k) = (x.rows(), self.dim, self.bits);
-        let centred: Vec<f32> = x
-            .as_slice()
-            .chunks(d)
-            .flat_map(|r| r.iter().zip(&self.mean).map(|(a, m)| a - m))
-            .collect();
+        let mut centred = Vec::with_capacity(n * d);
+        for (i, r) in x.as_slice().chunks(d).enumerate() {
+            let scale = if self.normalize {
+                let norm = l2_norm(r);
+                if !(norm > 0.0 && norm.is_finite()) {
+                    return Err(HashError::InvalidArgument(format!(
+                        "row {i} has norm {norm}; this encoder L2-normalises its inputs"
+                    )));
+                }
+                1.0 / norm
+            } else {
+                1.0
+            };
+            centred.extend(r.iter().zip(&self.mean).map(|(a, m)| a * scale - m));
+        }
         let mut out = vec![0f32; n * k];
         if n > 0 {
             // SAFETY: A is n×d (row stride d), B is d×k (row stride k), C is n×k (row stride k);
@@ -133,8 +148,9 @@ impl LinearEncoder {
             method: self.method.clone(),
             dim: self.dim,
             bits: self.bits,
-            formula: "bit_j = ((x - mean) @ projection - thresholds)_j >= 0; packed LSB-first in little-endian u64 words".into(),
+            formula: "x <- x / ||x|| if normalize; bit_j = ((x - mean) @ projection - thresholds)_j >= 0; packed LSB-first in little-endian u64 words".into(),
             tensors: ENCODER_TENSORS.into(),
+            normalize: self.normalize,
         };
         let mut text = serde_json::to_vec_pretty(&json)
             .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
@@ -189,6 +205,7 @@ impl LinearEncoder {
             mean: get("mean", &[j.dim])?,
             projection: get("projection", &[j.dim, j.bits])?,
             thresholds: get("thresholds", &[j.bits])?,
+            normalize: j.normalize,
         };
         if let Some(v) = enc
             .mean
@@ -202,6 +219,33 @@ impl LinearEncoder {
         enc.validate()?;
         Ok(enc)
     }
+}
+
+/// The Euclidean norm of `r`, accumulated in f64 and rounded to f32 (the normalisation every
+/// part of the project uses, so trainer and encoder agree bit for bit).
+pub fn l2_norm(r: &[f32]) -> f32 {
+    r.iter()
+        .map(|v| f64::from(*v) * f64::from(*v))
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// Every row of `x` divided by its [`l2_norm`] (`x · (1 / ‖x‖)` element-wise, as
+/// [`LinearEncoder::project`] does); a zero or non-finite norm is an error naming the row.
+pub fn normalize_rows(x: &FloatMatrix) -> Result<FloatMatrix> {
+    let d = x.cols();
+    let mut out = Vec::with_capacity(x.rows() * d);
+    for (i, r) in x.as_slice().chunks(d.max(1)).enumerate() {
+        let norm = l2_norm(r);
+        if !(norm > 0.0 && norm.is_finite()) {
+            return Err(HashError::InvalidArgument(format!(
+                "row {i} has norm {norm} and cannot be L2-normalised"
+            )));
+        }
+        let scale = 1.0 / norm;
+        out.extend(r.iter().map(|a| a * scale));
+    }
+    Ok(FloatMatrix::new(x.rows(), d, out)?)
 }
 
 /// Row-major `C = A · B` via matrixmultiply.

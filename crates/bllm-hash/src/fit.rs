@@ -125,6 +125,7 @@ pub fn random_hyperplanes(
         mean,
         projection,
         thresholds: vec![0.0; bits],
+        normalize: false,
     })
 }
 
@@ -148,6 +149,7 @@ pub fn centred_sign(x: &FloatMatrix, bits: usize) -> Result<LinearEncoder> {
         mean: to_f32(&column_mean(x)),
         projection,
         thresholds: vec![0.0; d],
+        normalize: false,
     })
 }
 
@@ -198,6 +200,7 @@ fn encoder_from(method: &str, mu: &[f64], p: &DMatrix<f64>) -> LinearEncoder {
         mean: to_f32(mu),
         projection,
         thresholds: vec![0.0; k],
+        normalize: false,
     }
 }
 

@@ -17,6 +17,6 @@ mod error;
 mod fit;
 
 pub use compare::ResultRow;
-pub use encoder::{ENCODER_JSON, ENCODER_TENSORS, LinearEncoder};
+pub use encoder::{ENCODER_JSON, ENCODER_TENSORS, LinearEncoder, l2_norm, normalize_rows};
 pub use error::{HashError, Result};
 pub use fit::{ItqReport, Method, centred_sign, fit, itq, pca, pca_sign, random_hyperplanes};

@@ -10,6 +10,9 @@
 //!   weights).
 //! * [`Bop`]: the Bop optimizer for binary weights, and [`MixedOptimizer`] to run it beside
 //!   Adam/AdamW on the float parameters of the same model.
+//! * [`HashHead`]: a learned projection from float embeddings to k-bit retrieval codes, with
+//!   the [`listwise_loss`] / [`similarity_loss`] objectives and the [`bit_balance`] /
+//!   [`decorrelation`] regularisers.
 //! * [`summary`]: Larq-style memory accounting per layer — parameters per precision and bytes
 //!   that count scales, padding to words and metadata.
 //!
@@ -22,6 +25,7 @@ mod binary_linear;
 mod bit_linear;
 mod bop;
 mod error;
+mod hash_head;
 mod init;
 mod scaling;
 pub mod summary;
@@ -31,6 +35,10 @@ pub use binary_linear::{BinaryLinear, BinaryLinearConfig, BinaryWeights};
 pub use bit_linear::{BitLinear, BitLinearConfig, BitLinearStats};
 pub use bop::{Bop, BopState, MixedOptimizer, binary_param_ids};
 pub use error::{NnError, Result};
+pub use hash_head::{
+    HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
+    similarity_loss,
+};
 pub use init::{kaiming_uniform, with_deterministic_ids};
 pub use scaling::Scaling;
 pub use summary::{LayerSummary, Summarize, Summary, summary};

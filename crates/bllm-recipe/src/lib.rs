@@ -22,8 +22,9 @@ mod walk;
 pub use error::{Issue, RecipeError, Result};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
-    CheckpointSection, ComponentCheck, DataSection, EvalSection, ExportSection, Kind, LrSchedule,
-    ModelSection, MonitorAction, MonitorSection, MonitorsSection, OptimizerKind, OptimizerSection,
-    Recipe, TrainSection,
+    BASELINES, CheckpointSection, ComponentCheck, DataSection, EmbeddingSection, EvalSection,
+    ExportSection, HeadSection, Kind, LrSchedule, ModelSection, MonitorAction, MonitorSection,
+    MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
+    RetrievalEvalSection, RetrievalTask, Task, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

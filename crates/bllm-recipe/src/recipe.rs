@@ -13,14 +13,17 @@ use crate::{Issue, RecipeError, Result};
 pub enum Kind {
     /// A small binary MLP on a synthetic classification task (tests, smoke runs, template).
     Classify,
+    /// A learned projection head from float embeddings to k-bit retrieval codes.
+    Retrieval,
 }
 
 impl Kind {
-    const NAMES: [&'static str; 1] = ["classify"];
+    const NAMES: [&'static str; 2] = ["classify", "retrieval"];
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "classify" => Some(Self::Classify),
+            "retrieval" => Some(Self::Retrieval),
             _ => None,
         }
     }
@@ -29,8 +32,99 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Classify => "classify",
+            Self::Retrieval => "retrieval",
         }
     }
+}
+
+/// The baseline encoders a retrieval recipe may list in `eval.methods` (the names of
+/// `bllm_hash::Method`; a test in `bllm-cli` keeps the two lists equal).
+pub const BASELINES: [&str; 5] = ["lsh", "lsh_centred", "pca", "itq", "sign"];
+
+/// The kind-specific sections of a recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// `kind = "classify"`.
+    Classify {
+        /// `[data]`.
+        data: DataSection,
+        /// `[model]`.
+        model: ModelSection,
+    },
+    /// `kind = "retrieval"`.
+    Retrieval(RetrievalTask),
+}
+
+/// `[data]` of `kind = "retrieval"`: a file of float embeddings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingSection {
+    /// `.npy` (f32/f16), `.fvecs` or `.safetensors` file of embeddings, one row per vector
+    /// (relative paths are relative to the working directory).
+    pub path: String,
+    /// The first N rows are the queries (ignored when `queries_path` is set).
+    pub queries: usize,
+    /// A separate file of queries; then every row of `path` is the database.
+    pub queries_path: Option<String>,
+    /// L2-normalise every row on load (before any centring), so that cosine = inner product.
+    pub normalize: bool,
+    /// Train on at most this many database rows, evenly spaced (0 = all).
+    pub train_rows: usize,
+}
+
+/// `[model]` of `kind = "retrieval"`: the projection head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeadSection {
+    /// Code length.
+    pub bits: usize,
+    /// Initial projection: `itq`, `pca`, `lsh_centred` or `random`.
+    pub init: String,
+    /// Training forward: `surrogate` (the estimator's smooth F, a continuous relaxation whose
+    /// derivative is the estimator's G) or `sign` (hard codes, gradient through the estimator).
+    pub forward: String,
+    /// Learn per-bit thresholds (otherwise they stay at the centred initialisation).
+    pub learn_bias: bool,
+}
+
+/// `[objective]` of `kind = "retrieval"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectiveSection {
+    /// `listwise` (each anchor's softmax over the database, codes vs cosines) or `similarity`
+    /// (scaled code inner products regressed on cosine similarities).
+    pub kind: String,
+    /// Softmax temperature on cosine similarities (listwise).
+    pub teacher_temperature: f64,
+    /// Softmax temperature on normalised code inner products (listwise).
+    pub code_temperature: f64,
+    /// Weight of the bit-balance regulariser `Σ_b mean(h_b)²`.
+    pub bit_balance: f64,
+    /// Weight of the decorrelation regulariser `‖HᵀH/n − I‖²_F / bits²`.
+    pub decorrelation: f64,
+}
+
+/// `[eval]` of `kind = "retrieval"` (besides `every`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetrievalEvalSection {
+    /// Baselines evaluated beside the head.
+    pub methods: Vec<String>,
+    /// Bit budgets of the baselines.
+    pub bits: Vec<usize>,
+    /// Recall@k for each k.
+    pub k: Vec<usize>,
+    /// Re-ranking depths R (Hamming top-R re-ranked with exact cosines).
+    pub rerank: Vec<usize>,
+}
+
+/// Everything specific to `kind = "retrieval"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetrievalTask {
+    /// `[data]`.
+    pub data: EmbeddingSection,
+    /// `[model]`.
+    pub model: HeadSection,
+    /// `[objective]`.
+    pub objective: ObjectiveSection,
+    /// `[eval]`.
+    pub eval: RetrievalEvalSection,
 }
 
 /// `[data]`: the synthetic classification task of `kind = "classify"`.
@@ -136,12 +230,14 @@ pub struct EvalSection {
     pub every: usize,
 }
 
-/// `[export]`: what a finished run writes to `final/export/`.
+/// `[export]`: what a finished run writes to its export directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportSection {
-    /// Each binary layer's weights as a codes directory in the contract layout (one row per
-    /// output channel) plus its scales.
+    /// Classify: each binary layer's weights as a codes directory in the contract layout (one
+    /// row per output channel) plus its scales.
     pub weights: bool,
+    /// Retrieval: also write the database codes as a FAISS `IndexBinaryFlat` file.
+    pub faiss: bool,
 }
 
 /// `[checkpoint]`.
@@ -218,7 +314,7 @@ pub struct MonitorsSection {
 
 impl MonitorsSection {
     /// Monitor names with (default action, default threshold, meaning of the threshold).
-    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 8] = [
+    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 9] = [
         (
             "shadow_cosine",
             "warn",
@@ -257,6 +353,12 @@ impl MonitorsSection {
             "fires when the gradient norm's rolling z-score exceeds",
         ),
         (
+            "bit_balance",
+            "warn",
+            0.45,
+            "retrieval only: fires when some code bit's fraction of ones on the training rows is further than this from 0.5 (a nearly constant, wasted bit)",
+        ),
+        (
             "non_finite",
             "stop",
             0.0,
@@ -286,10 +388,8 @@ pub struct Recipe {
     pub seed: u64,
     /// `cpu` or `cuda`.
     pub device: String,
-    /// `[data]`.
-    pub data: DataSection,
-    /// `[model]`.
-    pub model: ModelSection,
+    /// The kind-specific sections (`[data]`, `[model]`, …).
+    pub task: Task,
     /// `[estimator]`, a `bllm_ste::Estimator` table, checked by [`ComponentCheck`].
     pub estimator: Table,
     /// `[optimizer]`.
@@ -401,53 +501,10 @@ impl Recipe {
             .choice("device", &["cpu", "cuda"], Some("cpu"), r)
             .unwrap_or_else(|| "cpu".into());
 
-        let mut d = root.table("data", r);
-        let data = DataSection {
-            train_size: d.int("train_size", Some(2048), 1, 10_000_000, r) as usize,
-            eval_size: d.int("eval_size", Some(512), 1, 10_000_000, r) as usize,
-            dim: d.int("dim", Some(32), 1, 1 << 20, r) as usize,
-            classes: d.int("classes", Some(4), 2, 1 << 16, r) as usize,
-            noise: d.float("noise", Some(0.5), 0.0, f64::INFINITY, r),
+        let mut task = match kind {
+            Kind::Classify => classify_sections(&mut root, r),
+            Kind::Retrieval => retrieval_sections(&mut root, r),
         };
-        d.finish(r);
-
-        let mut m = root.table("model", r);
-        let hidden = match m.raw("hidden") {
-            None => vec![64],
-            Some(Value::Array(a))
-                if a.iter().all(|v| matches!(v, Value::Integer(i) if *i >= 1)) =>
-            {
-                a.iter()
-                    .filter_map(Value::as_integer)
-                    .map(|i| i as usize)
-                    .collect()
-            }
-            Some(v) => {
-                r.push(
-                    &m.key("hidden"),
-                    "an array of integers >= 1 (hidden widths)",
-                    crate::walk::describe(v),
-                );
-                vec![64]
-            }
-        };
-        let model = ModelSection {
-            hidden,
-            scaling: m
-                .choice(
-                    "scaling",
-                    &["none", "per_tensor", "per_channel"],
-                    Some("per_channel"),
-                    r,
-                )
-                .unwrap_or_default(),
-            learnable_scale: m.boolean("learnable_scale", false, r),
-            binary_activations: m.boolean("binary_activations", false, r),
-            float_first: m.boolean("float_first", false, r),
-            float_last: m.boolean("float_last", true, r),
-        };
-        m.finish(r);
-
         let estimator = match root.raw_table("estimator", r) {
             Some(t) => t,
             None => {
@@ -524,11 +581,20 @@ impl Recipe {
                 format!("the integer {warmup_steps}"),
             );
         }
-        if train_ok && train.batch_size > data.train_size {
+        if let Task::Classify { data, .. } = &task {
+            if train_ok && train.batch_size > data.train_size {
+                r.push(
+                    "train.batch_size",
+                    format!("at most data.train_size ({})", data.train_size),
+                    format!("the integer {}", train.batch_size),
+                );
+            }
+        }
+        if kind == Kind::Retrieval && opt_kind == OptimizerKind::BopAdam {
             r.push(
-                "train.batch_size",
-                format!("at most data.train_size ({})", data.train_size),
-                format!("the integer {}", train.batch_size),
+                "optimizer.kind",
+                "adam, adamw or sgd (a projection head has no binary weights for Bop)",
+                "the string \"bop_adam\"",
             );
         }
 
@@ -536,10 +602,20 @@ impl Recipe {
         let eval = EvalSection {
             every: ev.int("every", Some(0), 0, i64::MAX, r) as usize,
         };
+        if let Task::Retrieval(t) = &mut task {
+            t.eval = retrieval_eval(&mut ev, r);
+        }
         ev.finish(r);
         let mut ex = root.table("export", r);
-        let export = ExportSection {
-            weights: ex.boolean("weights", true, r),
+        let export = match kind {
+            Kind::Classify => ExportSection {
+                weights: ex.boolean("weights", true, r),
+                faiss: false,
+            },
+            Kind::Retrieval => ExportSection {
+                weights: false,
+                faiss: ex.boolean("faiss", false, r),
+            },
         };
         ex.finish(r);
 
@@ -608,8 +684,7 @@ impl Recipe {
             kind,
             seed,
             device,
-            data,
-            model,
+            task,
             estimator,
             optimizer,
             schedule,
@@ -623,8 +698,194 @@ impl Recipe {
         }
     }
 
+    /// The retrieval sections, when `kind = "retrieval"`.
+    pub fn retrieval(&self) -> Option<&RetrievalTask> {
+        match &self.task {
+            Task::Retrieval(t) => Some(t),
+            Task::Classify { .. } => None,
+        }
+    }
+
     /// The resolved recipe as TOML text (what `recipe.resolved.toml` holds).
     pub fn resolved_toml(&self) -> String {
         toml::to_string_pretty(&self.resolved).unwrap_or_default()
+    }
+}
+
+/// `[data]` and `[model]` of `kind = "classify"`.
+fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
+    let mut d = root.table("data", r);
+    let data = DataSection {
+        train_size: d.int("train_size", Some(2048), 1, 10_000_000, r) as usize,
+        eval_size: d.int("eval_size", Some(512), 1, 10_000_000, r) as usize,
+        dim: d.int("dim", Some(32), 1, 1 << 20, r) as usize,
+        classes: d.int("classes", Some(4), 2, 1 << 16, r) as usize,
+        noise: d.float("noise", Some(0.5), 0.0, f64::INFINITY, r),
+    };
+    d.finish(r);
+
+    let mut m = root.table("model", r);
+    let hidden = match m.raw("hidden") {
+        None => vec![64],
+        Some(Value::Array(a)) if a.iter().all(|v| matches!(v, Value::Integer(i) if *i >= 1)) => a
+            .iter()
+            .filter_map(Value::as_integer)
+            .map(|i| i as usize)
+            .collect(),
+        Some(v) => {
+            r.push(
+                &m.key("hidden"),
+                "an array of integers >= 1 (hidden widths)",
+                crate::walk::describe(v),
+            );
+            vec![64]
+        }
+    };
+    let model = ModelSection {
+        hidden,
+        scaling: m
+            .choice(
+                "scaling",
+                &["none", "per_tensor", "per_channel"],
+                Some("per_channel"),
+                r,
+            )
+            .unwrap_or_default(),
+        learnable_scale: m.boolean("learnable_scale", false, r),
+        binary_activations: m.boolean("binary_activations", false, r),
+        float_first: m.boolean("float_first", false, r),
+        float_last: m.boolean("float_last", true, r),
+    };
+    m.finish(r);
+    Task::Classify { data, model }
+}
+
+/// `[data]`, `[model]` and `[objective]` of `kind = "retrieval"` (`[eval]` is read later).
+fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
+    let mut d = root.table("data", r);
+    let path = d.string("path", None, r);
+    let queries_path = match d.raw("queries_path") {
+        None => None,
+        Some(_) => Some(d.string("queries_path", None, r)),
+    };
+    let data = EmbeddingSection {
+        path,
+        queries: d.int("queries", Some(1000), 1, i64::MAX, r) as usize,
+        queries_path,
+        normalize: d.boolean("normalize", true, r),
+        train_rows: d.int("train_rows", Some(0), 0, i64::MAX, r) as usize,
+    };
+    d.finish(r);
+
+    let mut m = root.table("model", r);
+    let model = HeadSection {
+        bits: m.int("bits", Some(256), 1, 1 << 16, r) as usize,
+        init: m
+            .choice(
+                "init",
+                &["itq", "pca", "lsh_centred", "random"],
+                Some("itq"),
+                r,
+            )
+            .unwrap_or_default(),
+        forward: m
+            .choice("forward", &["surrogate", "sign"], Some("surrogate"), r)
+            .unwrap_or_default(),
+        learn_bias: m.boolean("learn_bias", true, r),
+    };
+    m.finish(r);
+
+    let mut o = root.table("objective", r);
+    let objective = ObjectiveSection {
+        kind: o
+            .choice("kind", &["listwise", "similarity"], Some("listwise"), r)
+            .unwrap_or_default(),
+        teacher_temperature: o.float("teacher_temperature", Some(0.02), 1e-6, 100.0, r),
+        code_temperature: o.float("code_temperature", Some(0.02), 1e-6, 100.0, r),
+        bit_balance: o.float("bit_balance", Some(0.0), 0.0, 1e6, r),
+        decorrelation: o.float("decorrelation", Some(0.0), 0.0, 1e6, r),
+    };
+    o.finish(r);
+    Task::Retrieval(RetrievalTask {
+        data,
+        model,
+        objective,
+        eval: RetrievalEvalSection {
+            methods: Vec::new(),
+            bits: Vec::new(),
+            k: Vec::new(),
+            rerank: Vec::new(),
+        },
+    })
+}
+
+/// The retrieval keys of `[eval]`.
+fn retrieval_eval(ev: &mut Section<'_>, r: &mut Report<'_>) -> RetrievalEvalSection {
+    let methods = match ev.raw("methods") {
+        None => ["lsh", "lsh_centred", "pca", "itq"]
+            .map(String::from)
+            .to_vec(),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str() {
+                    Some(s) if BASELINES.contains(&s) => out.push(s.to_owned()),
+                    _ => r.push(
+                        &format!("{}[{i}]", ev.key("methods")),
+                        format!("one of {}", BASELINES.join(", ")),
+                        crate::walk::describe(v),
+                    ),
+                }
+            }
+            out
+        }
+        Some(v) => {
+            r.push(
+                &ev.key("methods"),
+                format!("an array of baseline names ({})", BASELINES.join(", ")),
+                crate::walk::describe(v),
+            );
+            Vec::new()
+        }
+    };
+    RetrievalEvalSection {
+        methods,
+        bits: int_list(ev, "bits", &[64, 128, 256], false, r),
+        k: int_list(ev, "k", &[1, 10, 100], false, r),
+        rerank: int_list(ev, "rerank", &[100, 1000], true, r),
+    }
+}
+
+/// An array of positive integers (`allow_empty`: `[]` is valid).
+fn int_list(
+    s: &mut Section<'_>,
+    key: &str,
+    default: &[usize],
+    allow_empty: bool,
+    r: &mut Report<'_>,
+) -> Vec<usize> {
+    match s.raw(key) {
+        None => default.to_vec(),
+        Some(Value::Array(a))
+            if (allow_empty || !a.is_empty())
+                && a.iter().all(|v| matches!(v, Value::Integer(i) if *i >= 1)) =>
+        {
+            a.iter()
+                .filter_map(Value::as_integer)
+                .map(|i| i as usize)
+                .collect()
+        }
+        Some(v) => {
+            r.push(
+                &s.key(key),
+                if allow_empty {
+                    "an array of integers >= 1"
+                } else {
+                    "a non-empty array of integers >= 1"
+                },
+                crate::walk::describe(v),
+            );
+            default.to_vec()
+        }
     }
 }

@@ -8,7 +8,7 @@ use bllm_nn::{
     BinaryLinear, BinaryLinearConfig, Bop, MixedOptimizer, Scaling, binary_param_ids,
     kaiming_uniform,
 };
-use bllm_recipe::{MonitorAction, OptimizerKind, Recipe};
+use bllm_recipe::{DataSection, ModelSection, MonitorAction, OptimizerKind, Recipe, Task};
 use bllm_ste::{Ctx, Estimator};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
@@ -51,11 +51,12 @@ pub struct ClassifyMlp<B: Backend> {
 impl<B: Backend> ClassifyMlp<B> {
     /// Builds the model of `recipe` with weights from its seed.
     pub fn new(recipe: &Recipe, estimator: &Estimator, device: &B::Device) -> Result<Self> {
-        let mut dims = vec![recipe.data.dim];
-        dims.extend(&recipe.model.hidden);
-        dims.push(recipe.data.classes);
+        let (data_s, msec) = sections(recipe)?;
+        let mut dims = vec![data_s.dim];
+        dims.extend(&msec.hidden);
+        dims.push(data_s.classes);
         let n = dims.len() - 1;
-        let scaling = match (recipe.model.scaling.as_str(), recipe.model.learnable_scale) {
+        let scaling = match (msec.scaling.as_str(), msec.learnable_scale) {
             ("per_tensor", l) => Scaling::PerTensor { learnable: l },
             ("per_channel", l) => Scaling::PerChannel { learnable: l },
             _ => Scaling::None,
@@ -63,8 +64,7 @@ impl<B: Backend> ClassifyMlp<B> {
         let (mut float_layers, mut binary_layers, mut plan) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
             let seed = recipe.seed.wrapping_mul(1000).wrapping_add(i as u64);
-            let float =
-                (i == 0 && recipe.model.float_first) || (i == n - 1 && recipe.model.float_last);
+            let float = (i == 0 && msec.float_first) || (i == n - 1 && msec.float_last);
             if float {
                 plan.push((true, float_layers.len()));
                 float_layers.push(Linear {
@@ -88,7 +88,7 @@ impl<B: Backend> ClassifyMlp<B> {
             float_layers,
             binary_layers,
             plan,
-            binary_activations: recipe.model.binary_activations,
+            binary_activations: msec.binary_activations,
             act: estimator.clone(),
         };
         Ok(bllm_nn::with_deterministic_ids(model, 0))
@@ -201,25 +201,25 @@ const SUMMARISED: [&str; 6] = [
 ];
 
 /// The optimizer chosen by the recipe.
-enum Opt {
-    Adam(OptimizerAdaptor<Adam, ClassifyMlp<Ad>, Ad>),
-    AdamW(OptimizerAdaptor<AdamW, ClassifyMlp<Ad>, Ad>),
-    Sgd(OptimizerAdaptor<Sgd<Inner>, ClassifyMlp<Ad>, Ad>),
-    BopAdam(MixedOptimizer<ClassifyMlp<Ad>, Ad, OptimizerAdaptor<Adam, ClassifyMlp<Ad>, Ad>>),
+pub(crate) enum Opt<M: AutodiffModule<Ad>> {
+    Adam(OptimizerAdaptor<Adam, M, Ad>),
+    AdamW(OptimizerAdaptor<AdamW, M, Ad>),
+    Sgd(OptimizerAdaptor<Sgd<Inner>, M, Ad>),
+    BopAdam(MixedOptimizer<M, Ad, OptimizerAdaptor<Adam, M, Ad>>),
 }
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
 }
 
-fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
+pub(crate) fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
     Recorder::<Ad>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
         path: path.to_owned(),
         message: e.to_string(),
     })
 }
 
-fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
+pub(crate) fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
     Recorder::<Ad>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
         TrainError::Checkpoint {
             path: path.to_owned(),
@@ -228,8 +228,8 @@ fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
     })
 }
 
-impl Opt {
-    fn new(recipe: &Recipe, model: &ClassifyMlp<Ad>) -> Self {
+impl<M: AutodiffModule<Ad>> Opt<M> {
+    pub(crate) fn new(recipe: &Recipe, model: &M) -> Self {
         let o = &recipe.optimizer;
         let adam = || {
             let mut c = AdamConfig::new()
@@ -241,7 +241,7 @@ impl Opt {
                     o.weight_decay as f32,
                 )));
             }
-            c.init::<Ad, ClassifyMlp<Ad>>()
+            c.init::<Ad, M>()
         };
         match o.kind {
             OptimizerKind::Adam => Self::Adam(adam()),
@@ -251,7 +251,7 @@ impl Opt {
                     .with_beta_2(o.beta2 as f32)
                     .with_epsilon(o.eps as f32)
                     .with_weight_decay(o.weight_decay as f32)
-                    .init::<Ad, ClassifyMlp<Ad>>(),
+                    .init::<Ad, M>(),
             ),
             OptimizerKind::Sgd => Self::Sgd(
                 SgdConfig::new()
@@ -260,7 +260,7 @@ impl Opt {
                             .with_momentum(o.beta1)
                             .with_dampening(0.0),
                     ))
-                    .init::<Ad, ClassifyMlp<Ad>>(),
+                    .init::<Ad, M>(),
             ),
             OptimizerKind::BopAdam => Self::BopAdam(MixedOptimizer::new(
                 Bop {
@@ -273,12 +273,12 @@ impl Opt {
         }
     }
 
-    fn step(
+    pub(crate) fn step(
         &mut self,
         lr: f64,
-        model: ClassifyMlp<Ad>,
+        model: M,
         grads: <Ad as AutodiffBackend>::Gradients,
-    ) -> ClassifyMlp<Ad> {
+    ) -> M {
         match self {
             Self::Adam(o) => {
                 let g = GradientsParams::from_grads(grads, &model);
@@ -296,7 +296,7 @@ impl Opt {
         }
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
         match self {
             Self::Adam(o) => save_rec(o.to_record(), &dir.join("optimizer")),
             Self::AdamW(o) => save_rec(o.to_record(), &dir.join("optimizer")),
@@ -309,7 +309,7 @@ impl Opt {
         }
     }
 
-    fn load(self, dir: &Path) -> Result<Self> {
+    pub(crate) fn load(self, dir: &Path) -> Result<Self> {
         Ok(match self {
             Self::Adam(o) => Self::Adam(o.load_record(load_rec(&dir.join("optimizer"))?)),
             Self::AdamW(o) => Self::AdamW(o.load_record(load_rec(&dir.join("optimizer"))?)),
@@ -322,9 +322,19 @@ impl Opt {
     }
 }
 
+/// `[data]` and `[model]` of a classify recipe.
+fn sections(recipe: &Recipe) -> Result<(&DataSection, &ModelSection)> {
+    match &recipe.task {
+        Task::Classify { data, model } => Ok((data, model)),
+        Task::Retrieval(_) => Err(TrainError::Unsupported(format!(
+            "recipe {:?} is kind = \"retrieval\"; the classify trainer runs kind = \"classify\"",
+            recipe.name
+        ))),
+    }
+}
+
 /// Synthetic Gaussian clusters: `classes` centres in `dim` dimensions, points at `noise` spread.
-fn make_data(recipe: &Recipe) -> (Vec<f32>, Vec<i64>, Vec<f32>, Vec<i64>) {
-    let d = &recipe.data;
+fn make_data(recipe: &Recipe, d: &DataSection) -> (Vec<f32>, Vec<i64>, Vec<f32>, Vec<i64>) {
     let mut rng = SplitMix64::new(recipe.seed ^ 0xDA7A);
     let centres: Vec<f64> = (0..d.classes * d.dim)
         .map(|_| rng.next_gaussian())
@@ -347,9 +357,9 @@ fn make_data(recipe: &Recipe) -> (Vec<f32>, Vec<i64>, Vec<f32>, Vec<i64>) {
 }
 
 /// Global gradient norm over every parameter, and its finiteness.
-struct GradNorm<'a> {
-    grads: &'a <Ad as AutodiffBackend>::Gradients,
-    sum: f64,
+pub(crate) struct GradNorm<'a> {
+    pub(crate) grads: &'a <Ad as AutodiffBackend>::Gradients,
+    pub(crate) sum: f64,
 }
 
 impl ModuleVisitor<Ad> for GradNorm<'_> {
@@ -362,9 +372,9 @@ impl ModuleVisitor<Ad> for GradNorm<'_> {
 }
 
 /// Scales every gradient by `factor` (global-norm clipping).
-struct ScaleGrads<'a> {
-    grads: &'a mut <Ad as AutodiffBackend>::Gradients,
-    factor: f64,
+pub(crate) struct ScaleGrads<'a> {
+    pub(crate) grads: &'a mut <Ad as AutodiffBackend>::Gradients,
+    pub(crate) factor: f64,
 }
 
 impl ModuleVisitor<Ad> for ScaleGrads<'_> {
@@ -376,7 +386,7 @@ impl ModuleVisitor<Ad> for ScaleGrads<'_> {
     }
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -408,6 +418,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let estimator: Estimator = toml::Value::Table(recipe.estimator.clone())
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
+    let (data_s, _) = sections(recipe)?;
     let dev = Default::default();
     if !opts.resume
         && (opts.run_dir.join("metrics.jsonl").exists()
@@ -419,12 +430,10 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         });
     }
     let run = RunDir::create(&opts.run_dir)?;
-    let (xt, yt, xe, ye) = make_data(recipe);
-    let dim = recipe.data.dim;
-    let x_eval =
-        Tensor::<Ad, 2>::from_data(TensorData::new(xe, [recipe.data.eval_size, dim]), &dev);
-    let y_eval =
-        Tensor::<Ad, 1, Int>::from_data(TensorData::new(ye, [recipe.data.eval_size]), &dev);
+    let (xt, yt, xe, ye) = make_data(recipe, data_s);
+    let dim = data_s.dim;
+    let x_eval = Tensor::<Ad, 2>::from_data(TensorData::new(xe, [data_s.eval_size, dim]), &dev);
+    let y_eval = Tensor::<Ad, 1, Int>::from_data(TensorData::new(ye, [data_s.eval_size]), &dev);
 
     let mut model = ClassifyMlp::<Ad>::new(recipe, &estimator, &dev)?;
     let mut opt = Opt::new(recipe, &model);
@@ -500,7 +509,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let save = |run: &RunDir,
                 name: &str,
                 model: &ClassifyMlp<Ad>,
-                opt: &Opt,
+                opt: &Opt<ClassifyMlp<Ad>>,
                 state: &TrainerState|
      -> Result<PathBuf> {
         run.write_checkpoint(name, |dir| {
@@ -520,24 +529,27 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     };
 
     // A periodic (or early-stop) checkpoint: write it, record it, keep the newest N.
-    let checkpoint =
-        |model: &ClassifyMlp<Ad>, opt: &Opt, state: &TrainerState, note: &str| -> Result<()> {
-            let p = save(
-                &run,
-                &format!("checkpoint-{}", state.step),
-                model,
-                opt,
-                state,
-            )?;
-            let e = MonitorEvent {
-                step: state.step,
-                event: "checkpoint".into(),
-                message: Some(format!("{}{note}", p.display())),
-                ..Default::default()
-            };
-            event(&run, e)?;
-            run.prune(recipe.checkpoint.keep_last)
+    let checkpoint = |model: &ClassifyMlp<Ad>,
+                      opt: &Opt<ClassifyMlp<Ad>>,
+                      state: &TrainerState,
+                      note: &str|
+     -> Result<()> {
+        let p = save(
+            &run,
+            &format!("checkpoint-{}", state.step),
+            model,
+            opt,
+            state,
+        )?;
+        let e = MonitorEvent {
+            step: state.step,
+            event: "checkpoint".into(),
+            message: Some(format!("{}{note}", p.display())),
+            ..Default::default()
         };
+        event(&run, e)?;
+        run.prune(recipe.checkpoint.keep_last)
+    };
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     let loss_fn = CrossEntropyLossConfig::new().init(&dev);
@@ -560,7 +572,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             .elem();
         (
             f64::from(loss),
-            f64::from(correct) / recipe.data.eval_size as f64,
+            f64::from(correct) / data_s.eval_size as f64,
         )
     };
     let mon = |name: &str| recipe.monitors.get(name).filter(|m| m.enabled);
@@ -576,7 +588,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         );
         let mut rng = SplitMix64::new(state.rng_state);
         let idx: Vec<usize> = (0..bs)
-            .map(|_| (rng.next_u64() % recipe.data.train_size as u64) as usize)
+            .map(|_| (rng.next_u64() % data_s.train_size as u64) as usize)
             .collect();
         state.rng_state = rng.state();
         let xb: Vec<f32> = idx
@@ -883,7 +895,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 
 /// What the loop does after a monitor fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Skip,
     Stop,
@@ -891,7 +903,7 @@ enum Flow {
 
 /// Records a monitor firing in `events.jsonl` (and on stderr unless the action is `log`).
 #[allow(clippy::too_many_arguments)]
-fn record_firing(
+pub(crate) fn record_firing(
     run: &RunDir,
     verbose: bool,
     count: &mut usize,
@@ -928,7 +940,7 @@ fn record_firing(
 }
 
 /// Records the stop event and builds the error.
-fn stopped(
+pub(crate) fn stopped(
     run: &RunDir,
     step: usize,
     name: &str,

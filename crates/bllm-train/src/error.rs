@@ -27,6 +27,15 @@ pub enum TrainError {
     /// A layer could not be built.
     #[error(transparent)]
     Nn(#[from] bllm_nn::NnError),
+    /// Embeddings could not be loaded or split.
+    #[error(transparent)]
+    Data(#[from] bllm_data::DataError),
+    /// A baseline encoder could not be fitted, evaluated or saved.
+    #[error(transparent)]
+    Hash(#[from] bllm_hash::HashError),
+    /// Codes could not be packed, searched or written.
+    #[error(transparent)]
+    Codes(#[from] bllm_codes::CodesError),
     /// A monitor with action `stop` fired; the run saved a checkpoint and stopped.
     #[error("stopped at step {step} by monitor {monitor}: {reason}")]
     Stopped {

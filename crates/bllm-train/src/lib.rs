@@ -1,6 +1,7 @@
 //! # bllm-train — the trainer
 //!
-//! Runs a validated [`bllm_recipe::Recipe`] on Burn's autodiff CPU backend: seeded data and
+//! Runs a validated [`bllm_recipe::Recipe`] (`kind = "classify"`: [`run`]; `kind =
+//! "retrieval"`: [`run_retrieval`], which adds `results.json`, `results.md` and `export/`) on Burn's autodiff CPU backend: seeded data and
 //! weights, learning-rate schedule, global gradient-norm clipping, Adam/AdamW/SGD or Bop+Adam,
 //! stability monitors with actions, and a run directory:
 //!
@@ -20,11 +21,13 @@
 mod classify;
 mod error;
 mod monitor;
+mod retrieval;
 mod rundir;
 mod schedule;
 
 pub use classify::{ClassifyMlp, ProgressFn, RunOptions, RunSummary, run, write_safetensors};
 pub use error::{Result, TrainError};
 pub use monitor::{MonitorEvent, SpikeDetector};
+pub use retrieval::{RetrievalSummary, run_retrieval};
 pub use rundir::{RunDir, newest_checkpoint, timestamp_utc};
 pub use schedule::learning_rate;

@@ -1,0 +1,795 @@
+//! The `kind = "retrieval"` trainer: a learned projection head from float embeddings to k-bit
+//! codes, evaluated beside the classic baselines and exported to the retrieval engine.
+//!
+//! ```text
+//! <run>/results.json     [{"method", "bits", "k", "rerank", "recall"}, …] (rerank 0 = Hamming only)
+//! <run>/results.md       the same as a table
+//! <run>/export/encoder/  encoder.safetensors + encoder.json (bllm-hash LinearEncoder)
+//! <run>/export/codes/    database codes (.bcodes + manifest.json), faiss.index on request
+//! ```
+//!
+//! Every step encodes all training rows (`data.train_rows` caps them), samples
+//! `train.batch_size` anchors, and scores each anchor's code similarities to every training row
+//! against its cosine similarities ([`bllm_nn::listwise_loss`] or
+//! [`bllm_nn::similarity_loss`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bllm_codes::io::{ManifestInfo, SourceInfo};
+use bllm_codes::rng::SplitMix64;
+use bllm_codes::{FloatMatrix, PackedCodes};
+use bllm_hash::compare::{ResultRow, evaluate_encoder, markdown, truth};
+use bllm_hash::{LinearEncoder, Method};
+use bllm_nn::{
+    HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
+    similarity_loss, with_deterministic_ids,
+};
+use bllm_recipe::{MonitorAction, Recipe, RetrievalTask};
+use bllm_ste::{Ctx, Estimator};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::classify::{
+    Flow, GradNorm, Opt, RunOptions, ScaleGrads, record_firing, recorder, stopped, to_vec,
+};
+use crate::monitor::{MonitorEvent, SpikeDetector};
+use crate::rundir::{RunDir, newest_checkpoint};
+use crate::schedule::learning_rate;
+use crate::{Result, TrainError};
+
+type Ad = burn::backend::Autodiff<burn::backend::NdArray>;
+type Inner = burn::backend::NdArray;
+
+/// Rows of the training set whose codes the flip-ratio monitor tracks.
+const PROBE_ROWS: usize = 2048;
+
+/// What a finished retrieval run reports (also written as `summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalSummary {
+    /// Recipe name.
+    pub name: String,
+    /// Steps completed.
+    pub steps: usize,
+    /// Whether the run reached `train.steps`.
+    pub complete: bool,
+    /// Mean training loss over the last logged window.
+    pub train_loss: f64,
+    /// Method name of the learned head in the results (`learned_<objective>`).
+    pub method: String,
+    /// Code length of the head.
+    pub bits: usize,
+    /// Every result row (learned head and baselines); empty when the run stopped early.
+    pub results: Vec<ResultRow>,
+    /// Optimizer steps skipped by monitors.
+    pub skipped_steps: usize,
+    /// Monitor firings that warned, skipped or stopped.
+    pub monitor_events: usize,
+    /// Mean of each monitor's logged value over the run.
+    pub monitor_means: BTreeMap<String, f64>,
+}
+
+impl RetrievalSummary {
+    /// Recall of `method` at `bits`, `k` and `rerank`, if evaluated.
+    pub fn recall(&self, method: &str, bits: usize, k: usize, rerank: usize) -> Option<f64> {
+        self.results
+            .iter()
+            .find(|r| r.method == method && r.bits == bits && r.k == k && r.rerank == rerank)
+            .map(|r| r.recall)
+    }
+}
+
+/// State saved in `trainer.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    step: usize,
+    rng_state: u64,
+    loss_spikes: SpikeDetector,
+    grad_spikes: SpikeDetector,
+    skipped_steps: usize,
+    monitor_events: usize,
+    last_probe_codes: Vec<u64>,
+    recent_losses: Vec<f64>,
+    monitor_sums: BTreeMap<String, (f64, usize)>,
+}
+
+/// Monitor values averaged into [`RetrievalSummary::monitor_means`].
+const SUMMARISED: [&str; 5] = [
+    "shadow_cosine",
+    "flip_ratio",
+    "pass_through",
+    "quant_error",
+    "bit_balance",
+];
+
+/// The loaded embeddings: `raw` rows as in the files, `unit` rows L2-normalised.
+struct Data {
+    db_raw: FloatMatrix,
+    queries_raw: FloatMatrix,
+    db_unit: FloatMatrix,
+    queries_unit: FloatMatrix,
+    /// Training rows (what the head sees: normalised when `data.normalize`).
+    train: FloatMatrix,
+    /// Training rows, normalised (for the cosine teacher).
+    train_unit: FloatMatrix,
+    source: SourceInfo,
+}
+
+fn load_matrix(path: &Path) -> Result<FloatMatrix> {
+    if let Some(dir) = path.parent() {
+        if dir.join("MANIFEST.json").exists() {
+            bllm_data::check_manifest(dir)?;
+        }
+    }
+    Ok(bllm_data::load_embeddings(path, None)?)
+}
+
+fn load_data(t: &RetrievalTask) -> Result<Data> {
+    let path = PathBuf::from(&t.data.path);
+    let x = load_matrix(&path)?;
+    let split = match &t.data.queries_path {
+        Some(q) => bllm_data::Split::separate(x.clone(), load_matrix(Path::new(q))?)?,
+        None => bllm_data::Split::first_rows(&x, t.data.queries)?,
+    };
+    let named = |e: bllm_hash::HashError, p: &str| {
+        TrainError::Unsupported(format!(
+            "{p}: {e} (set data.normalize = false to keep norms)"
+        ))
+    };
+    let db_unit = bllm_hash::normalize_rows(&split.db).map_err(|e| named(e, &t.data.path))?;
+    let queries_unit = bllm_hash::normalize_rows(&split.queries).map_err(|e| {
+        named(
+            e,
+            t.data
+                .queries_path
+                .as_deref()
+                .unwrap_or(t.data.path.as_str()),
+        )
+    })?;
+    let n = split.db.rows();
+    let take = if t.data.train_rows == 0 {
+        n
+    } else {
+        t.data.train_rows.min(n)
+    };
+    let pick = |m: &FloatMatrix| -> Result<FloatMatrix> {
+        if take == n {
+            return Ok(m.clone());
+        }
+        let mut v = Vec::with_capacity(take * m.cols());
+        for i in 0..take {
+            v.extend_from_slice(m.row(i * n / take));
+        }
+        Ok(FloatMatrix::new(take, m.cols(), v)?)
+    };
+    let train_unit = pick(&db_unit)?;
+    let train = if t.data.normalize {
+        train_unit.clone()
+    } else {
+        pick(&split.db)?
+    };
+    let dtype = if path.extension().is_some_and(|e| e == "npy") {
+        bllm_codes::io::npy::read_float_matrix_typed(&path)?
+            .1
+            .name()
+    } else {
+        "float32"
+    };
+    let source = SourceInfo {
+        path: t.data.path.clone(),
+        sha256: bllm_codes::io::sha256_file(&path)?,
+        dtype: dtype.into(),
+        rows: split.db.rows(),
+        dim: split.db.cols(),
+    };
+    Ok(Data {
+        db_raw: split.db,
+        queries_raw: split.queries,
+        db_unit,
+        queries_unit,
+        train,
+        train_unit,
+        source,
+    })
+}
+
+fn tensor<B: burn::tensor::backend::Backend>(m: &FloatMatrix) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(m.as_slice().to_vec(), [m.rows(), m.cols()]),
+        &Default::default(),
+    )
+}
+
+/// The estimator-free encoder of a head: `mean = μ`, `projection = P`, `thresholds = −b`.
+fn encoder_of(head: &HashHead<Ad>, mean: &[f32], method: &str, normalize: bool) -> LinearEncoder {
+    let (projection, bias) = head.to_host();
+    LinearEncoder {
+        method: method.to_owned(),
+        dim: mean.len(),
+        bits: bias.len(),
+        mean: mean.to_vec(),
+        projection,
+        thresholds: bias.iter().map(|b| -b).collect(),
+        normalize,
+    }
+}
+
+/// Runs (or resumes) a retrieval recipe into `opts.run_dir`.
+pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<RetrievalSummary> {
+    let Some(t) = recipe.retrieval() else {
+        return Err(TrainError::Unsupported(format!(
+            "recipe {:?} is kind = {:?}; the retrieval trainer runs kind = \"retrieval\"",
+            recipe.name,
+            recipe.kind.name()
+        )));
+    };
+    if recipe.device != "cpu" {
+        return Err(TrainError::Unsupported(format!(
+            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
+            recipe.device
+        )));
+    }
+    let estimator: Estimator = toml::Value::Table(recipe.estimator.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
+    let mode = if t.model.forward == "sign" {
+        HeadForward::Sign
+    } else {
+        HeadForward::Surrogate
+    };
+    if !opts.resume
+        && (opts.run_dir.join("metrics.jsonl").exists()
+            || newest_checkpoint(&opts.run_dir)?.is_some())
+    {
+        return Err(TrainError::Checkpoint {
+            path: opts.run_dir.clone(),
+            message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
+        });
+    }
+    let data = load_data(t)?;
+    let bits = t.model.bits;
+    let n = data.train.rows();
+    let bs = recipe.train.batch_size;
+    if bs > n {
+        return Err(TrainError::Unsupported(format!(
+            "train.batch_size = {bs} anchors exceeds the {n} training rows of {}",
+            t.data.path
+        )));
+    }
+    let kmax = t.eval.k.iter().copied().max().unwrap_or(10);
+    if kmax > data.db_raw.rows() {
+        return Err(TrainError::Unsupported(format!(
+            "eval.k = {kmax} exceeds the {} database rows of {}",
+            data.db_raw.rows(),
+            t.data.path
+        )));
+    }
+    let run = RunDir::create(&opts.run_dir)?;
+    let dev = Default::default();
+
+    // Initialise from a baseline (which also fixes the centring vector μ).
+    let init_method = Method::from_name(&t.model.init).unwrap_or(Method::Itq);
+    let init = bllm_hash::fit(init_method, &data.train, bits, recipe.seed)?;
+    let neg_t: Vec<f32> = init.thresholds.iter().map(|v| -v).collect();
+    let cfg = HashHeadConfig {
+        input_dim: data.train.cols(),
+        bits,
+        learn_bias: t.model.learn_bias,
+    };
+    let fresh = || -> Result<HashHead<Ad>> {
+        Ok(with_deterministic_ids(
+            cfg.init_from::<Ad>(&init.projection, &neg_t, &dev)?,
+            0x4EAD,
+        ))
+    };
+    let mut head = fresh()?;
+    let mut opt = Opt::new(recipe, &head);
+    let method_name = format!("learned_{}", t.objective.kind);
+
+    let centred: Vec<f32> = data
+        .train
+        .as_slice()
+        .chunks(data.train.cols())
+        .flat_map(|r| r.iter().zip(&init.mean).map(|(a, m)| a - m))
+        .collect();
+    let xc = tensor::<Ad>(&FloatMatrix::new(n, data.train.cols(), centred)?);
+    let unit = tensor::<Inner>(&data.train_unit);
+    let probe = n.min(PROBE_ROWS);
+    let codes_of = |head: &HashHead<Ad>| -> Result<(Vec<f32>, PackedCodes)> {
+        let z = to_vec(head.valid().logits(xc.clone().inner()));
+        let packed = PackedCodes::from_f32_rows(&z[..probe * bits], bits, bits)?;
+        Ok((z, packed))
+    };
+
+    let mut state = State {
+        step: 0,
+        rng_state: recipe.seed ^ 0xA1C4,
+        loss_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+        grad_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+        skipped_steps: 0,
+        monitor_events: 0,
+        last_probe_codes: codes_of(&head)?.1.as_words().to_vec(),
+        recent_losses: Vec::new(),
+        monitor_sums: BTreeMap::new(),
+    };
+    let event = |run: &RunDir, e: MonitorEvent| -> Result<()> {
+        run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
+    };
+    if opts.resume {
+        let Some((step, dir)) = newest_checkpoint(&run.path)? else {
+            return Err(TrainError::Checkpoint {
+                path: run.path.clone(),
+                message: "--resume: no complete checkpoint-<step>/ in this run directory".into(),
+            });
+        };
+        head = head
+            .load_file(dir.join("model"), &recorder(), &dev)
+            .map_err(|e| TrainError::Checkpoint {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        opt = Opt::new(recipe, &head).load(&dir)?;
+        let text = std::fs::read_to_string(dir.join("trainer.json"))
+            .map_err(|e| TrainError::io(dir.join("trainer.json"), e))?;
+        state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: dir.clone(),
+            message: format!("trainer.json: {e}"),
+        })?;
+        if state.step != step {
+            return Err(TrainError::Checkpoint {
+                path: dir,
+                message: format!(
+                    "trainer.json says step {} but the directory is checkpoint-{step}",
+                    state.step
+                ),
+            });
+        }
+        run.truncate_log("metrics.jsonl", step)?;
+        run.truncate_log("events.jsonl", step)?;
+        event(
+            &run,
+            MonitorEvent {
+                step,
+                event: "resume".into(),
+                message: Some(format!("resumed from {}", dir.display())),
+                ..Default::default()
+            },
+        )?;
+    } else {
+        let resolved = run.path.join("recipe.resolved.toml");
+        bllm_codes::io::write_atomic(&resolved, recipe.resolved_toml().as_bytes())?;
+        for f in ["metrics.jsonl", "events.jsonl"] {
+            let _ = std::fs::remove_file(run.path.join(f));
+        }
+    }
+
+    let save = |run: &RunDir,
+                name: &str,
+                head: &HashHead<Ad>,
+                opt: &Opt<HashHead<Ad>>,
+                state: &State|
+     -> Result<PathBuf> {
+        run.write_checkpoint(name, |dir| {
+            head.clone()
+                .save_file(dir.join("model"), &recorder())
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.to_owned(),
+                    message: e.to_string(),
+                })?;
+            opt.save(dir)?;
+            encoder_of(head, &init.mean, &method_name, t.data.normalize)
+                .save(&dir.join("encoder"))?;
+            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
+            std::fs::write(dir.join("trainer.json"), json)
+                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+        })
+    };
+    let checkpoint =
+        |head: &HashHead<Ad>, opt: &Opt<HashHead<Ad>>, state: &State, note: &str| -> Result<()> {
+            let p = save(
+                &run,
+                &format!("checkpoint-{}", state.step),
+                head,
+                opt,
+                state,
+            )?;
+            event(
+                &run,
+                MonitorEvent {
+                    step: state.step,
+                    event: "checkpoint".into(),
+                    message: Some(format!("{}{note}", p.display())),
+                    ..Default::default()
+                },
+            )?;
+            run.prune(recipe.checkpoint.keep_last)
+        };
+
+    let truth_nn = truth(&data.db_unit, &data.queries_unit, &t.eval.k)?;
+    let quick_eval = |head: &HashHead<Ad>| -> Result<f64> {
+        let enc = encoder_of(head, &init.mean, &method_name, t.data.normalize);
+        let k = if t.eval.k.contains(&10) { 10 } else { kmax };
+        let rows = evaluate_encoder(&enc, &data.db_raw, &data.queries_raw, &truth_nn, &[k], &[])?;
+        Ok(rows.first().map_or(0.0, |r| r.recall))
+    };
+
+    let total = recipe.train.steps;
+    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
+    let obj = &t.objective;
+    let mon = |name: &str| recipe.monitors.get(name).filter(|m| m.enabled);
+    let loss_of = |head: &HashHead<Ad>,
+                   idx: &Tensor<Ad, 1, Int>,
+                   cos: &Tensor<Ad, 2>,
+                   excl: &Tensor<Ad, 2, Bool>,
+                   mode: HeadForward,
+                   ctx: &Ctx|
+     -> Result<Tensor<Ad, 1>> {
+        let h = HashHead::codes(head.logits(xc.clone()), &estimator, mode, ctx)?;
+        let ha = h.clone().select(0, idx.clone());
+        let mut loss = if obj.kind == "similarity" {
+            similarity_loss(ha, h.clone(), cos.clone(), excl.clone())
+        } else {
+            listwise_loss(
+                ha,
+                h.clone(),
+                cos.clone(),
+                excl.clone(),
+                obj.teacher_temperature,
+                obj.code_temperature,
+            )
+        };
+        if obj.bit_balance > 0.0 {
+            loss = loss + bit_balance(h.clone()).mul_scalar(obj.bit_balance);
+        }
+        if obj.decorrelation > 0.0 {
+            loss = loss + decorrelation(h).mul_scalar(obj.decorrelation);
+        }
+        Ok(loss)
+    };
+
+    while state.step < stop_at {
+        let step = state.step;
+        let ctx = Ctx::at(step as f64 / total as f64).with_seed(
+            recipe
+                .seed
+                .wrapping_mul(0x1_0000_0001)
+                .wrapping_add(step as u64),
+        );
+        let mut rng = SplitMix64::new(state.rng_state);
+        let idx: Vec<usize> = (0..bs)
+            .map(|_| (rng.next_u64() % n as u64) as usize)
+            .collect();
+        state.rng_state = rng.state();
+        let idx_i: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let idx_t = Tensor::<Ad, 1, Int>::from_data(TensorData::new(idx_i.clone(), [bs]), &dev);
+        let anchors = unit.clone().select(
+            0,
+            Tensor::<Inner, 1, Int>::from_data(TensorData::new(idx_i, [bs]), &dev),
+        );
+        let cos = Tensor::<Ad, 2>::from_inner(anchors.matmul(unit.clone().transpose()));
+        let mut mask = vec![false; bs * n];
+        for (a, &i) in idx.iter().enumerate() {
+            mask[a * n + i] = true;
+        }
+        let excl = Tensor::<Ad, 2, Bool>::from_data(TensorData::new(mask, [bs, n]), &dev);
+
+        let loss = loss_of(&head, &idx_t, &cos, &excl, mode, &ctx)?;
+        let loss_v = f64::from(loss.clone().into_scalar().elem::<f32>());
+        let mut grads = loss.backward();
+        let mut gn = GradNorm {
+            grads: &grads,
+            sum: 0.0,
+        };
+        head.visit(&mut gn);
+        let grad_norm = gn.sum.sqrt();
+        let due = |name: &str| mon(name).is_some_and(|m| (step + 1) % m.every == 0);
+        let mut metrics = serde_json::Map::new();
+        let mut after: Vec<(&str, f64, bool)> = Vec::new();
+        if due("shadow_cosine") {
+            // The gradient the other forward mode would give (sign STE vs smooth surrogate).
+            let other = match mode {
+                HeadForward::Surrogate => HeadForward::Sign,
+                HeadForward::Sign => HeadForward::Surrogate,
+            };
+            let g_used = head
+                .projection
+                .val()
+                .grad(&grads)
+                .unwrap_or_else(|| head.projection.val().inner().zeros_like());
+            let gs = loss_of(&head, &idx_t, &cos, &excl, other, &ctx)?.backward();
+            let g_other = head
+                .projection
+                .val()
+                .grad(&gs)
+                .unwrap_or_else(|| g_used.zeros_like());
+            let dot = f64::from((g_used.clone() * g_other.clone()).sum().into_scalar());
+            let nu = f64::from(g_used.square().sum().sqrt().into_scalar());
+            let no = f64::from(g_other.square().sum().sqrt().into_scalar());
+            let c = dot / (nu * no).max(1e-30);
+            metrics.insert("shadow_cosine".into(), json!(c));
+            after.push(("shadow_cosine", c, false));
+        }
+
+        let mut skip = false;
+        let mut fired: Vec<(&str, MonitorAction, f64, f64)> = Vec::new();
+        if let Some(m) = mon("non_finite") {
+            if !loss_v.is_finite() || !grad_norm.is_finite() {
+                let v = if loss_v.is_finite() {
+                    grad_norm
+                } else {
+                    loss_v
+                };
+                fired.push(("non_finite", m.action, v, m.threshold));
+            }
+        }
+        let lz = state.loss_spikes.update(loss_v);
+        if let Some(m) = mon("loss_spike") {
+            if lz > m.threshold {
+                fired.push(("loss_spike", m.action, lz, m.threshold));
+            }
+        }
+        let gz = state.grad_spikes.update(grad_norm);
+        if let Some(m) = mon("grad_spike") {
+            if gz > m.threshold {
+                fired.push(("grad_spike", m.action, gz, m.threshold));
+            }
+        }
+        for &(name, action, value, threshold) in &fired {
+            match record_firing(
+                &run,
+                opts.verbose,
+                &mut state.monitor_events,
+                step,
+                name,
+                action,
+                value,
+                threshold,
+            )? {
+                Flow::Skip => skip = true,
+                Flow::Stop => {
+                    save(&run, &format!("checkpoint-{step}"), &head, &opt, &state)?;
+                    return Err(stopped(&run, step, name, value, threshold)?);
+                }
+                Flow::Continue => {}
+            }
+        }
+        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
+        if skip {
+            state.skipped_steps += 1;
+            event(
+                &run,
+                MonitorEvent {
+                    step,
+                    event: "skip_step".into(),
+                    value: Some(loss_v),
+                    ..Default::default()
+                },
+            )?;
+        } else {
+            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
+                let mut sg = ScaleGrads {
+                    grads: &mut grads,
+                    factor: recipe.train.grad_clip / grad_norm,
+                };
+                head.visit(&mut sg);
+            }
+            head = opt.step(lr, head, grads);
+        }
+        state.step += 1;
+        if let Some(p) = opts.progress.as_mut() {
+            p(state.step, total, loss_v);
+        }
+        state.recent_losses.push(loss_v);
+        if state.recent_losses.len() > recipe.train.log_every {
+            state.recent_losses.remove(0);
+        }
+
+        let every = |name: &str| mon(name).is_some_and(|m| state.step % m.every == 0);
+        let code_monitors = ["flip_ratio", "bit_balance", "pass_through", "quant_error"];
+        if code_monitors.iter().any(|m| every(m)) {
+            let (z, packed) = codes_of(&head)?;
+            if every("flip_ratio") {
+                let flips: u32 = packed
+                    .as_words()
+                    .iter()
+                    .zip(&state.last_probe_codes)
+                    .map(|(a, b)| (a ^ b).count_ones())
+                    .sum();
+                let v = f64::from(flips) / (probe * bits).max(1) as f64;
+                metrics.insert("flip_ratio".into(), json!(v));
+                after.push(("flip_ratio", v, true));
+                state.last_probe_codes = packed.as_words().to_vec();
+            }
+            if every("bit_balance") {
+                let mut ones = vec![0usize; bits];
+                for row in z.chunks(bits) {
+                    for (o, v) in ones.iter_mut().zip(row) {
+                        *o += usize::from(*v >= 0.0);
+                    }
+                }
+                let dev_of = |o: &usize| (*o as f64 / n as f64 - 0.5).abs();
+                let mean = ones.iter().map(dev_of).sum::<f64>() / bits as f64;
+                let worst = ones.iter().map(dev_of).fold(0.0, f64::max);
+                metrics.insert("bit_balance".into(), json!(mean));
+                metrics.insert("bit_balance_worst".into(), json!(worst));
+                after.push(("bit_balance", worst, true));
+            }
+            if every("pass_through") || every("quant_error") {
+                let zt = Tensor::<Inner, 2>::from_data(TensorData::new(z, [n, bits]), &dev);
+                let s = bllm_ste::ops::mean_abs(zt.clone()).clamp_min(1e-12);
+                let u = zt / s;
+                let ctx_now = Ctx::at(state.step as f64 / total as f64);
+                if every("pass_through") {
+                    let v = estimator.pass_through_fraction(u.clone(), &ctx_now);
+                    metrics.insert("pass_through".into(), json!(v));
+                    after.push(("pass_through", v, false));
+                }
+                if every("quant_error") {
+                    // How far the training codes are from the hard codes they stand for.
+                    let h = HashHead::<Inner>::codes(u.clone(), &estimator, mode, &ctx_now)?;
+                    let q = bllm_ste::ops::sign_pm1(u);
+                    let num = f64::from((h - q.clone()).square().sum().sqrt().into_scalar());
+                    let den = f64::from(q.square().sum().sqrt().into_scalar());
+                    let v = num / den.max(1e-12);
+                    metrics.insert("quant_error".into(), json!(v));
+                    after.push(("quant_error", v, true));
+                }
+            }
+        }
+        for (name, value, above) in after {
+            let Some(m) = mon(name) else { continue };
+            let crossed = (above && value > m.threshold) || (!above && value < m.threshold);
+            if crossed
+                && record_firing(
+                    &run,
+                    opts.verbose,
+                    &mut state.monitor_events,
+                    state.step,
+                    name,
+                    m.action,
+                    value,
+                    m.threshold,
+                )? == Flow::Stop
+            {
+                save(
+                    &run,
+                    &format!("checkpoint-{}", state.step),
+                    &head,
+                    &opt,
+                    &state,
+                )?;
+                return Err(stopped(&run, state.step, name, value, m.threshold)?);
+            }
+        }
+        for k in SUMMARISED {
+            if let Some(v) = metrics.get(k).and_then(serde_json::Value::as_f64) {
+                let e = state.monitor_sums.entry(k.to_owned()).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        if state.step % recipe.train.log_every == 0 || !metrics.is_empty() {
+            let mut line = json!({"step": state.step, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
+            if let Some(obj) = line.as_object_mut() {
+                obj.extend(metrics);
+            }
+            run.append("metrics.jsonl", &line)?;
+        }
+        if recipe.eval.every > 0 && state.step % recipe.eval.every == 0 && state.step < total {
+            let r = quick_eval(&head)?;
+            run.append(
+                "metrics.jsonl",
+                &json!({"step": state.step, "split": "eval", "recall": r}),
+            )?;
+            if opts.verbose {
+                eprintln!(
+                    "step {}/{total}: train loss {loss_v:.4}, query Hamming recall {r:.4}",
+                    state.step
+                );
+            }
+        }
+        if recipe.checkpoint.every > 0
+            && state.step % recipe.checkpoint.every == 0
+            && state.step < total
+        {
+            checkpoint(&head, &opt, &state, "")?;
+        }
+    }
+
+    let complete = state.step >= total;
+    let mut summary = RetrievalSummary {
+        name: recipe.name.clone(),
+        steps: state.step,
+        complete,
+        train_loss: state.recent_losses.iter().sum::<f64>()
+            / state.recent_losses.len().max(1) as f64,
+        method: method_name.clone(),
+        bits,
+        results: Vec::new(),
+        skipped_steps: state.skipped_steps,
+        monitor_events: state.monitor_events,
+        monitor_means: state
+            .monitor_sums
+            .iter()
+            .map(|(k, (s, c))| (k.clone(), s / (*c).max(1) as f64))
+            .collect(),
+    };
+    if !complete {
+        checkpoint(&head, &opt, &state, " (stopped early by max_steps)")?;
+        return Ok(summary);
+    }
+    save(&run, "final", &head, &opt, &state)?;
+
+    // Evaluation: the head, then every baseline at every budget, all on the raw inputs through
+    // the same encoder code path as the export.
+    let enc = encoder_of(&head, &init.mean, &method_name, t.data.normalize);
+    let mut rows = evaluate_encoder(
+        &enc,
+        &data.db_raw,
+        &data.queries_raw,
+        &truth_nn,
+        &t.eval.k,
+        &t.eval.rerank,
+    )?;
+    let budgets = if t.eval.bits.is_empty() {
+        vec![bits]
+    } else {
+        t.eval.bits.clone()
+    };
+    for &b in &budgets {
+        for m in &t.eval.methods {
+            let method = Method::from_name(m)?;
+            let mut base = match bllm_hash::fit(method, &data.train, b, recipe.seed) {
+                Ok(e) => e,
+                Err(bllm_hash::HashError::InvalidArgument(why)) => {
+                    if opts.verbose {
+                        eprintln!("skipping baseline {m} at {b} bits: {why}");
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            base.normalize = t.data.normalize;
+            rows.extend(evaluate_encoder(
+                &base,
+                &data.db_raw,
+                &data.queries_raw,
+                &truth_nn,
+                &t.eval.k,
+                &t.eval.rerank,
+            )?);
+        }
+    }
+    let md = markdown(&rows);
+    let mut json = serde_json::to_vec_pretty(&rows).unwrap_or_default();
+    json.push(b'\n');
+    bllm_codes::io::write_atomic(&run.path.join("results.json"), &json)?;
+    bllm_codes::io::write_atomic(&run.path.join("results.md"), md.as_bytes())?;
+    summary.results = rows;
+
+    // Export: the encoder and the database codes it makes.
+    let export = run.path.join("export");
+    enc.save(&export.join("encoder"))?;
+    let codes = enc.encode(&data.db_raw)?;
+    let info = ManifestInfo {
+        source: Some(data.source.clone()),
+        encoder: Some(format!("{} (export/encoder)", enc.method)),
+        recipe: Some(recipe.name.clone()),
+        tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
+    };
+    bllm_codes::io::write_codes_dir(&export.join("codes"), &codes, info)?;
+    if recipe.export.faiss {
+        bllm_codes::io::write_faiss_binary_flat(&export.join("codes").join("faiss.index"), &codes)?;
+    }
+    run.append(
+        "metrics.jsonl",
+        &json!({"step": state.step, "split": "eval", "recall": summary.recall(&method_name, bits, 10, 0)}),
+    )?;
+    let p = run.path.join("summary.json");
+    let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    json.push(b'\n');
+    bllm_codes::io::write_atomic(&p, &json)?;
+    Ok(summary)
+}
