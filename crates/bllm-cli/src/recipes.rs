@@ -115,3 +115,13 @@ pub fn ls(a: LsArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The recipe schema's baseline names are exactly bllm-hash's methods.
+    #[test]
+    fn recipe_baselines_are_the_hash_methods() {
+        let methods: Vec<&str> = bllm_hash::Method::ALL.iter().map(|(_, n)| *n).collect();
+        assert_eq!(methods, bllm_recipe::BASELINES.to_vec());
+    }
+}

@@ -25,6 +25,6 @@ pub use recipe::{
     BASELINES, CheckpointSection, ComponentCheck, DataSection, EmbeddingSection, EvalSection,
     ExportSection, HeadSection, Kind, LrSchedule, ModelSection, MonitorAction, MonitorSection,
     MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
-    RetrievalEvalSection, RetrievalTask, Task, TrainSection,
+    RetrievalEvalSection, RetrievalTask, SyntheticSection, Task, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

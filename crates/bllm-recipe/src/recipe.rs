@@ -55,12 +55,29 @@ pub enum Task {
     Retrieval(RetrievalTask),
 }
 
-/// `[data]` of `kind = "retrieval"`: a file of float embeddings.
+/// `[data.synthetic]`: the review's hard case (`bllm_data::synthetic::hard_case`), seeded by
+/// the recipe's seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticSection {
+    /// Rows generated (queries included).
+    pub rows: usize,
+    /// Dimension.
+    pub dim: usize,
+    /// Mixture components.
+    pub clusters: usize,
+    /// Fraction of rows replaced by far outliers.
+    pub outlier_fraction: f64,
+}
+
+/// `[data]` of `kind = "retrieval"`: a file of float embeddings, or a synthetic set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddingSection {
     /// `.npy` (f32/f16), `.fvecs` or `.safetensors` file of embeddings, one row per vector
-    /// (relative paths are relative to the working directory).
-    pub path: String,
+    /// (relative paths are relative to the working directory). When set it takes precedence
+    /// over `synthetic`, so `data.path=MY.npy` runs any recipe on your embeddings.
+    pub path: Option<String>,
+    /// A generated hard case, used when `path` is absent.
+    pub synthetic: Option<SyntheticSection>,
     /// The first N rows are the queries (ignored when `queries_path` is set).
     pub queries: usize,
     /// A separate file of queries; then every row of `path` is the database.
@@ -106,7 +123,7 @@ pub struct ObjectiveSection {
 pub struct RetrievalEvalSection {
     /// Baselines evaluated beside the head.
     pub methods: Vec<String>,
-    /// Bit budgets of the baselines.
+    /// Bit budgets of the baselines (`[]`: the head's `model.bits` only).
     pub bits: Vec<usize>,
     /// Recall@k for each k.
     pub k: Vec<usize>,
@@ -763,13 +780,35 @@ fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
 /// `[data]`, `[model]` and `[objective]` of `kind = "retrieval"` (`[eval]` is read later).
 fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let mut d = root.table("data", r);
-    let path = d.string("path", None, r);
+    let path = d.raw("path").is_some().then(|| d.string("path", None, r));
+    let synthetic = match d.raw("synthetic") {
+        None => None,
+        Some(_) => {
+            let mut sy = d.table("synthetic", r);
+            let s = SyntheticSection {
+                rows: sy.int("rows", Some(10_000), 2, 100_000_000, r) as usize,
+                dim: sy.int("dim", Some(128), 1, 1 << 20, r) as usize,
+                clusters: sy.int("clusters", Some(24), 1, 1 << 20, r) as usize,
+                outlier_fraction: sy.float("outlier_fraction", Some(0.02), 0.0, 0.999, r),
+            };
+            sy.finish(r);
+            Some(s)
+        }
+    };
+    if path.is_none() && synthetic.is_none() {
+        r.push(
+            "data.path",
+            "a file of embeddings (or a [data.synthetic] table)",
+            "nothing (the key is required)",
+        );
+    }
     let queries_path = match d.raw("queries_path") {
         None => None,
         Some(_) => Some(d.string("queries_path", None, r)),
     };
     let data = EmbeddingSection {
         path,
+        synthetic,
         queries: d.int("queries", Some(1000), 1, i64::MAX, r) as usize,
         queries_path,
         normalize: d.boolean("normalize", true, r),
@@ -850,7 +889,7 @@ fn retrieval_eval(ev: &mut Section<'_>, r: &mut Report<'_>) -> RetrievalEvalSect
     };
     RetrievalEvalSection {
         methods,
-        bits: int_list(ev, "bits", &[64, 128, 256], false, r),
+        bits: int_list(ev, "bits", &[64, 128, 256], true, r),
         k: int_list(ev, "k", &[1, 10, 100], false, r),
         rerank: int_list(ev, "rerank", &[100, 1000], true, r),
     }

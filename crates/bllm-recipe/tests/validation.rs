@@ -209,3 +209,64 @@ fn sweeps_expand_to_the_cross_product() {
         "{e}"
     );
 }
+
+const RETRIEVAL: &str = r#"
+name = "r"
+kind = "retrieval"
+[data]
+path = "x.npy"
+[train]
+steps = 10
+"#;
+
+#[test]
+fn retrieval_defaults_and_overrides() {
+    let r = Recipe::parse(RETRIEVAL, "r.toml", &[], &()).unwrap();
+    let t = r.retrieval().unwrap();
+    assert_eq!(t.data.path.as_deref(), Some("x.npy"));
+    assert_eq!((t.data.queries, t.data.normalize), (1000, true));
+    assert_eq!((t.model.bits, t.model.init.as_str()), (256, "itq"));
+    assert_eq!(t.objective.kind, "listwise");
+    assert_eq!(t.eval.bits, vec![64, 128, 256]);
+    assert_eq!(t.eval.k, vec![1, 10, 100]);
+    assert_eq!(t.eval.rerank, vec![100, 1000]);
+    assert_eq!(t.eval.methods, vec!["lsh", "lsh_centred", "pca", "itq"]);
+    let ovs = [
+        parse_override("data.path=other.npy").unwrap(),
+        parse_override("model.bits=64").unwrap(),
+    ];
+    let r = Recipe::parse(RETRIEVAL, "r.toml", &ovs, &()).unwrap();
+    let t = r.retrieval().unwrap();
+    assert_eq!(
+        (t.data.path.as_deref(), t.model.bits),
+        (Some("other.npy"), 64)
+    );
+}
+
+#[test]
+fn retrieval_errors_are_all_reported() {
+    let text = RETRIEVAL.replace("path = \"x.npy\"", "queries = 0");
+    let e = errors(
+        &text,
+        &[
+            "model.forward=\"soft\"",
+            "eval.k=[]",
+            "data.synthetic.rows=1",
+            "optimizer.kind=\"bop_adam\"",
+            "export.weights=true",
+        ],
+    );
+    for key in [
+        "data.queries",
+        "model.forward",
+        "eval.k",
+        "data.synthetic.rows",
+        "optimizer.kind",
+        "export.weights",
+    ] {
+        assert!(e.iter().any(|m| m.contains(key)), "{key} missing in {e:#?}");
+    }
+    // Without a path or a synthetic table the data is missing.
+    let e = errors(&RETRIEVAL.replace("path = \"x.npy\"", ""), &[]);
+    assert!(e.iter().any(|m| m.contains("data.path")), "{e:#?}");
+}

@@ -114,6 +114,8 @@ struct Data {
     train: FloatMatrix,
     /// Training rows, normalised (for the cosine teacher).
     train_unit: FloatMatrix,
+    /// The data file (or `[data.synthetic]`), for messages.
+    name: String,
     source: SourceInfo,
 }
 
@@ -126,9 +128,51 @@ fn load_matrix(path: &Path) -> Result<FloatMatrix> {
     Ok(bllm_data::load_embeddings(path, None)?)
 }
 
-fn load_data(t: &RetrievalTask) -> Result<Data> {
-    let path = PathBuf::from(&t.data.path);
-    let x = load_matrix(&path)?;
+fn load_data(t: &RetrievalTask, seed: u64) -> Result<Data> {
+    let (x, name, source) = match (&t.data.path, &t.data.synthetic) {
+        (Some(p), _) => {
+            let path = PathBuf::from(p);
+            let x = load_matrix(&path)?;
+            let dtype = if path.extension().is_some_and(|e| e == "npy") {
+                bllm_codes::io::npy::read_float_matrix_typed(&path)?
+                    .1
+                    .name()
+            } else {
+                "float32"
+            };
+            let source = SourceInfo {
+                path: p.clone(),
+                sha256: bllm_codes::io::sha256_file(&path)?,
+                dtype: dtype.into(),
+                rows: x.rows(),
+                dim: x.cols(),
+            };
+            (x, p.clone(), source)
+        }
+        (None, Some(sy)) => {
+            let c = bllm_data::synthetic::HardCase {
+                rows: sy.rows,
+                dim: sy.dim,
+                clusters: sy.clusters,
+                outlier_fraction: sy.outlier_fraction,
+                seed,
+            };
+            let x = bllm_data::synthetic::hard_case(&c)?;
+            let source = SourceInfo {
+                path: format!("synthetic:{c:?}"),
+                sha256: String::new(),
+                dtype: "float32".into(),
+                rows: x.rows(),
+                dim: x.cols(),
+            };
+            (x, "[data.synthetic]".to_owned(), source)
+        }
+        (None, None) => {
+            return Err(TrainError::Unsupported(
+                "data: neither path nor [data.synthetic] is set".into(),
+            ));
+        }
+    };
     let split = match &t.data.queries_path {
         Some(q) => bllm_data::Split::separate(x.clone(), load_matrix(Path::new(q))?)?,
         None => bllm_data::Split::first_rows(&x, t.data.queries)?,
@@ -138,16 +182,9 @@ fn load_data(t: &RetrievalTask) -> Result<Data> {
             "{p}: {e} (set data.normalize = false to keep norms)"
         ))
     };
-    let db_unit = bllm_hash::normalize_rows(&split.db).map_err(|e| named(e, &t.data.path))?;
-    let queries_unit = bllm_hash::normalize_rows(&split.queries).map_err(|e| {
-        named(
-            e,
-            t.data
-                .queries_path
-                .as_deref()
-                .unwrap_or(t.data.path.as_str()),
-        )
-    })?;
+    let db_unit = bllm_hash::normalize_rows(&split.db).map_err(|e| named(e, &name))?;
+    let queries_unit = bllm_hash::normalize_rows(&split.queries)
+        .map_err(|e| named(e, t.data.queries_path.as_deref().unwrap_or(name.as_str())))?;
     let n = split.db.rows();
     let take = if t.data.train_rows == 0 {
         n
@@ -170,20 +207,9 @@ fn load_data(t: &RetrievalTask) -> Result<Data> {
     } else {
         pick(&split.db)?
     };
-    let dtype = if path.extension().is_some_and(|e| e == "npy") {
-        bllm_codes::io::npy::read_float_matrix_typed(&path)?
-            .1
-            .name()
-    } else {
-        "float32"
-    };
-    let source = SourceInfo {
-        path: t.data.path.clone(),
-        sha256: bllm_codes::io::sha256_file(&path)?,
-        dtype: dtype.into(),
-        rows: split.db.rows(),
-        dim: split.db.cols(),
-    };
+    // The exported codes are the database rows (the queries are not indexed).
+    let mut source = source;
+    source.rows = split.db.rows();
     Ok(Data {
         db_raw: split.db,
         queries_raw: split.queries,
@@ -191,6 +217,7 @@ fn load_data(t: &RetrievalTask) -> Result<Data> {
         queries_unit,
         train,
         train_unit,
+        name,
         source,
     })
 }
@@ -248,14 +275,14 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
             message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
         });
     }
-    let data = load_data(t)?;
+    let data = load_data(t, recipe.seed)?;
     let bits = t.model.bits;
     let n = data.train.rows();
     let bs = recipe.train.batch_size;
     if bs > n {
         return Err(TrainError::Unsupported(format!(
             "train.batch_size = {bs} anchors exceeds the {n} training rows of {}",
-            t.data.path
+            data.name
         )));
     }
     let kmax = t.eval.k.iter().copied().max().unwrap_or(10);
@@ -263,7 +290,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         return Err(TrainError::Unsupported(format!(
             "eval.k = {kmax} exceeds the {} database rows of {}",
             data.db_raw.rows(),
-            t.data.path
+            data.name
         )));
     }
     let run = RunDir::create(&opts.run_dir)?;
