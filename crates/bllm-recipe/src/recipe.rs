@@ -52,7 +52,7 @@ pub enum Task {
         model: ModelSection,
     },
     /// `kind = "retrieval"`.
-    Retrieval(RetrievalTask),
+    Retrieval(Box<RetrievalTask>),
 }
 
 /// `[data.synthetic]`: the review's hard case (`bllm_data::synthetic::hard_case`), seeded by
@@ -802,10 +802,10 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
             "nothing (the key is required)",
         );
     }
-    let queries_path = match d.raw("queries_path") {
-        None => None,
-        Some(_) => Some(d.string("queries_path", None, r)),
-    };
+    let queries_path = d
+        .raw("queries_path")
+        .is_some()
+        .then(|| d.string("queries_path", None, r));
     let data = EmbeddingSection {
         path,
         synthetic,
@@ -845,7 +845,7 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         decorrelation: o.float("decorrelation", Some(0.0), 0.0, 1e6, r),
     };
     o.finish(r);
-    Task::Retrieval(RetrievalTask {
+    Task::Retrieval(Box::new(RetrievalTask {
         data,
         model,
         objective,
@@ -855,7 +855,7 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
             k: Vec::new(),
             rerank: Vec::new(),
         },
-    })
+    }))
 }
 
 /// The retrieval keys of `[eval]`.
