@@ -4,34 +4,22 @@
 use std::path::{Path, PathBuf};
 
 use bllm_codes::rng::SplitMix64;
-use bllm_nn::{
-    BinaryLinear, BinaryLinearConfig, Bop, MixedOptimizer, Scaling, binary_param_ids,
-    kaiming_uniform,
-};
-use bllm_recipe::{DataSection, ModelSection, MonitorAction, OptimizerKind, Recipe, Task};
+use bllm_nn::{BinaryLinear, BinaryLinearConfig, Scaling, kaiming_uniform};
+use bllm_recipe::{DataSection, ModelSection, Recipe, Task};
 use bllm_ste::{Ctx, Estimator};
-use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
-};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::monitor::{MonitorEvent, SpikeDetector};
-use crate::rundir::{RunDir, newest_checkpoint};
+use crate::monitor::{LoopState, Verdict, Watch};
+use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder, to_vec};
+use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
-
-type Ad = Autodiff<NdArray>;
-type Inner = NdArray;
 
 /// The classify model: a stack of layers, each a float `Linear` or a `BinaryLinear`.
 #[derive(Module, Debug)]
@@ -181,13 +169,9 @@ pub struct RunSummary {
 struct TrainerState {
     step: usize,
     rng_state: u64,
-    loss_spikes: SpikeDetector,
-    grad_spikes: SpikeDetector,
-    skipped_steps: usize,
-    monitor_events: usize,
+    #[serde(flatten)]
+    watch: LoopState,
     last_signs: Vec<Vec<bool>>,
-    recent_losses: Vec<f64>,
-    monitor_sums: std::collections::BTreeMap<String, (f64, usize)>,
 }
 
 /// Monitor values averaged into [`RunSummary::monitor_means`].
@@ -199,128 +183,6 @@ const SUMMARISED: [&str; 6] = [
     "pass_through",
     "quant_error",
 ];
-
-/// The optimizer chosen by the recipe.
-pub(crate) enum Opt<M: AutodiffModule<Ad>> {
-    Adam(OptimizerAdaptor<Adam, M, Ad>),
-    AdamW(OptimizerAdaptor<AdamW, M, Ad>),
-    Sgd(OptimizerAdaptor<Sgd<Inner>, M, Ad>),
-    BopAdam(MixedOptimizer<M, Ad, OptimizerAdaptor<Adam, M, Ad>>),
-}
-
-pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-}
-
-pub(crate) fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
-    Recorder::<Ad>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-pub(crate) fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
-    Recorder::<Ad>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
-        TrainError::Checkpoint {
-            path: path.to_owned(),
-            message: e.to_string(),
-        }
-    })
-}
-
-impl<M: AutodiffModule<Ad>> Opt<M> {
-    pub(crate) fn new(recipe: &Recipe, model: &M) -> Self {
-        let o = &recipe.optimizer;
-        let adam = || {
-            let mut c = AdamConfig::new()
-                .with_beta_1(o.beta1 as f32)
-                .with_beta_2(o.beta2 as f32)
-                .with_epsilon(o.eps as f32);
-            if o.weight_decay > 0.0 {
-                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
-                    o.weight_decay as f32,
-                )));
-            }
-            c.init::<Ad, M>()
-        };
-        match o.kind {
-            OptimizerKind::Adam => Self::Adam(adam()),
-            OptimizerKind::Adamw => Self::AdamW(
-                AdamWConfig::new()
-                    .with_beta_1(o.beta1 as f32)
-                    .with_beta_2(o.beta2 as f32)
-                    .with_epsilon(o.eps as f32)
-                    .with_weight_decay(o.weight_decay as f32)
-                    .init::<Ad, M>(),
-            ),
-            OptimizerKind::Sgd => Self::Sgd(
-                SgdConfig::new()
-                    .with_momentum(Some(
-                        MomentumConfig::new()
-                            .with_momentum(o.beta1)
-                            .with_dampening(0.0),
-                    ))
-                    .init::<Ad, M>(),
-            ),
-            OptimizerKind::BopAdam => Self::BopAdam(MixedOptimizer::new(
-                Bop {
-                    gamma: o.bop_gamma,
-                    tau: o.bop_tau,
-                },
-                adam(),
-                binary_param_ids(model),
-            )),
-        }
-    }
-
-    pub(crate) fn step(
-        &mut self,
-        lr: f64,
-        model: M,
-        grads: <Ad as AutodiffBackend>::Gradients,
-    ) -> M {
-        match self {
-            Self::Adam(o) => {
-                let g = GradientsParams::from_grads(grads, &model);
-                o.step(lr, model, g)
-            }
-            Self::AdamW(o) => {
-                let g = GradientsParams::from_grads(grads, &model);
-                o.step(lr, model, g)
-            }
-            Self::Sgd(o) => {
-                let g = GradientsParams::from_grads(grads, &model);
-                o.step(lr, model, g)
-            }
-            Self::BopAdam(o) => o.step(lr, model, grads),
-        }
-    }
-
-    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
-        match self {
-            Self::Adam(o) => save_rec(o.to_record(), &dir.join("optimizer")),
-            Self::AdamW(o) => save_rec(o.to_record(), &dir.join("optimizer")),
-            Self::Sgd(o) => save_rec(o.to_record(), &dir.join("optimizer")),
-            Self::BopAdam(o) => {
-                let (bop, float) = o.to_records();
-                save_rec(bop, &dir.join("optimizer-bop"))?;
-                save_rec(float, &dir.join("optimizer"))
-            }
-        }
-    }
-
-    pub(crate) fn load(self, dir: &Path) -> Result<Self> {
-        Ok(match self {
-            Self::Adam(o) => Self::Adam(o.load_record(load_rec(&dir.join("optimizer"))?)),
-            Self::AdamW(o) => Self::AdamW(o.load_record(load_rec(&dir.join("optimizer"))?)),
-            Self::Sgd(o) => Self::Sgd(o.load_record(load_rec(&dir.join("optimizer"))?)),
-            Self::BopAdam(o) => Self::BopAdam(o.load_records(
-                load_rec(&dir.join("optimizer-bop"))?,
-                load_rec(&dir.join("optimizer"))?,
-            )),
-        })
-    }
-}
 
 /// `[data]` and `[model]` of a classify recipe.
 fn sections(recipe: &Recipe) -> Result<(&DataSection, &ModelSection)> {
@@ -356,43 +218,6 @@ fn make_data(recipe: &Recipe, d: &DataSection) -> (Vec<f32>, Vec<i64>, Vec<f32>,
     (xt, yt, xe, ye)
 }
 
-/// Global gradient norm over every parameter, and its finiteness.
-pub(crate) struct GradNorm<'a> {
-    pub(crate) grads: &'a <Ad as AutodiffBackend>::Gradients,
-    pub(crate) sum: f64,
-}
-
-impl ModuleVisitor<Ad> for GradNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
-        if let Some(g) = p.val().grad(self.grads) {
-            let s: f32 = g.square().sum().into_scalar().elem();
-            self.sum += f64::from(s);
-        }
-    }
-}
-
-/// Scales every gradient by `factor` (global-norm clipping).
-pub(crate) struct ScaleGrads<'a> {
-    pub(crate) grads: &'a mut <Ad as AutodiffBackend>::Gradients,
-    pub(crate) factor: f64,
-}
-
-impl ModuleVisitor<Ad> for ScaleGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
-        let v = p.val();
-        if let Some(g) = v.grad(self.grads) {
-            v.grad_replace(self.grads, g.mul_scalar(self.factor));
-        }
-    }
-}
-
-pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
-}
-
 /// Signs of every binary layer's latent weights (after centring), for the flip ratio.
 fn weight_signs(model: &ClassifyMlp<Ad>) -> Vec<Vec<bool>> {
     model
@@ -420,16 +245,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
     let (data_s, _) = sections(recipe)?;
     let dev = Default::default();
-    if !opts.resume
-        && (opts.run_dir.join("metrics.jsonl").exists()
-            || newest_checkpoint(&opts.run_dir)?.is_some())
-    {
-        return Err(TrainError::Checkpoint {
-            path: opts.run_dir.clone(),
-            message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
-        });
-    }
-    let run = RunDir::create(&opts.run_dir)?;
+    let run = RunDir::open(&opts.run_dir, opts.resume)?;
     let (xt, yt, xe, ye) = make_data(recipe, data_s);
     let dim = data_s.dim;
     let x_eval = Tensor::<Ad, 2>::from_data(TensorData::new(xe, [data_s.eval_size, dim]), &dev);
@@ -440,25 +256,17 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let mut state = TrainerState {
         step: 0,
         rng_state: recipe.seed ^ 0xBA7C,
-        loss_spikes: SpikeDetector::new(recipe.monitors.spike_window),
-        grad_spikes: SpikeDetector::new(recipe.monitors.spike_window),
-        skipped_steps: 0,
-        monitor_events: 0,
+        watch: LoopState::new(recipe),
         last_signs: weight_signs(&model),
-        recent_losses: Vec::new(),
-        monitor_sums: Default::default(),
     };
-    let event = |run: &RunDir, e: MonitorEvent| -> Result<()> {
-        run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
+    let watch = Watch {
+        recipe,
+        run: &run,
+        verbose: opts.verbose,
     };
 
     if opts.resume {
-        let Some((step, dir)) = newest_checkpoint(&run.path)? else {
-            return Err(TrainError::Checkpoint {
-                path: run.path.clone(),
-                message: "--resume: no complete checkpoint-<step>/ in this run directory".into(),
-            });
-        };
+        let (step, dir) = run.resume_point()?;
         model = model
             .load_file(dir.join("model"), &recorder(), &dev)
             .map_err(|e| TrainError::Checkpoint {
@@ -467,43 +275,9 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             })?;
         // Ids come from the record now: rebuild the optimizer's binary-id list, then its state.
         opt = Opt::new(recipe, &model).load(&dir)?;
-        let text = std::fs::read_to_string(dir.join("trainer.json"))
-            .map_err(|e| TrainError::io(dir.join("trainer.json"), e))?;
-        state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path: dir.clone(),
-            message: format!("trainer.json: {e}"),
-        })?;
-        if state.step != step {
-            return Err(TrainError::Checkpoint {
-                path: dir,
-                message: format!(
-                    "trainer.json says step {} but the directory is checkpoint-{step}",
-                    state.step
-                ),
-            });
-        }
-        run.truncate_log("metrics.jsonl", step)?;
-        run.truncate_log("events.jsonl", step)?;
-        event(
-            &run,
-            MonitorEvent {
-                step,
-                event: "resume".into(),
-                message: Some(format!("resumed from {}", dir.display())),
-                ..Default::default()
-            },
-        )?;
+        state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
     } else {
-        let resolved = run.path.join("recipe.resolved.toml");
-        bllm_codes::io::write_atomic(&resolved, recipe.resolved_toml().as_bytes()).map_err(
-            |e| TrainError::Checkpoint {
-                path: resolved,
-                message: e.to_string(),
-            },
-        )?;
-        for f in ["metrics.jsonl", "events.jsonl"] {
-            let _ = std::fs::remove_file(run.path.join(f));
-        }
+        run.start(&recipe.resolved_toml())?;
     }
 
     let save = |run: &RunDir,
@@ -541,14 +315,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             opt,
             state,
         )?;
-        let e = MonitorEvent {
-            step: state.step,
-            event: "checkpoint".into(),
-            message: Some(format!("{}{note}", p.display())),
-            ..Default::default()
-        };
-        event(&run, e)?;
-        run.prune(recipe.checkpoint.keep_last)
+        run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
     };
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
@@ -575,8 +342,6 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             f64::from(correct) / data_s.eval_size as f64,
         )
     };
-    let mon = |name: &str| recipe.monitors.get(name).filter(|m| m.enabled);
-
     while state.step < stop_at {
         let step = state.step;
         let progress = step as f64 / total as f64;
@@ -604,7 +369,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         let loss_v = f64::from(loss_v);
         let mut grads = loss.backward();
         // Gradient-mismatch monitors run on this batch, before the update.
-        let due = |name: &str| mon(name).is_some_and(|m| (step + 1) % m.every == 0);
+        let due = |name: &str| watch.due_before(name, step);
         let mut mismatch: Vec<(&str, f64, bool)> = Vec::new();
         let mut mismatch_metrics = serde_json::Map::new();
         if (due("shadow_cosine") || due("finite_difference")) && !model.binary_layers.is_empty() {
@@ -664,66 +429,19 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         model.visit(&mut gn);
         let grad_norm = gn.sum.sqrt();
 
-        let mut skip = false;
-        let mut fired: Vec<(&str, MonitorAction, f64, f64)> = Vec::new();
-        if let Some(m) = mon("non_finite") {
-            if !loss_v.is_finite() || !grad_norm.is_finite() {
-                fired.push((
-                    "non_finite",
-                    m.action,
-                    if loss_v.is_finite() {
-                        grad_norm
-                    } else {
-                        loss_v
-                    },
-                    m.threshold,
-                ));
+        let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
+        let skip = match verdict {
+            Verdict::Stop(stop) => {
+                save(&run, &format!("checkpoint-{step}"), &model, &opt, &state)?;
+                return Err(stop.into_error(&run, step)?);
             }
-        }
-        let lz = state.loss_spikes.update(loss_v);
-        if let Some(m) = mon("loss_spike") {
-            if lz > m.threshold {
-                fired.push(("loss_spike", m.action, lz, m.threshold));
-            }
-        }
-        let gz = state.grad_spikes.update(grad_norm);
-        if let Some(m) = mon("grad_spike") {
-            if gz > m.threshold {
-                fired.push(("grad_spike", m.action, gz, m.threshold));
-            }
-        }
-        for &(name, action, value, threshold) in &fired {
-            match record_firing(
-                &run,
-                opts.verbose,
-                &mut state.monitor_events,
-                step,
-                name,
-                action,
-                value,
-                threshold,
-            )? {
-                Flow::Skip => skip = true,
-                Flow::Stop => {
-                    save(&run, &format!("checkpoint-{step}"), &model, &opt, &state)?;
-                    return Err(stopped(&run, step, name, value, threshold)?);
-                }
-                Flow::Continue => {}
-            }
-        }
+            Verdict::Skip => true,
+            Verdict::Update => false,
+        };
 
         let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
         if skip {
-            state.skipped_steps += 1;
-            event(
-                &run,
-                MonitorEvent {
-                    step,
-                    event: "skip_step".into(),
-                    value: Some(loss_v),
-                    ..Default::default()
-                },
-            )?;
+            watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
             if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
                 let mut sg = ScaleGrads {
@@ -738,13 +456,11 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         if let Some(p) = opts.progress.as_mut() {
             p(state.step, total, loss_v);
         }
-        state.recent_losses.push(loss_v);
-        if state.recent_losses.len() > recipe.train.log_every {
-            state.recent_losses.remove(0);
-        }
+        state.watch.push_loss(loss_v, recipe.train.log_every);
 
         let mut metrics = json!({"step": state.step, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
-        let every = |name: &str| mon(name).is_some_and(|m| state.step % m.every == 0);
+        let done = state.step;
+        let every = |name: &str| watch.due_after(name, done);
         let mut after: Vec<(&str, f64, bool)> = mismatch;
         if let Some(obj) = metrics.as_object_mut() {
             obj.extend(mismatch_metrics);
@@ -793,38 +509,18 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             metrics["quant_error"] = json!(v);
             after.push(("quant_error", v, true));
         }
-        // Counters fire after the step they describe; `skip_step` cannot undo it and acts as `warn`.
-        for (name, value, above) in after {
-            let Some(m) = mon(name) else { continue };
-            let crossed = (above && value > m.threshold) || (!above && value < m.threshold);
-            if crossed
-                && record_firing(
-                    &run,
-                    opts.verbose,
-                    &mut state.monitor_events,
-                    state.step,
-                    name,
-                    m.action,
-                    value,
-                    m.threshold,
-                )? == Flow::Stop
-            {
-                save(
-                    &run,
-                    &format!("checkpoint-{}", state.step),
-                    &model,
-                    &opt,
-                    &state,
-                )?;
-                return Err(stopped(&run, state.step, name, value, m.threshold)?);
-            }
+        if let Some(stop) = watch.after_update(&mut state.watch, state.step, &after)? {
+            save(
+                &run,
+                &format!("checkpoint-{}", state.step),
+                &model,
+                &opt,
+                &state,
+            )?;
+            return Err(stop.into_error(&run, state.step)?);
         }
-        for k in SUMMARISED {
-            if let Some(v) = metrics.get(k).and_then(serde_json::Value::as_f64) {
-                let e = state.monitor_sums.entry(k.to_owned()).or_insert((0.0, 0));
-                e.0 += v;
-                e.1 += 1;
-            }
+        if let Some(m) = metrics.as_object() {
+            state.watch.accumulate(m, &SUMMARISED);
         }
         if state.step % recipe.train.log_every == 0
             || metrics.as_object().is_some_and(|m| m.len() > 7)
@@ -862,17 +558,12 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         name: recipe.name.clone(),
         steps: state.step,
         complete,
-        train_loss: state.recent_losses.iter().sum::<f64>()
-            / state.recent_losses.len().max(1) as f64,
+        train_loss: state.watch.recent_loss(),
         eval_loss,
         eval_accuracy,
-        skipped_steps: state.skipped_steps,
-        monitor_events: state.monitor_events,
-        monitor_means: state
-            .monitor_sums
-            .iter()
-            .map(|(k, (s, n))| (k.clone(), s / (*n).max(1) as f64))
-            .collect(),
+        skipped_steps: state.watch.skipped_steps,
+        monitor_events: state.watch.monitor_events,
+        monitor_means: state.watch.means(),
         model_bytes: sum.total_bytes(),
         model_float32_bytes: sum.float32_equivalent_bytes(),
     };
@@ -882,85 +573,9 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         if recipe.export.weights {
             export_weights(&model, recipe, &final_dir.join("export"))?;
         }
-        let p = run.path.join("summary.json");
-        let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-        json.push(b'\n');
-        bllm_codes::io::write_atomic(&p, &json).map_err(|e| TrainError::Checkpoint {
-            path: p,
-            message: e.to_string(),
-        })?;
+        run.write_json("summary.json", &summary)?;
     }
     Ok(summary)
-}
-
-/// What the loop does after a monitor fired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Flow {
-    Continue,
-    Skip,
-    Stop,
-}
-
-/// Records a monitor firing in `events.jsonl` (and on stderr unless the action is `log`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_firing(
-    run: &RunDir,
-    verbose: bool,
-    count: &mut usize,
-    step: usize,
-    name: &str,
-    action: MonitorAction,
-    value: f64,
-    threshold: f64,
-) -> Result<Flow> {
-    if action != MonitorAction::Log {
-        *count += 1;
-    }
-    let act = action.name();
-    let e = MonitorEvent {
-        step,
-        event: "monitor".into(),
-        monitor: Some(name.into()),
-        action: Some(act.into()),
-        value: Some(value),
-        threshold: Some(threshold),
-        ..Default::default()
-    };
-    run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
-    if verbose && action != MonitorAction::Log {
-        eprintln!(
-            "step {step}: monitor {name} fired ({value:.4} vs threshold {threshold}), action {act}"
-        );
-    }
-    Ok(match action {
-        MonitorAction::SkipStep => Flow::Skip,
-        MonitorAction::Stop => Flow::Stop,
-        _ => Flow::Continue,
-    })
-}
-
-/// Records the stop event and builds the error.
-pub(crate) fn stopped(
-    run: &RunDir,
-    step: usize,
-    name: &str,
-    value: f64,
-    threshold: f64,
-) -> Result<TrainError> {
-    let e = MonitorEvent {
-        step,
-        event: "stop".into(),
-        monitor: Some(name.into()),
-        value: Some(value),
-        threshold: Some(threshold),
-        ..Default::default()
-    };
-    run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
-    Ok(TrainError::Stopped {
-        step,
-        monitor: name.into(),
-        reason: format!("value {value} crossed threshold {threshold}"),
-    })
 }
 
 /// Finite-difference check of the STE gradient on one batch: for each binary layer and `k`

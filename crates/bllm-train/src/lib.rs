@@ -21,6 +21,7 @@
 mod classify;
 mod error;
 mod monitor;
+mod optim;
 mod retrieval;
 mod rundir;
 mod schedule;

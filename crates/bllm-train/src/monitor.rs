@@ -1,6 +1,14 @@
-//! Monitors computed in the loop: rolling z-score spike detectors and the event record.
+//! Monitors computed in the loop: rolling z-score spike detectors, the event record, and
+//! [`Watch`] — the monitor bookkeeping every trainer shares (which monitor is due, firing and
+//! its action, skipped steps, running means), so each trainer only computes the values.
 
+use std::collections::BTreeMap;
+
+use bllm_recipe::{MonitorAction, MonitorSection, Recipe};
 use serde::{Deserialize, Serialize};
+
+use crate::rundir::RunDir;
+use crate::{Result, TrainError};
 
 /// Rolling z-score outlier detector (as in llm.c): keeps the last `window` values and reports
 /// how many standard deviations a new value lies above their mean (the standard deviation is
@@ -66,6 +74,253 @@ pub struct MonitorEvent {
     /// Free text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Monitor state every trainer saves in `trainer.json` (flattened into its own state, so the
+/// file keeps one flat object).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct LoopState {
+    pub(crate) loss_spikes: SpikeDetector,
+    pub(crate) grad_spikes: SpikeDetector,
+    pub(crate) skipped_steps: usize,
+    pub(crate) monitor_events: usize,
+    pub(crate) recent_losses: Vec<f64>,
+    pub(crate) monitor_sums: BTreeMap<String, (f64, usize)>,
+}
+
+impl LoopState {
+    /// Empty state for `recipe`'s spike window.
+    pub(crate) fn new(recipe: &Recipe) -> Self {
+        Self {
+            loss_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+            grad_spikes: SpikeDetector::new(recipe.monitors.spike_window),
+            skipped_steps: 0,
+            monitor_events: 0,
+            recent_losses: Vec::new(),
+            monitor_sums: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps the last `window` training losses.
+    pub(crate) fn push_loss(&mut self, loss: f64, window: usize) {
+        self.recent_losses.push(loss);
+        if self.recent_losses.len() > window {
+            self.recent_losses.remove(0);
+        }
+    }
+
+    /// Mean of the kept training losses.
+    pub(crate) fn recent_loss(&self) -> f64 {
+        self.recent_losses.iter().sum::<f64>() / self.recent_losses.len().max(1) as f64
+    }
+
+    /// Adds the values of `keys` present in `metrics` to the running sums.
+    pub(crate) fn accumulate(
+        &mut self,
+        metrics: &serde_json::Map<String, serde_json::Value>,
+        keys: &[&str],
+    ) {
+        for k in keys {
+            if let Some(v) = metrics.get(*k).and_then(serde_json::Value::as_f64) {
+                let e = self.monitor_sums.entry((*k).to_owned()).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// Mean of every accumulated monitor value.
+    pub(crate) fn means(&self) -> BTreeMap<String, f64> {
+        self.monitor_sums
+            .iter()
+            .map(|(k, (s, n))| (k.clone(), s / (*n).max(1) as f64))
+            .collect()
+    }
+}
+
+/// A monitor that fired with action `stop`: the trainer saves a checkpoint, then returns
+/// [`Stop::into_error`].
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stop {
+    name: String,
+    value: f64,
+    threshold: f64,
+}
+
+impl Stop {
+    /// Records the stop event and builds the error.
+    pub(crate) fn into_error(self, run: &RunDir, step: usize) -> Result<TrainError> {
+        let e = MonitorEvent {
+            step,
+            event: "stop".into(),
+            monitor: Some(self.name.clone()),
+            value: Some(self.value),
+            threshold: Some(self.threshold),
+            ..Default::default()
+        };
+        run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+        Ok(TrainError::Stopped {
+            step,
+            monitor: self.name,
+            reason: format!("value {} crossed threshold {}", self.value, self.threshold),
+        })
+    }
+}
+
+/// What the pre-update monitors decided for this step.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// Apply the update.
+    Update,
+    /// Skip the optimizer step.
+    Skip,
+    /// Stop the run.
+    Stop(Stop),
+}
+
+/// The recipe's monitors for one run: what is due and what firing does.
+pub(crate) struct Watch<'a> {
+    pub(crate) recipe: &'a Recipe,
+    pub(crate) run: &'a RunDir,
+    pub(crate) verbose: bool,
+}
+
+impl Watch<'_> {
+    /// The settings of monitor `name`, if enabled.
+    pub(crate) fn get(&self, name: &str) -> Option<&MonitorSection> {
+        self.recipe.monitors.get(name).filter(|m| m.enabled)
+    }
+
+    /// Whether `name` runs on the batch of (0-based) `step`, before its update.
+    pub(crate) fn due_before(&self, name: &str, step: usize) -> bool {
+        self.get(name).is_some_and(|m| (step + 1) % m.every == 0)
+    }
+
+    /// Whether `name` runs after `done` steps.
+    pub(crate) fn due_after(&self, name: &str, done: usize) -> bool {
+        self.get(name).is_some_and(|m| done % m.every == 0)
+    }
+
+    /// Records a firing in `events.jsonl` (and on stderr unless the action is `log`); counts
+    /// every action but `log` in `state.monitor_events`.
+    fn fire(
+        &self,
+        state: &mut LoopState,
+        step: usize,
+        name: &str,
+        action: MonitorAction,
+        value: f64,
+        threshold: f64,
+    ) -> Result<()> {
+        if action != MonitorAction::Log {
+            state.monitor_events += 1;
+        }
+        let act = action.name();
+        let e = MonitorEvent {
+            step,
+            event: "monitor".into(),
+            monitor: Some(name.into()),
+            action: Some(act.into()),
+            value: Some(value),
+            threshold: Some(threshold),
+            ..Default::default()
+        };
+        self.run
+            .append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+        if self.verbose && action != MonitorAction::Log {
+            eprintln!(
+                "step {step}: monitor {name} fired ({value:.4} vs threshold {threshold}), action {act}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The checks on a step's loss and gradient norm before its update (`non_finite`,
+    /// `loss_spike`, `grad_spike`, in that order): records each firing and returns the
+    /// z-scores of the loss and the gradient norm and what to do. A `stop` ends the checks.
+    pub(crate) fn before_update(
+        &self,
+        state: &mut LoopState,
+        step: usize,
+        loss: f64,
+        grad_norm: f64,
+    ) -> Result<(f64, f64, Verdict)> {
+        let mut fired: Vec<(&str, MonitorAction, f64, f64)> = Vec::new();
+        if let Some(m) = self.get("non_finite") {
+            if !loss.is_finite() || !grad_norm.is_finite() {
+                let v = if loss.is_finite() { grad_norm } else { loss };
+                fired.push(("non_finite", m.action, v, m.threshold));
+            }
+        }
+        let lz = state.loss_spikes.update(loss);
+        if let Some(m) = self.get("loss_spike") {
+            if lz > m.threshold {
+                fired.push(("loss_spike", m.action, lz, m.threshold));
+            }
+        }
+        let gz = state.grad_spikes.update(grad_norm);
+        if let Some(m) = self.get("grad_spike") {
+            if gz > m.threshold {
+                fired.push(("grad_spike", m.action, gz, m.threshold));
+            }
+        }
+        let mut verdict = Verdict::Update;
+        for (name, action, value, threshold) in fired {
+            self.fire(state, step, name, action, value, threshold)?;
+            match action {
+                MonitorAction::SkipStep => verdict = Verdict::Skip,
+                MonitorAction::Stop => {
+                    let stop = Stop {
+                        name: name.into(),
+                        value,
+                        threshold,
+                    };
+                    return Ok((lz, gz, Verdict::Stop(stop)));
+                }
+                _ => {}
+            }
+        }
+        Ok((lz, gz, verdict))
+    }
+
+    /// Records a skipped optimizer step.
+    pub(crate) fn skipped(&self, state: &mut LoopState, step: usize, loss: f64) -> Result<()> {
+        state.skipped_steps += 1;
+        let e = MonitorEvent {
+            step,
+            event: "skip_step".into(),
+            value: Some(loss),
+            ..Default::default()
+        };
+        self.run
+            .append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
+    }
+
+    /// Monitors measured after `done` steps, as `(name, value, fires_above)`: records each that
+    /// crossed its threshold and returns the first `stop`. (`skip_step` cannot undo an update
+    /// and acts as `warn`.)
+    pub(crate) fn after_update(
+        &self,
+        state: &mut LoopState,
+        done: usize,
+        values: &[(&str, f64, bool)],
+    ) -> Result<Option<Stop>> {
+        for &(name, value, above) in values {
+            let Some(m) = self.get(name) else { continue };
+            let crossed = (above && value > m.threshold) || (!above && value < m.threshold);
+            if crossed {
+                self.fire(state, done, name, m.action, value, m.threshold)?;
+                if m.action == MonitorAction::Stop {
+                    return Ok(Some(Stop {
+                        name: name.into(),
+                        value,
+                        threshold: m.threshold,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

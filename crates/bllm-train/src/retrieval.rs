@@ -25,23 +25,19 @@ use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
     similarity_loss, with_deterministic_ids,
 };
-use bllm_recipe::{MonitorAction, Recipe, RetrievalTask};
+use bllm_recipe::{Recipe, RetrievalTask};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::classify::{
-    Flow, GradNorm, Opt, RunOptions, ScaleGrads, record_firing, recorder, stopped, to_vec,
-};
-use crate::monitor::{MonitorEvent, SpikeDetector};
-use crate::rundir::{RunDir, newest_checkpoint};
+use crate::classify::RunOptions;
+use crate::monitor::{LoopState, Verdict, Watch};
+use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder, to_vec};
+use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
-
-type Ad = burn::backend::Autodiff<burn::backend::NdArray>;
-type Inner = burn::backend::NdArray;
 
 /// Rows of the training set whose codes the flip-ratio monitor tracks.
 const PROBE_ROWS: usize = 2048;
@@ -86,13 +82,9 @@ impl RetrievalSummary {
 struct State {
     step: usize,
     rng_state: u64,
-    loss_spikes: SpikeDetector,
-    grad_spikes: SpikeDetector,
-    skipped_steps: usize,
-    monitor_events: usize,
+    #[serde(flatten)]
+    watch: LoopState,
     last_probe_codes: Vec<u64>,
-    recent_losses: Vec<f64>,
-    monitor_sums: BTreeMap<String, (f64, usize)>,
 }
 
 /// Monitor values averaged into [`RetrievalSummary::monitor_means`].
@@ -266,15 +258,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
     } else {
         HeadForward::Surrogate
     };
-    if !opts.resume
-        && (opts.run_dir.join("metrics.jsonl").exists()
-            || newest_checkpoint(&opts.run_dir)?.is_some())
-    {
-        return Err(TrainError::Checkpoint {
-            path: opts.run_dir.clone(),
-            message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
-        });
-    }
+    RunDir::refuse_existing(&opts.run_dir, opts.resume)?;
     let data = load_data(t, recipe.seed)?;
     let bits = t.model.bits;
     let n = data.train.rows();
@@ -333,24 +317,16 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
     let mut state = State {
         step: 0,
         rng_state: recipe.seed ^ 0xA1C4,
-        loss_spikes: SpikeDetector::new(recipe.monitors.spike_window),
-        grad_spikes: SpikeDetector::new(recipe.monitors.spike_window),
-        skipped_steps: 0,
-        monitor_events: 0,
+        watch: LoopState::new(recipe),
         last_probe_codes: codes_of(&head)?.1.as_words().to_vec(),
-        recent_losses: Vec::new(),
-        monitor_sums: BTreeMap::new(),
     };
-    let event = |run: &RunDir, e: MonitorEvent| -> Result<()> {
-        run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
+    let watch = Watch {
+        recipe,
+        run: &run,
+        verbose: opts.verbose,
     };
     if opts.resume {
-        let Some((step, dir)) = newest_checkpoint(&run.path)? else {
-            return Err(TrainError::Checkpoint {
-                path: run.path.clone(),
-                message: "--resume: no complete checkpoint-<step>/ in this run directory".into(),
-            });
-        };
+        let (step, dir) = run.resume_point()?;
         head = head
             .load_file(dir.join("model"), &recorder(), &dev)
             .map_err(|e| TrainError::Checkpoint {
@@ -358,38 +334,9 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 message: e.to_string(),
             })?;
         opt = Opt::new(recipe, &head).load(&dir)?;
-        let text = std::fs::read_to_string(dir.join("trainer.json"))
-            .map_err(|e| TrainError::io(dir.join("trainer.json"), e))?;
-        state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path: dir.clone(),
-            message: format!("trainer.json: {e}"),
-        })?;
-        if state.step != step {
-            return Err(TrainError::Checkpoint {
-                path: dir,
-                message: format!(
-                    "trainer.json says step {} but the directory is checkpoint-{step}",
-                    state.step
-                ),
-            });
-        }
-        run.truncate_log("metrics.jsonl", step)?;
-        run.truncate_log("events.jsonl", step)?;
-        event(
-            &run,
-            MonitorEvent {
-                step,
-                event: "resume".into(),
-                message: Some(format!("resumed from {}", dir.display())),
-                ..Default::default()
-            },
-        )?;
+        state = run.resume_state(&dir, step, |s: &State| s.step)?;
     } else {
-        let resolved = run.path.join("recipe.resolved.toml");
-        bllm_codes::io::write_atomic(&resolved, recipe.resolved_toml().as_bytes())?;
-        for f in ["metrics.jsonl", "events.jsonl"] {
-            let _ = std::fs::remove_file(run.path.join(f));
-        }
+        run.start(&recipe.resolved_toml())?;
     }
 
     let save = |run: &RunDir,
@@ -422,16 +369,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 opt,
                 state,
             )?;
-            event(
-                &run,
-                MonitorEvent {
-                    step: state.step,
-                    event: "checkpoint".into(),
-                    message: Some(format!("{}{note}", p.display())),
-                    ..Default::default()
-                },
-            )?;
-            run.prune(recipe.checkpoint.keep_last)
+            run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
         };
 
     let truth_nn = truth(&data.db_unit, &data.queries_unit, &t.eval.k)?;
@@ -445,7 +383,6 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     let obj = &t.objective;
-    let mon = |name: &str| recipe.monitors.get(name).filter(|m| m.enabled);
     let loss_of = |head: &HashHead<Ad>,
                    idx: &Tensor<Ad, 1, Int>,
                    cos: &Tensor<Ad, 2>,
@@ -511,7 +448,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         };
         head.visit(&mut gn);
         let grad_norm = gn.sum.sqrt();
-        let due = |name: &str| mon(name).is_some_and(|m| (step + 1) % m.every == 0);
+        let due = |name: &str| watch.due_before(name, step);
         let mut metrics = serde_json::Map::new();
         let mut after: Vec<(&str, f64, bool)> = Vec::new();
         if due("shadow_cosine") {
@@ -539,61 +476,18 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
             after.push(("shadow_cosine", c, false));
         }
 
-        let mut skip = false;
-        let mut fired: Vec<(&str, MonitorAction, f64, f64)> = Vec::new();
-        if let Some(m) = mon("non_finite") {
-            if !loss_v.is_finite() || !grad_norm.is_finite() {
-                let v = if loss_v.is_finite() {
-                    grad_norm
-                } else {
-                    loss_v
-                };
-                fired.push(("non_finite", m.action, v, m.threshold));
+        let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
+        let skip = match verdict {
+            Verdict::Stop(stop) => {
+                save(&run, &format!("checkpoint-{step}"), &head, &opt, &state)?;
+                return Err(stop.into_error(&run, step)?);
             }
-        }
-        let lz = state.loss_spikes.update(loss_v);
-        if let Some(m) = mon("loss_spike") {
-            if lz > m.threshold {
-                fired.push(("loss_spike", m.action, lz, m.threshold));
-            }
-        }
-        let gz = state.grad_spikes.update(grad_norm);
-        if let Some(m) = mon("grad_spike") {
-            if gz > m.threshold {
-                fired.push(("grad_spike", m.action, gz, m.threshold));
-            }
-        }
-        for &(name, action, value, threshold) in &fired {
-            match record_firing(
-                &run,
-                opts.verbose,
-                &mut state.monitor_events,
-                step,
-                name,
-                action,
-                value,
-                threshold,
-            )? {
-                Flow::Skip => skip = true,
-                Flow::Stop => {
-                    save(&run, &format!("checkpoint-{step}"), &head, &opt, &state)?;
-                    return Err(stopped(&run, step, name, value, threshold)?);
-                }
-                Flow::Continue => {}
-            }
-        }
+            Verdict::Skip => true,
+            Verdict::Update => false,
+        };
         let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
         if skip {
-            state.skipped_steps += 1;
-            event(
-                &run,
-                MonitorEvent {
-                    step,
-                    event: "skip_step".into(),
-                    value: Some(loss_v),
-                    ..Default::default()
-                },
-            )?;
+            watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
             if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
                 let mut sg = ScaleGrads {
@@ -608,12 +502,10 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         if let Some(p) = opts.progress.as_mut() {
             p(state.step, total, loss_v);
         }
-        state.recent_losses.push(loss_v);
-        if state.recent_losses.len() > recipe.train.log_every {
-            state.recent_losses.remove(0);
-        }
+        state.watch.push_loss(loss_v, recipe.train.log_every);
 
-        let every = |name: &str| mon(name).is_some_and(|m| state.step % m.every == 0);
+        let done = state.step;
+        let every = |name: &str| watch.due_after(name, done);
         let code_monitors = ["flip_ratio", "bit_balance", "pass_through", "quant_error"];
         if code_monitors.iter().any(|m| every(m)) {
             let (z, packed) = codes_of(&head)?;
@@ -665,38 +557,17 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 }
             }
         }
-        for (name, value, above) in after {
-            let Some(m) = mon(name) else { continue };
-            let crossed = (above && value > m.threshold) || (!above && value < m.threshold);
-            if crossed
-                && record_firing(
-                    &run,
-                    opts.verbose,
-                    &mut state.monitor_events,
-                    state.step,
-                    name,
-                    m.action,
-                    value,
-                    m.threshold,
-                )? == Flow::Stop
-            {
-                save(
-                    &run,
-                    &format!("checkpoint-{}", state.step),
-                    &head,
-                    &opt,
-                    &state,
-                )?;
-                return Err(stopped(&run, state.step, name, value, m.threshold)?);
-            }
+        if let Some(stop) = watch.after_update(&mut state.watch, state.step, &after)? {
+            save(
+                &run,
+                &format!("checkpoint-{}", state.step),
+                &head,
+                &opt,
+                &state,
+            )?;
+            return Err(stop.into_error(&run, state.step)?);
         }
-        for k in SUMMARISED {
-            if let Some(v) = metrics.get(k).and_then(serde_json::Value::as_f64) {
-                let e = state.monitor_sums.entry(k.to_owned()).or_insert((0.0, 0));
-                e.0 += v;
-                e.1 += 1;
-            }
-        }
+        state.watch.accumulate(&metrics, &SUMMARISED);
         if state.step % recipe.train.log_every == 0 || !metrics.is_empty() {
             let mut line = json!({"step": state.step, "split": "train", "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
             if let Some(obj) = line.as_object_mut() {
@@ -730,18 +601,13 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         name: recipe.name.clone(),
         steps: state.step,
         complete,
-        train_loss: state.recent_losses.iter().sum::<f64>()
-            / state.recent_losses.len().max(1) as f64,
+        train_loss: state.watch.recent_loss(),
         method: method_name.clone(),
         bits,
         results: Vec::new(),
-        skipped_steps: state.skipped_steps,
-        monitor_events: state.monitor_events,
-        monitor_means: state
-            .monitor_sums
-            .iter()
-            .map(|(k, (s, c))| (k.clone(), s / (*c).max(1) as f64))
-            .collect(),
+        skipped_steps: state.watch.skipped_steps,
+        monitor_events: state.watch.monitor_events,
+        monitor_means: state.watch.means(),
     };
     if !complete {
         checkpoint(&head, &opt, &state, " (stopped early by max_steps)")?;
@@ -790,10 +656,8 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         }
     }
     let md = markdown(&rows);
-    let mut json = serde_json::to_vec_pretty(&rows).unwrap_or_default();
-    json.push(b'\n');
-    bllm_codes::io::write_atomic(&run.path.join("results.json"), &json)?;
-    bllm_codes::io::write_atomic(&run.path.join("results.md"), md.as_bytes())?;
+    run.write_json("results.json", &rows)?;
+    run.write_file("results.md", md.as_bytes())?;
     summary.results = rows;
 
     // Export: the encoder and the database codes it makes.
@@ -814,9 +678,6 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         "metrics.jsonl",
         &json!({"step": state.step, "split": "eval", "recall": summary.recall(&method_name, bits, 10, 0)}),
     )?;
-    let p = run.path.join("summary.json");
-    let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-    json.push(b'\n');
-    bllm_codes::io::write_atomic(&p, &json)?;
+    run.write_json("summary.json", &summary)?;
     Ok(summary)
 }

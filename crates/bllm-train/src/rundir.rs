@@ -23,6 +23,94 @@ impl RunDir {
         })
     }
 
+    /// Opens the run directory of a new run (`resume = false`: refused when it already holds a
+    /// run, so runs never overwrite runs) or of a run to resume.
+    pub fn open(path: &Path, resume: bool) -> Result<Self> {
+        Self::refuse_existing(path, resume)?;
+        Self::create(path)
+    }
+
+    /// The check of [`RunDir::open`] alone, for trainers that validate their inputs before
+    /// creating anything: a new run (`resume = false`) may not go into a directory that
+    /// already holds metrics or checkpoints.
+    pub fn refuse_existing(path: &Path, resume: bool) -> Result<()> {
+        if !resume && (path.join("metrics.jsonl").exists() || newest_checkpoint(path)?.is_some()) {
+            return Err(TrainError::Checkpoint {
+                path: path.to_owned(),
+                message: "this run directory already holds a run; pass --resume to continue it, or choose another --run-dir".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a new run: saves the resolved recipe and clears the logs.
+    pub fn start(&self, resolved_recipe: &str) -> Result<()> {
+        self.write_file("recipe.resolved.toml", resolved_recipe.as_bytes())?;
+        for f in ["metrics.jsonl", "events.jsonl"] {
+            let _ = fs::remove_file(self.path.join(f));
+        }
+        Ok(())
+    }
+
+    /// The newest complete checkpoint to resume from: `(step, directory)`.
+    pub fn resume_point(&self) -> Result<(usize, PathBuf)> {
+        newest_checkpoint(&self.path)?.ok_or_else(|| TrainError::Checkpoint {
+            path: self.path.clone(),
+            message: "--resume: no complete checkpoint-<step>/ in this run directory".into(),
+        })
+    }
+
+    /// Reads the trainer state `S` of checkpoint `dir` (taken at `step`), checks that its step
+    /// (`step_of`) agrees, cuts the logs back to `step` and records the resume.
+    pub fn resume_state<S: serde::de::DeserializeOwned>(
+        &self,
+        dir: &Path,
+        step: usize,
+        step_of: impl Fn(&S) -> usize,
+    ) -> Result<S> {
+        let p = dir.join("trainer.json");
+        let text = fs::read_to_string(&p).map_err(|e| TrainError::io(&p, e))?;
+        let state: S = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            message: format!("trainer.json: {e}"),
+        })?;
+        if step_of(&state) != step {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_owned(),
+                message: format!(
+                    "trainer.json says step {} but the directory is checkpoint-{step}",
+                    step_of(&state)
+                ),
+            });
+        }
+        self.truncate_log("metrics.jsonl", step)?;
+        self.truncate_log("events.jsonl", step)?;
+        let e = crate::MonitorEvent {
+            step,
+            event: "resume".into(),
+            message: Some(format!("resumed from {}", dir.display())),
+            ..Default::default()
+        };
+        self.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+        Ok(state)
+    }
+
+    /// Writes `name` in the run directory atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.path.join(name);
+        bllm_codes::io::write_atomic(&p, bytes).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes `value` as pretty JSON (with a final newline) to `name`, atomically.
+    pub fn write_json(&self, name: &str, value: &impl serde::Serialize) -> Result<()> {
+        let mut json = serde_json::to_vec_pretty(value).unwrap_or_default();
+        json.push(b'\n');
+        self.write_file(name, &json)
+    }
+
     /// Appends one JSON line to `name` (`metrics.jsonl`, `events.jsonl`).
     pub fn append(&self, name: &str, value: &serde_json::Value) -> Result<()> {
         let p = self.path.join(name);
@@ -81,6 +169,19 @@ impl RunDir {
         }
         fs::rename(&tmp, &dst).map_err(|e| TrainError::io(&dst, e))?;
         Ok(dst)
+    }
+
+    /// Records a periodic (or early-stop) checkpoint written at `path` for `step` in
+    /// `events.jsonl`, then keeps only the newest `keep` checkpoints.
+    pub fn checkpointed(&self, step: usize, path: &Path, note: &str, keep: usize) -> Result<()> {
+        let e = crate::MonitorEvent {
+            step,
+            event: "checkpoint".into(),
+            message: Some(format!("{}{note}", path.display())),
+            ..Default::default()
+        };
+        self.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+        self.prune(keep)
     }
 
     /// Deletes all but the newest `keep` `checkpoint-<step>` directories, and stale temporary

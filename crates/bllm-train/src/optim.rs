@@ -1,0 +1,180 @@
+//! What every trainer shares besides the loop: the recipe's optimizer over any module, record
+//! files, gradient-norm visitors and tensor-to-host copies.
+
+use std::path::Path;
+
+use bllm_nn::{Bop, MixedOptimizer, binary_param_ids};
+use bllm_recipe::{OptimizerKind, Recipe};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{
+    Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
+};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::{Result, TrainError};
+
+pub(crate) type Ad = burn::backend::Autodiff<burn::backend::NdArray>;
+pub(crate) type Inner = burn::backend::NdArray;
+
+/// The optimizer chosen by the recipe.
+pub(crate) enum Opt<M: AutodiffModule<Ad>> {
+    Adam(OptimizerAdaptor<Adam, M, Ad>),
+    AdamW(OptimizerAdaptor<AdamW, M, Ad>),
+    Sgd(OptimizerAdaptor<Sgd<Inner>, M, Ad>),
+    BopAdam(MixedOptimizer<M, Ad, OptimizerAdaptor<Adam, M, Ad>>),
+}
+
+pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+pub(crate) fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
+    Recorder::<Ad>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
+    Recorder::<Ad>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
+        TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    })
+}
+
+impl<M: AutodiffModule<Ad>> Opt<M> {
+    pub(crate) fn new(recipe: &Recipe, model: &M) -> Self {
+        let o = &recipe.optimizer;
+        let adam = || {
+            let mut c = AdamConfig::new()
+                .with_beta_1(o.beta1 as f32)
+                .with_beta_2(o.beta2 as f32)
+                .with_epsilon(o.eps as f32);
+            if o.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    o.weight_decay as f32,
+                )));
+            }
+            c.init::<Ad, M>()
+        };
+        match o.kind {
+            OptimizerKind::Adam => Self::Adam(adam()),
+            OptimizerKind::Adamw => Self::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(o.beta1 as f32)
+                    .with_beta_2(o.beta2 as f32)
+                    .with_epsilon(o.eps as f32)
+                    .with_weight_decay(o.weight_decay as f32)
+                    .init::<Ad, M>(),
+            ),
+            OptimizerKind::Sgd => Self::Sgd(
+                SgdConfig::new()
+                    .with_momentum(Some(
+                        MomentumConfig::new()
+                            .with_momentum(o.beta1)
+                            .with_dampening(0.0),
+                    ))
+                    .init::<Ad, M>(),
+            ),
+            OptimizerKind::BopAdam => Self::BopAdam(MixedOptimizer::new(
+                Bop {
+                    gamma: o.bop_gamma,
+                    tau: o.bop_tau,
+                },
+                adam(),
+                binary_param_ids(model),
+            )),
+        }
+    }
+
+    pub(crate) fn step(
+        &mut self,
+        lr: f64,
+        model: M,
+        grads: <Ad as AutodiffBackend>::Gradients,
+    ) -> M {
+        match self {
+            Self::Adam(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::AdamW(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::Sgd(o) => {
+                let g = GradientsParams::from_grads(grads, &model);
+                o.step(lr, model, g)
+            }
+            Self::BopAdam(o) => o.step(lr, model, grads),
+        }
+    }
+
+    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Adam(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::AdamW(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::Sgd(o) => save_rec(o.to_record(), &dir.join("optimizer")),
+            Self::BopAdam(o) => {
+                let (bop, float) = o.to_records();
+                save_rec(bop, &dir.join("optimizer-bop"))?;
+                save_rec(float, &dir.join("optimizer"))
+            }
+        }
+    }
+
+    pub(crate) fn load(self, dir: &Path) -> Result<Self> {
+        Ok(match self {
+            Self::Adam(o) => Self::Adam(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::AdamW(o) => Self::AdamW(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::Sgd(o) => Self::Sgd(o.load_record(load_rec(&dir.join("optimizer"))?)),
+            Self::BopAdam(o) => Self::BopAdam(o.load_records(
+                load_rec(&dir.join("optimizer-bop"))?,
+                load_rec(&dir.join("optimizer"))?,
+            )),
+        })
+    }
+}
+
+/// Global gradient norm over every parameter, and its finiteness.
+pub(crate) struct GradNorm<'a> {
+    pub(crate) grads: &'a <Ad as AutodiffBackend>::Gradients,
+    pub(crate) sum: f64,
+}
+
+impl ModuleVisitor<Ad> for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+        if let Some(g) = p.val().grad(self.grads) {
+            let s: f32 = g.square().sum().into_scalar().elem();
+            self.sum += f64::from(s);
+        }
+    }
+}
+
+/// Scales every gradient by `factor` (global-norm clipping).
+pub(crate) struct ScaleGrads<'a> {
+    pub(crate) grads: &'a mut <Ad as AutodiffBackend>::Gradients,
+    pub(crate) factor: f64,
+}
+
+impl ModuleVisitor<Ad> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+        let v = p.val();
+        if let Some(g) = v.grad(self.grads) {
+            v.grad_replace(self.grads, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
