@@ -200,3 +200,33 @@ fn retrieval_inputs_are_checked() {
         assert!(e.contains(key), "{key} not reported: {e}");
     }
 }
+
+#[test]
+fn retrieval_sweep_tables_and_report_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sweep");
+    // The quickstart with a [sweep] table: 2 objectives × 2 seeds.
+    let recipe = tmp.path().join("sweep.toml");
+    let text = std::fs::read_to_string(quickstart()).unwrap()
+        + "\n[sweep]\n\"objective.kind\" = [\"listwise\", \"similarity\"]\nseed = [0, 1]\n";
+    std::fs::write(&recipe, text).unwrap();
+    let q = s(&recipe);
+    let mut ov = tiny();
+    ov.retain(|o| !o.starts_with("checkpoint.") && !o.starts_with("eval.every"));
+    ov.push("train.steps=6".into());
+    let d = s(&dir);
+    let mut args: Vec<&str> = vec!["sweep", &q];
+    args.extend(ov.iter().map(String::as_str));
+    args.extend_from_slice(&["--run-dir", &d]);
+    bllm_ok(&args);
+    let md = String::from_utf8(read(&dir.join("summary.md"))).unwrap();
+    // Seeds average together: one group per objective, two runs each.
+    for g in ["objective.kind=listwise", "objective.kind=similarity"] {
+        assert!(md.contains(&format!("| {g} | 2 | 0 |")), "{g} in {md}");
+    }
+    assert!(md.contains("| learned_similarity | 32 | 10 | 0 |"), "{md}");
+    let csv = read(&dir.join("summary.csv"));
+    bllm_ok(&["report", &d]);
+    assert_eq!(read(&dir.join("summary.md")), md.as_bytes());
+    assert_eq!(read(&dir.join("summary.csv")), csv);
+}

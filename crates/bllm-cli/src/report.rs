@@ -112,45 +112,14 @@ pub fn report(a: ReportArgs) -> Result<()> {
         written += 1;
     }
     // Tables (sweeps): regroup the runs by their name without the seed.
-    let retrieval = runs.iter().any(|r| {
-        std::fs::read(r.join("summary.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RetrievalSummary>(&b).ok())
-            .is_some()
-    });
-    if retrieval && (runs.len() > 1 || runs[0] != *dir) {
-        let mut rows = Vec::new();
-        for r in &runs {
-            let name = r
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let summary: Option<RetrievalSummary> = std::fs::read(r.join("summary.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            rows.push((crate::train::group_of(&name), summary));
-        }
-        let (csv, md) = crate::train::retrieval_tables(&rows);
-        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
-        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-        print!("{md}");
-    } else if runs.len() > 1 || runs[0] != *dir {
-        let mut rows = Vec::new();
-        for r in &runs {
-            let name = r
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let summary: Option<RunSummary> = std::fs::read(r.join("summary.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            let status = if summary.is_some() { "ok" } else { "stopped" };
-            rows.push((crate::train::group_of(&name), status, summary));
-        }
-        let (csv, md) = crate::train::tables(&rows);
-        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
-        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-        print!("{md}");
+    if runs.len() > 1 || runs[0] != *dir {
+        let retrieval = summaries::<RetrievalSummary>(&runs);
+        let (csv, md) = if retrieval.iter().any(|(_, s)| s.is_some()) {
+            crate::train::retrieval_tables(&retrieval)
+        } else {
+            crate::train::tables(&summaries::<RunSummary>(&runs))
+        };
+        crate::train::write_tables(dir, &csv, &md)?;
     }
     eprintln!(
         "{written} plots in {} ({} run{})",
@@ -159,4 +128,21 @@ pub fn report(a: ReportArgs) -> Result<()> {
         if runs.len() == 1 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// `(group, summary)` of each run directory; `None` where `summary.json` is missing (a
+/// stopped run) or of another kind.
+fn summaries<S: serde::de::DeserializeOwned>(runs: &[PathBuf]) -> Vec<(String, Option<S>)> {
+    runs.iter()
+        .map(|r| {
+            let name = r
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let summary = std::fs::read(r.join("summary.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            (crate::train::group_of(&name), summary)
+        })
+        .collect()
 }

@@ -196,55 +196,48 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         PathBuf::from("checkpoints").join(format!("{}-sweep-{}", base.name, timestamp_utc()))
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if base.kind == Kind::Retrieval {
-        let mut rows = Vec::new();
-        for (i, r) in runs.iter().enumerate() {
-            eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
-            let mut opts = RunOptions {
-                run_dir: dir.join(&r.name),
-                resume: false,
-                max_steps: None,
-                verbose: false,
-                progress: None,
-            };
-            let s = match bllm_train::run_retrieval(&r.recipe, &mut opts) {
-                Ok(s) => Some(s),
-                Err(bllm_train::TrainError::Stopped { .. }) => None,
-                Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),
-            };
-            rows.push((group_of(&r.name), s));
-        }
-        let (csv, md) = retrieval_tables(&rows);
-        bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
-        bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-        print!("{md}");
-        eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
-        return Ok(());
-    }
+    let (csv, md) = match base.kind {
+        Kind::Classify => tables(&run_each(&runs, &dir, bllm_train::run)?),
+        Kind::Retrieval => retrieval_tables(&run_each(&runs, &dir, bllm_train::run_retrieval)?),
+    };
+    write_tables(&dir, &csv, &md)?;
+    eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
+    Ok(())
+}
+
+/// Writes a sweep's `summary.csv` and `summary.md` into `dir` and prints the table.
+pub(crate) fn write_tables(dir: &Path, csv: &str, md: &str) -> Result<()> {
+    bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+    bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+    print!("{md}");
+    Ok(())
+}
+
+/// Runs every sweep run with `train` into `dir/<run name>`: `(group, summary)` rows, the
+/// summary `None` for a run a monitor stopped; any other failure ends the sweep.
+fn run_each<S>(
+    runs: &[bllm_recipe::SweepRun],
+    dir: &Path,
+    train: fn(&bllm_recipe::Recipe, &mut RunOptions) -> bllm_train::Result<S>,
+) -> Result<Vec<(String, Option<S>)>> {
     let mut rows = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
-        let run_dir = dir.join(&r.name);
         let mut opts = RunOptions {
-            run_dir: run_dir.clone(),
+            run_dir: dir.join(&r.name),
             resume: false,
             max_steps: None,
             verbose: false,
             progress: None,
         };
-        let (status, s) = match bllm_train::run(&r.recipe, &mut opts) {
-            Ok(s) => ("ok", Some(s)),
-            Err(bllm_train::TrainError::Stopped { .. }) => ("stopped", None),
+        let s = match train(&r.recipe, &mut opts) {
+            Ok(s) => Some(s),
+            Err(bllm_train::TrainError::Stopped { .. }) => None,
             Err(e) => return Err(e).with_context(|| format!("sweep run {} failed", r.name)),
         };
-        rows.push((group_of(&r.name), status, s));
+        rows.push((group_of(&r.name), s));
     }
-    let (csv, md) = crate::train::tables(&rows);
-    bllm_codes::io::write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
-    bllm_codes::io::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-    print!("{md}");
-    eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
-    Ok(())
+    Ok(rows)
 }
 
 /// The table group of a run: its name (`key=value,…`, as sweeps name run directories) without
@@ -269,8 +262,9 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// summary.csv and summary.md from `(group, status, summary)` rows, grouped in first-seen order.
-pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, String) {
+/// summary.csv and summary.md from `(group, summary)` rows (`None`: stopped by a monitor),
+/// grouped in first-seen order.
+pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) {
     const MON: [(&str, &str); 5] = [
         ("shadow_cosine", "shadow cos"),
         ("fd_sign_agreement", "FD sign agree"),
@@ -279,7 +273,7 @@ pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, St
         ("quant_error", "quant error"),
     ];
     let mut groups: Vec<&str> = Vec::new();
-    for (g, _, _) in rows {
+    for (g, _) in rows {
         if !groups.contains(&g.as_str()) {
             groups.push(g);
         }
@@ -301,14 +295,11 @@ pub(crate) fn tables(rows: &[(String, &str, Option<RunSummary>)]) -> (String, St
     for g in groups {
         let rs: Vec<&RunSummary> = rows
             .iter()
-            .filter(|(k, _, _)| k == g)
-            .filter_map(|(_, _, s)| s.as_ref())
+            .filter(|(k, _)| k == g)
+            .filter_map(|(_, s)| s.as_ref())
             .collect();
-        let stopped = rows
-            .iter()
-            .filter(|(k, st, _)| k == g && *st == "stopped")
-            .count();
-        let n = rows.iter().filter(|(k, _, _)| k == g).count();
+        let n = rows.iter().filter(|(k, _)| k == g).count();
+        let stopped = n - rs.len();
         let col =
             |f: fn(&RunSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
         let (am, asd) = col(|s| s.eval_accuracy);
