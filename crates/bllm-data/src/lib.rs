@@ -14,5 +14,5 @@ pub mod synthetic;
 
 pub use bllm_codes::FloatMatrix;
 pub use error::{DataError, Result};
-pub use load::{check_manifest, load_embeddings, write_fvecs};
+pub use load::{check_manifest, load_embeddings, load_embeddings_typed, write_fvecs};
 pub use split::Split;

@@ -12,10 +12,22 @@ use crate::{DataError, Result};
 /// `.safetensors` (the tensor `tensor`, or the file's only 2-D F32/F16 tensor when `None`).
 /// NaN and infinities are rejected with their row and column.
 pub fn load_embeddings(path: &Path, tensor: Option<&str>) -> Result<FloatMatrix> {
+    Ok(load_embeddings_typed(path, tensor)?.0)
+}
+
+/// [`load_embeddings`], also naming the element type stored in the file (`float32` or
+/// `float16`), for manifests.
+pub fn load_embeddings_typed(
+    path: &Path,
+    tensor: Option<&str>,
+) -> Result<(FloatMatrix, &'static str)> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let m = match ext {
-        "npy" => bllm_codes::io::npy::read_float_matrix(path)?,
-        "fvecs" => read_fvecs(path)?,
+    let (m, dtype) = match ext {
+        "npy" => {
+            let (m, dtype) = bllm_codes::io::npy::read_float_matrix_typed(path)?;
+            (m, dtype.name())
+        }
+        "fvecs" => (read_fvecs(path)?, "float32"),
         "safetensors" => read_safetensors(path, tensor)?,
         other => {
             return Err(DataError::file(
@@ -32,7 +44,7 @@ pub fn load_embeddings(path: &Path, tensor: Option<&str>) -> Result<FloatMatrix>
             format!("no embeddings ({} × {})", m.rows(), m.cols()),
         ));
     }
-    Ok(m)
+    Ok((m, dtype))
 }
 
 fn finite(path: &Path, rows: usize, cols: usize, data: Vec<f32>) -> Result<FloatMatrix> {
@@ -101,7 +113,7 @@ pub fn write_fvecs(path: &Path, m: &FloatMatrix) -> Result<()> {
     Ok(bllm_codes::io::write_atomic(path, &out)?)
 }
 
-fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<FloatMatrix> {
+fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<(FloatMatrix, &'static str)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::file(path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| DataError::file(path, format!("not a safetensors file: {e}")))?;
@@ -149,6 +161,11 @@ fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<FloatMatrix> {
         ));
     }
     let (rows, cols) = (view.shape()[0], view.shape()[1]);
+    let dtype = if view.dtype() == safetensors::Dtype::F16 {
+        "float16"
+    } else {
+        "float32"
+    };
     let data: Vec<f32> = match view.dtype() {
         safetensors::Dtype::F16 => view
             .data()
@@ -161,7 +178,7 @@ fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<FloatMatrix> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     };
-    finite(path, rows, cols, data)
+    Ok((finite(path, rows, cols, data)?, dtype))
 }
 
 /// Verifies every file listed in `dir/MANIFEST.json` against its sha256, and that the manifest

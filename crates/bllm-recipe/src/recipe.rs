@@ -342,7 +342,7 @@ impl MonitorsSection {
             "finite_difference",
             "log",
             0.25,
-            "fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below (0.5 = chance; near-chance agreement is common for STEs, so it only logs by default)",
+            "classify only (retrieval runs do not compute it): fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below (0.5 = chance; near-chance agreement is common for STEs, so it only logs by default)",
         ),
         (
             "flip_ratio",

@@ -111,27 +111,22 @@ struct Data {
     source: SourceInfo,
 }
 
-fn load_matrix(path: &Path) -> Result<FloatMatrix> {
+/// Embeddings and their stored element type, after checking the manifest beside the file
+/// (when there is one).
+fn load_matrix(path: &Path) -> Result<(FloatMatrix, &'static str)> {
     if let Some(dir) = path.parent() {
         if dir.join("MANIFEST.json").exists() {
             bllm_data::check_manifest(dir)?;
         }
     }
-    Ok(bllm_data::load_embeddings(path, None)?)
+    Ok(bllm_data::load_embeddings_typed(path, None)?)
 }
 
 fn load_data(t: &RetrievalTask, seed: u64) -> Result<Data> {
     let (x, name, source) = match (&t.data.path, &t.data.synthetic) {
         (Some(p), _) => {
             let path = PathBuf::from(p);
-            let x = load_matrix(&path)?;
-            let dtype = if path.extension().is_some_and(|e| e == "npy") {
-                bllm_codes::io::npy::read_float_matrix_typed(&path)?
-                    .1
-                    .name()
-            } else {
-                "float32"
-            };
+            let (x, dtype) = load_matrix(&path)?;
             let source = SourceInfo {
                 path: p.clone(),
                 sha256: bllm_codes::io::sha256_file(&path)?,
@@ -166,7 +161,7 @@ fn load_data(t: &RetrievalTask, seed: u64) -> Result<Data> {
         }
     };
     let split = match &t.data.queries_path {
-        Some(q) => bllm_data::Split::separate(x.clone(), load_matrix(Path::new(q))?)?,
+        Some(q) => bllm_data::Split::separate(x.clone(), load_matrix(Path::new(q))?.0)?,
         None => bllm_data::Split::first_rows(&x, t.data.queries)?,
     };
     let named = |e: bllm_hash::HashError, p: &str| {
