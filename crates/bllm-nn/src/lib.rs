@@ -13,6 +13,9 @@
 //! * [`HashHead`]: a learned projection from float embeddings to k-bit retrieval codes, with
 //!   the [`listwise_loss`] / [`similarity_loss`] objectives and the [`bit_balance`] /
 //!   [`decorrelation`] regularisers.
+//! * [`ByteLm`]: a decoder-only byte-level transformer whose projections ([`Proj`]) are each
+//!   float, 1-bit or BitNet b1.58, with SubLN, BiBERT {0, 1} attention, RSign and elastic
+//!   activation options ([`ByteLmConfig`]).
 //! * [`summary`]: Larq-style memory accounting per layer — parameters per precision and bytes
 //!   that count scales, padding to words and metadata.
 //!
@@ -27,8 +30,10 @@ mod bop;
 mod error;
 mod hash_head;
 mod init;
+mod proj;
 mod scaling;
 pub mod summary;
+mod transformer;
 
 pub use act::ActQuant;
 pub use binary_linear::{BinaryLinear, BinaryLinearConfig, BinaryWeights};
@@ -40,5 +45,10 @@ pub use hash_head::{
     similarity_loss,
 };
 pub use init::{kaiming_uniform, with_deterministic_ids};
+pub use proj::{ActBinarization, BinaryOptions, Proj, ProjKind, RmsGain};
 pub use scaling::Scaling;
 pub use summary::{LayerSummary, Summarize, Summary, summary};
+pub use transformer::{
+    Attention, AttentionKind, Block, ByteEmbedding, ByteLm, ByteLmConfig, LmStats, Projections,
+    QuantRef,
+};
