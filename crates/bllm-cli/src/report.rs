@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_train::{RetrievalSummary, RunSummary};
+use bllm_train::{LmSummary, RetrievalSummary, RunSummary};
 use clap::Args;
 
 /// Arguments of `bllm report`.
@@ -14,8 +14,24 @@ pub struct ReportArgs {
 }
 
 /// Curves plotted: (metric key, split, title).
-const CURVES: [(&str, &str, &str); 10] = [
+const CURVES: [(&str, &str, &str); 14] = [
     ("loss", "train", "training loss"),
+    ("bpb", "eval", "held-out bits per byte (lm)"),
+    (
+        "attention_min",
+        "train",
+        "lowest head attention entropy / density (lm)",
+    ),
+    (
+        "attention",
+        "train",
+        "mean head attention entropy / density (lm)",
+    ),
+    (
+        "act_clamp",
+        "train",
+        "BitLinear activation clamp fraction (lm)",
+    ),
     ("recall", "eval", "query Hamming Recall@10 (retrieval)"),
     (
         "bit_balance",
@@ -68,6 +84,18 @@ pub fn report(a: ReportArgs) -> Result<()> {
             .filter(|p| p.join("metrics.jsonl").is_file())
             .collect();
         v.sort();
+        // A sweep directory lists its run order in runs.json: keep it (tables group in it).
+        if let Some(order) = std::fs::read(dir.join("runs.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+        {
+            let rank = |p: &PathBuf| {
+                p.file_name()
+                    .and_then(|n| order.iter().position(|o| n.to_string_lossy() == *o))
+                    .unwrap_or(usize::MAX)
+            };
+            v.sort_by_key(|p| rank(p));
+        }
         v
     };
     if runs.is_empty() {
@@ -114,8 +142,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
     // Tables (sweeps): regroup the runs by their name without the seed.
     if runs.len() > 1 || runs[0] != *dir {
         let retrieval = summaries::<RetrievalSummary>(&runs);
+        let lm = summaries::<LmSummary>(&runs);
         let (csv, md) = if retrieval.iter().any(|(_, s)| s.is_some()) {
             crate::train::retrieval_tables(&retrieval)
+        } else if lm.iter().any(|(_, s)| s.is_some()) {
+            crate::train::lm_tables(&lm)
         } else {
             crate::train::tables(&summaries::<RunSummary>(&runs))
         };

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, expand_sweep, parse_override};
-use bllm_train::{RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
+use bllm_train::{LmSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
 use clap::Args;
 
 use crate::recipes::{Components, load};
@@ -125,8 +125,44 @@ pub fn run(a: RunArgs) -> Result<()> {
             let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
             print_retrieval(&s, &run_dir);
         }
+        Kind::Lm => {
+            let result = bllm_train::run_lm(&recipe, &mut opts);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
+            print_lm(&s, &run_dir);
+        }
     }
     Ok(())
+}
+
+/// One line for an LM run: held-out bits per byte against the unigram baseline.
+fn print_lm(s: &LmSummary, dir: &Path) {
+    if !s.complete {
+        println!(
+            "{}: {} steps (stopped early, resumable) → {}",
+            s.name,
+            s.steps,
+            dir.display()
+        );
+        return;
+    }
+    println!(
+        "{}: {} steps, held-out {:.4} bits/byte (perplexity {:.3}; unigram baseline {:.4}){}, train loss {:.4} nats/byte, {} monitor events, {} skipped steps; model {} B ({:.1}x smaller than float32) → {}",
+        s.name,
+        s.steps,
+        s.eval_bpb,
+        s.eval_perplexity,
+        s.unigram_bpb,
+        if s.diverged { " DIVERGED" } else { "" },
+        s.train_loss,
+        s.monitor_events,
+        s.skipped_steps,
+        s.model_bytes,
+        s.model_float32_bytes as f64 / s.model_bytes.max(1) as f64,
+        dir.display()
+    );
 }
 
 /// The results table and a one-line verdict: the head against the best baseline at its bits.
@@ -196,9 +232,16 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         PathBuf::from("checkpoints").join(format!("{}-sweep-{}", base.name, timestamp_utc()))
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The run order, so that `bllm report` lists groups as the sweep did.
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    bllm_codes::io::write_atomic(
+        &dir.join("runs.json"),
+        &serde_json::to_vec_pretty(&names).unwrap_or_default(),
+    )?;
     let (csv, md) = match base.kind {
         Kind::Classify => tables(&run_each(&runs, &dir, bllm_train::run)?),
         Kind::Retrieval => retrieval_tables(&run_each(&runs, &dir, bllm_train::run_retrieval)?),
+        Kind::Lm => lm_tables(&run_each(&runs, &dir, bllm_train::run_lm)?),
     };
     write_tables(&dir, &csv, &md)?;
     eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
@@ -379,6 +422,81 @@ pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (
                 "| {name} | {n} | {stopped} | {method} | {bits} | {k} | {rerank} | {m:.4} ± {sd:.4} |\n"
             ));
         }
+    }
+    (csv, md)
+}
+
+/// summary.csv and summary.md of an LM sweep: per group (seeds averaged), held-out bits per
+/// byte mean ± std, runs stopped by a monitor or diverged (no better than unigram, or
+/// non-finite), and the monitors' run means.
+pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String) {
+    const MON: [(&str, &str); 7] = [
+        ("shadow_cosine", "shadow cos"),
+        ("fd_sign_agreement", "FD sign agree"),
+        ("flip_ratio", "flip ratio"),
+        ("pass_through", "pass-through"),
+        ("quant_error", "quant error"),
+        ("attention_min", "min head attention"),
+        ("act_clamp", "act clamp"),
+    ];
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _) in rows {
+        if !groups.contains(&g.as_str()) {
+            groups.push(g);
+        }
+    }
+    let mut csv = String::from(
+        "group,runs,stopped,diverged,eval_bpb_mean,eval_bpb_std,unigram_bpb,model_bytes,monitor_events_mean,skipped_steps_mean",
+    );
+    let mut md = String::from(
+        "| group | runs | stopped | diverged | held-out bits/byte | unigram | model bytes | monitor events | skipped steps |",
+    );
+    for (k, label) in MON {
+        csv.push_str(&format!(",{k}_mean,{k}_std"));
+        md.push_str(&format!(" {label} |"));
+    }
+    csv.push('\n');
+    md.push_str("\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    md.push_str(&"---:|".repeat(MON.len()));
+    md.push('\n');
+    for g in groups {
+        let rs: Vec<&LmSummary> = rows
+            .iter()
+            .filter(|(k, _)| k == g)
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
+        let n = rows.iter().filter(|(k, _)| k == g).count();
+        let stopped = n - rs.len();
+        let diverged = rs.iter().filter(|s| s.diverged).count();
+        let col = |f: fn(&LmSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
+        let (bm, bsd) = col(|s| s.eval_bpb);
+        let (um, _) = col(|s| s.unigram_bpb);
+        let (mb, _) = col(|s| s.model_bytes as f64);
+        let (em, _) = col(|s| s.monitor_events as f64);
+        let (sm, _) = col(|s| s.skipped_steps as f64);
+        let name = if g.is_empty() { "(all)" } else { g };
+        csv.push_str(&format!(
+            "{name},{n},{stopped},{diverged},{bm:.6},{bsd:.6},{um:.6},{mb:.0},{em:.3},{sm:.3}"
+        ));
+        md.push_str(&format!(
+            "| {name} | {n} | {stopped} | {diverged} | {bm:.4} ± {bsd:.4} | {um:.4} | {mb:.0} | {em:.1} | {sm:.1} |"
+        ));
+        for (k, _) in MON {
+            let vals: Vec<f64> = rs
+                .iter()
+                .filter_map(|s| s.monitor_means.get(k).copied())
+                .collect();
+            if vals.is_empty() {
+                csv.push_str(",,");
+                md.push_str(" – |");
+            } else {
+                let (m, sd) = mean_std(&vals);
+                csv.push_str(&format!(",{m:.6},{sd:.6}"));
+                md.push_str(&format!(" {m:.3} ± {sd:.3} |"));
+            }
+        }
+        csv.push('\n');
+        md.push('\n');
     }
     (csv, md)
 }

@@ -23,8 +23,9 @@ pub use error::{Issue, RecipeError, Result};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
     BASELINES, CheckpointSection, ComponentCheck, DataSection, EmbeddingSection, EvalSection,
-    ExportSection, HeadSection, Kind, LrSchedule, ModelSection, MonitorAction, MonitorSection,
-    MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
-    RetrievalEvalSection, RetrievalTask, SyntheticSection, Task, TrainSection,
+    ExportSection, HeadSection, Kind, LmModelSection, LmTask, LrSchedule, ModelSection,
+    MonitorAction, MonitorSection, MonitorsSection, ObjectiveSection, OptimizerKind,
+    OptimizerSection, Recipe, RetrievalEvalSection, RetrievalTask, SyntheticSection, Task,
+    TextSection, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

@@ -15,15 +15,18 @@ pub enum Kind {
     Classify,
     /// A learned projection head from float embeddings to k-bit retrieval codes.
     Retrieval,
+    /// A byte-level decoder-only transformer language model with binarized projections.
+    Lm,
 }
 
 impl Kind {
-    const NAMES: [&'static str; 2] = ["classify", "retrieval"];
+    const NAMES: [&'static str; 3] = ["classify", "retrieval", "lm"];
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "classify" => Some(Self::Classify),
             "retrieval" => Some(Self::Retrieval),
+            "lm" => Some(Self::Lm),
             _ => None,
         }
     }
@@ -33,6 +36,7 @@ impl Kind {
         match self {
             Self::Classify => "classify",
             Self::Retrieval => "retrieval",
+            Self::Lm => "lm",
         }
     }
 }
@@ -53,6 +57,72 @@ pub enum Task {
     },
     /// `kind = "retrieval"`.
     Retrieval(Box<RetrievalTask>),
+    /// `kind = "lm"`.
+    Lm(Box<LmTask>),
+}
+
+/// `[data]` of `kind = "lm"`: a byte-level text corpus.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextSection {
+    /// A directory with `train.txt` and `valid.txt` (a fixed split; its `MANIFEST.json` is
+    /// checked), or one text file whose last `valid_fraction` is held out.
+    pub path: String,
+    /// Held-out fraction when `path` is one file.
+    pub valid_fraction: f64,
+    /// Train on the first N bytes only (0 = all).
+    pub train_bytes: usize,
+    /// Evaluate on the first N held-out bytes only (0 = all), in non-overlapping windows.
+    pub eval_bytes: usize,
+}
+
+/// `[model]` of `kind = "lm"` (names as in `bllm_nn::ByteLmConfig`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmModelSection {
+    /// Residual width.
+    pub d_model: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP width / d_model.
+    pub mlp_ratio: usize,
+    /// Context length in bytes.
+    pub context: usize,
+    /// `[model.projections]`: `(name, float|binary|bitnet)` for q, k, v, o, up, down, embed,
+    /// head in that order.
+    pub projections: Vec<(&'static str, String)>,
+    /// Weight scaling of binary projections: `none`, `per_tensor`, `per_channel`.
+    pub scaling: String,
+    /// Train the scales.
+    pub learnable_scale: bool,
+    /// Input quantisation of binary projections: `float`, `sign`, `rsign`, `elastic`.
+    pub activations: String,
+    /// Norm before quantisation in binary projections (SubLN).
+    pub sub_norm: bool,
+    /// `softmax` or `binary_mask` (BiBERT).
+    pub attention: String,
+}
+
+impl LmModelSection {
+    /// The projection names of `[model.projections]`.
+    pub const PROJECTIONS: [&'static str; 8] = ["q", "k", "v", "o", "up", "down", "embed", "head"];
+
+    /// The precision named for projection `name`.
+    pub fn projection(&self, name: &str) -> &str {
+        self.projections
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("float", |(_, k)| k.as_str())
+    }
+}
+
+/// Everything specific to `kind = "lm"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmTask {
+    /// `[data]`.
+    pub data: TextSection,
+    /// `[model]`.
+    pub model: LmModelSection,
 }
 
 /// `[data.synthetic]`: the review's hard case (`bllm_data::synthetic::hard_case`), seeded by
@@ -331,7 +401,7 @@ pub struct MonitorsSection {
 
 impl MonitorsSection {
     /// Monitor names with (default action, default threshold, meaning of the threshold).
-    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 9] = [
+    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 11] = [
         (
             "shadow_cosine",
             "warn",
@@ -342,7 +412,7 @@ impl MonitorsSection {
             "finite_difference",
             "log",
             0.25,
-            "classify only (retrieval runs do not compute it): fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below (0.5 = chance; near-chance agreement is common for STEs, so it only logs by default)",
+            "classify and lm (retrieval runs do not compute it): fires when the sign agreement of ⟨g_STE, u⟩ with finite differences falls below (0.5 = chance; near-chance agreement is common for STEs, so it only logs by default)",
         ),
         (
             "flip_ratio",
@@ -374,6 +444,18 @@ impl MonitorsSection {
             "warn",
             0.45,
             "retrieval only: fires when some code bit's fraction of ones on the training rows is further than this from 0.5 (a nearly constant, wasted bit)",
+        ),
+        (
+            "attention",
+            "log",
+            0.05,
+            "lm only: fires when some head's mean attention entropy (nats; for {0,1} attention, its density of ones) falls below (attention collapsed onto one position, or a mask of zeros)",
+        ),
+        (
+            "act_clamp",
+            "log",
+            0.1,
+            "lm only: fires when the fraction of BitLinear int8 activations at ±127 exceeds (per-token absmax puts at least one per token there)",
         ),
         (
             "non_finite",
@@ -521,6 +603,7 @@ impl Recipe {
         let mut task = match kind {
             Kind::Classify => classify_sections(&mut root, r),
             Kind::Retrieval => retrieval_sections(&mut root, r),
+            Kind::Lm => lm_sections(&mut root, r),
         };
         let estimator = match root.raw_table("estimator", r) {
             Some(t) => t,
@@ -625,8 +708,8 @@ impl Recipe {
         ev.finish(r);
         let mut ex = root.table("export", r);
         let export = match kind {
-            Kind::Classify => ExportSection {
-                weights: ex.boolean("weights", true, r),
+            Kind::Classify | Kind::Lm => ExportSection {
+                weights: ex.boolean("weights", kind == Kind::Classify, r),
                 faiss: false,
             },
             Kind::Retrieval => ExportSection {
@@ -719,7 +802,15 @@ impl Recipe {
     pub fn retrieval(&self) -> Option<&RetrievalTask> {
         match &self.task {
             Task::Retrieval(t) => Some(t),
-            Task::Classify { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The LM sections, when `kind = "lm"`.
+    pub fn lm(&self) -> Option<&LmTask> {
+        match &self.task {
+            Task::Lm(t) => Some(t),
+            _ => None,
         }
     }
 
@@ -775,6 +866,74 @@ fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     };
     m.finish(r);
     Task::Classify { data, model }
+}
+
+/// `[data]` and `[model]` of `kind = "lm"`.
+fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
+    let mut d = root.table("data", r);
+    let data = TextSection {
+        path: d.string("path", None, r),
+        valid_fraction: d.float("valid_fraction", Some(0.1), 1e-6, 0.999_999, r),
+        train_bytes: d.int("train_bytes", Some(0), 0, i64::MAX, r) as usize,
+        eval_bytes: d.int("eval_bytes", Some(0), 0, i64::MAX, r) as usize,
+    };
+    d.finish(r);
+    let mut m = root.table("model", r);
+    let before = r.issues.len();
+    let d_model = m.int("d_model", Some(64), 1, 1 << 16, r) as usize;
+    let heads = m.int("heads", Some(4), 1, 1 << 10, r) as usize;
+    if r.issues.len() == before && d_model % heads != 0 {
+        r.push(
+            &m.key("heads"),
+            format!("a divisor of model.d_model ({d_model})"),
+            format!("the integer {heads}"),
+        );
+    }
+    let mut p = m.table("projections", r);
+    let mut projections = Vec::new();
+    for name in LmModelSection::PROJECTIONS {
+        let allowed: &[&str] = if name == "embed" {
+            &["float", "binary"]
+        } else {
+            &["float", "binary", "bitnet"]
+        };
+        let k = p
+            .choice(name, allowed, Some("float"), r)
+            .unwrap_or_default();
+        projections.push((name, k));
+    }
+    p.finish(r);
+    let model = LmModelSection {
+        d_model,
+        layers: m.int("layers", Some(2), 1, 1024, r) as usize,
+        heads,
+        mlp_ratio: m.int("mlp_ratio", Some(4), 1, 64, r) as usize,
+        context: m.int("context", Some(64), 2, 1 << 16, r) as usize,
+        projections,
+        scaling: m
+            .choice(
+                "scaling",
+                &["none", "per_tensor", "per_channel"],
+                Some("per_channel"),
+                r,
+            )
+            .unwrap_or_default(),
+        learnable_scale: m.boolean("learnable_scale", false, r),
+        activations: m
+            .choice(
+                "activations",
+                &["float", "sign", "rsign", "elastic"],
+                Some("float"),
+                r,
+            )
+            .unwrap_or_default(),
+        sub_norm: m.boolean("sub_norm", false, r),
+        attention: m
+            .choice("attention", &["softmax", "binary_mask"], Some("softmax"), r)
+            .unwrap_or_default(),
+    };
+    m.finish(r);
+    Task::Lm(Box::new(LmTask { data, model }))
 }
 
 /// `[data]`, `[model]` and `[objective]` of `kind = "retrieval"` (`[eval]` is read later).

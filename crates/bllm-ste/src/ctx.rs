@@ -26,6 +26,9 @@ pub struct Ctx {
     pub seed: u64,
     /// Real forward or one of the shadow forwards used by the gradient-mismatch monitor.
     pub shadow: Shadow,
+    /// Inference: stochastic binarizers use their deterministic form (`sign(x)`, the expected
+    /// sign), as at export.
+    pub eval: bool,
 }
 
 impl Ctx {
@@ -39,12 +42,18 @@ impl Ctx {
             },
             seed: 0,
             shadow: Shadow::Off,
+            eval: false,
         }
     }
 
     /// The same context with another seed.
     pub fn with_seed(self, seed: u64) -> Self {
         Self { seed, ..self }
+    }
+
+    /// The same context for inference (deterministic binarizers).
+    pub fn for_eval(self) -> Self {
+        Self { eval: true, ..self }
     }
 
     /// The same context in a shadow mode.

@@ -188,9 +188,10 @@ const SUMMARISED: [&str; 6] = [
 fn sections(recipe: &Recipe) -> Result<(&DataSection, &ModelSection)> {
     match &recipe.task {
         Task::Classify { data, model } => Ok((data, model)),
-        Task::Retrieval(_) => Err(TrainError::Unsupported(format!(
-            "recipe {:?} is kind = \"retrieval\"; the classify trainer runs kind = \"classify\"",
-            recipe.name
+        _ => Err(TrainError::Unsupported(format!(
+            "recipe {:?} is kind = {:?}; the classify trainer runs kind = \"classify\"",
+            recipe.name,
+            recipe.kind.name()
         ))),
     }
 }
@@ -323,7 +324,9 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let bs = recipe.train.batch_size;
     let eval = |model: &ClassifyMlp<Ad>, step: usize| -> (f64, f64) {
         let m = model.valid();
-        let ctx = Ctx::at(step as f64 / total as f64).with_seed(recipe.seed ^ 0xE7A1);
+        let ctx = Ctx::at(step as f64 / total as f64)
+            .with_seed(recipe.seed ^ 0xE7A1)
+            .for_eval();
         let logits = m.forward(x_eval.clone().inner(), &ctx);
         let loss: f32 = CrossEntropyLossConfig::new()
             .init(&Default::default())
@@ -580,9 +583,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 
 /// Finite-difference check of the STE gradient on one batch: for each binary layer and `k`
 /// seeded random ±1 directions `u` over its latent weights, compares the central difference
-/// `[L(w + εu) − L(w − εu)] / 2ε` through the real binarized forward with `⟨g_STE, u⟩`.
-/// `ε` is the 5th percentile of `|w|`, so a perturbation flips about 2.5 % of the signs.
-/// Returns (sign agreement, Spearman rank correlation) over all layers and directions.
+/// `[L(w + εu) − L(w − εu)] / 2ε` through the real binarized forward with `⟨g_STE, u⟩`
+/// ([`crate::monitor::fd_agreement`]). Returns (sign agreement, Spearman rank correlation).
 fn finite_difference(
     model: &ClassifyMlp<Ad>,
     g_ste: &[Tensor<Inner, 2>],
@@ -595,73 +597,18 @@ fn finite_difference(
     let base = model.valid();
     let (x, y) = (x.clone().inner(), y.clone().inner());
     let loss_fn = CrossEntropyLossConfig::new().init(&Default::default());
-    let mut rng = SplitMix64::new(seed ^ 0xFD);
-    let (mut fd, mut lin) = (Vec::new(), Vec::new());
-    for (li, g) in g_ste.iter().enumerate() {
-        let w = base.binary_layers[li].weight.val();
-        let mut mags = to_vec(w.clone().abs());
-        mags.sort_by(f32::total_cmp);
-        let eps = f64::from(mags[mags.len() / 20].max(1e-6));
-        for _ in 0..k {
-            let dims = w.dims();
-            let u: Vec<f32> = (0..dims[0] * dims[1])
-                .map(|_| if rng.next_u64() & 1 == 1 { 1.0 } else { -1.0 })
-                .collect();
-            let u = Tensor::<Inner, 2>::from_data(TensorData::new(u, dims), &Default::default());
-            let loss_at = |sign: f64| -> f64 {
-                let mut m = base.clone();
-                m.binary_layers[li].weight =
-                    Param::from_tensor(w.clone() + u.clone().mul_scalar(sign * eps));
-                let l: f32 = loss_fn
-                    .forward(m.forward(x.clone(), ctx), y.clone())
-                    .into_scalar()
-                    .elem();
-                f64::from(l)
-            };
-            fd.push((loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps));
-            let d: f32 = (g.clone() * u).sum().into_scalar().elem();
-            lin.push(f64::from(d));
-        }
-    }
-    let agree = fd
-        .iter()
-        .zip(&lin)
-        .filter(|(a, b)| a.signum() == b.signum() && **a != 0.0)
-        .count() as f64
-        / fd.len().max(1) as f64;
-    (agree, spearman(&fd, &lin))
-}
-
-/// Spearman rank correlation (average ranks for ties).
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    fn ranks(v: &[f64]) -> Vec<f64> {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
-        let mut r = vec![0.0; v.len()];
-        let mut i = 0;
-        while i < idx.len() {
-            let mut j = i;
-            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-                j += 1;
-            }
-            for t in i..=j {
-                r[idx[t]] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    }
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = ra.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    if va == 0.0 || vb == 0.0 {
-        0.0
-    } else {
-        cov / (va * vb).sqrt()
-    }
+    let latents: Vec<Tensor<Inner, 2>> =
+        base.binary_layers.iter().map(|l| l.weight.val()).collect();
+    let (agree, rho, _) = crate::monitor::fd_agreement(&latents, g_ste, k, seed, |li, w| {
+        let mut m = base.clone();
+        m.binary_layers[li].weight = Param::from_tensor(w);
+        let l: f32 = loss_fn
+            .forward(m.forward(x.clone(), ctx), y.clone())
+            .into_scalar()
+            .elem();
+        f64::from(l)
+    });
+    (agree, rho)
 }
 
 /// Writes each binary layer's weights as a codes directory (`binary<i>/codes.bcodes` +
@@ -727,7 +674,7 @@ impl ModuleVisitor<Ad> for Named {
 
 /// The model's tensors as safetensors (f32, named by module path), for inspection with any
 /// safetensors reader; resume uses the exact Burn records beside it.
-pub fn write_safetensors(model: &ClassifyMlp<Ad>, path: &Path) -> Result<()> {
+pub fn write_safetensors<M: Module<Ad>>(model: &M, path: &Path) -> Result<()> {
     let mut named = Named {
         path: Vec::new(),
         out: Vec::new(),
@@ -754,16 +701,4 @@ pub fn write_safetensors(model: &ClassifyMlp<Ad>, path: &Path) -> Result<()> {
         message: e.to_string(),
     })?;
     std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::spearman;
-
-    #[test]
-    fn spearman_of_monotone_and_reversed() {
-        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 100.0]) - 1.0).abs() < 1e-12);
-        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
-    }
 }

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use bllm_recipe::{MonitorAction, MonitorSection, Recipe};
 use serde::{Deserialize, Serialize};
 
+use bllm_codes::rng::SplitMix64;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+use crate::optim::{Inner, to_vec};
 use crate::rundir::RunDir;
 use crate::{Result, TrainError};
 
@@ -323,9 +327,98 @@ impl Watch<'_> {
     }
 }
 
+/// The finite-difference gradient check shared by the trainers. For each layer `i` (latent
+/// weights `latents[i]`, STE gradient `grads[i]`) and `k` seeded random ±1 directions `u`, it
+/// compares the central difference `[L(w + εu) − L(w − εu)] / 2ε` — `loss_at(i, w')` evaluates
+/// the real binarized forward with layer `i`'s latent weights replaced by `w'` — with
+/// `⟨g_STE, u⟩`. `ε` is the 5th percentile of `|w|`, so a perturbation flips about 2.5 % of
+/// the signs. Returns (sign agreement, Spearman rank correlation) over all layers and
+/// directions, and the sign agreement of each layer.
+pub(crate) fn fd_agreement(
+    latents: &[Tensor<Inner, 2>],
+    grads: &[Tensor<Inner, 2>],
+    k: usize,
+    seed: u64,
+    mut loss_at: impl FnMut(usize, Tensor<Inner, 2>) -> f64,
+) -> (f64, f64, Vec<f64>) {
+    let mut rng = SplitMix64::new(seed ^ 0xFD);
+    let (mut fd, mut lin) = (Vec::new(), Vec::new());
+    let mut per_layer = Vec::new();
+    for (li, (w, g)) in latents.iter().zip(grads).enumerate() {
+        let mut mags = to_vec(w.clone().abs());
+        mags.sort_by(f32::total_cmp);
+        let eps = f64::from(mags[mags.len() / 20].max(1e-6));
+        let mut agree = 0usize;
+        for _ in 0..k {
+            let dims = w.dims();
+            let u: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| if rng.next_u64() & 1 == 1 { 1.0 } else { -1.0 })
+                .collect();
+            let u = Tensor::<Inner, 2>::from_data(TensorData::new(u, dims), &Default::default());
+            let plus = loss_at(li, w.clone() + u.clone().mul_scalar(eps));
+            let minus = loss_at(li, w.clone() - u.clone().mul_scalar(eps));
+            let f = (plus - minus) / (2.0 * eps);
+            let d: f32 = (g.clone() * u).sum().into_scalar().elem();
+            let d = f64::from(d);
+            if f.signum() == d.signum() && f != 0.0 {
+                agree += 1;
+            }
+            fd.push(f);
+            lin.push(d);
+        }
+        per_layer.push(agree as f64 / k.max(1) as f64);
+    }
+    let agree = fd
+        .iter()
+        .zip(&lin)
+        .filter(|(a, b)| a.signum() == b.signum() && **a != 0.0)
+        .count() as f64
+        / fd.len().max(1) as f64;
+    (agree, spearman(&fd, &lin), per_layer)
+}
+
+/// Spearman rank correlation (average ranks for ties).
+pub(crate) fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for t in i..=j {
+                r[idx[t]] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        0.0
+    } else {
+        cov / (va * vb).sqrt()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spearman_of_monotone_and_reversed() {
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 100.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(spearman(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
+    }
 
     #[test]
     fn spike_detector_fires_on_outliers_only() {

@@ -13,6 +13,7 @@ use crate::ops::inside;
 /// * forward: `q(x) = +1` if `u < clip((x+1)/2, 0, 1)` else `−1`, `u ~ U[0, 1)` (so `x ≥ 1` is
 ///   always `+1`, `x ≤ −1` always `−1`)
 /// * backward: `G(x) = 1[|x| ≤ 1]` (as `clipped`)
+/// * inference ([`Ctx::eval`]): `sign(x)`, the deterministic form that export writes
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stochastic {}
@@ -23,6 +24,9 @@ impl Binarizer for Stochastic {
     const LEVELS: Levels = Levels::Sign;
 
     fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
+        if ctx.eval {
+            return crate::ops::sign_pm1(x);
+        }
         let dims = x.dims();
         let n: usize = dims.iter().product();
         let mut rng = bllm_codes::rng::SplitMix64::new(ctx.seed);

@@ -1,0 +1,147 @@
+//! Byte-level text corpora for language modelling: a training and a held-out byte stream.
+
+use std::path::Path;
+
+use crate::{DataError, Result, check_manifest};
+
+/// A byte-level corpus: training bytes and held-out bytes (vocabulary 256, no tokenizer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextCorpus {
+    /// Training bytes.
+    pub train: Vec<u8>,
+    /// Held-out bytes.
+    pub valid: Vec<u8>,
+}
+
+impl TextCorpus {
+    /// Loads a corpus. `path` is either a directory holding `train.txt` and `valid.txt` (the
+    /// fixed split of a bundled set; its `MANIFEST.json`, when present, is checked), or one text
+    /// file whose last `valid_fraction` is held out (cut at a line start when there is one
+    /// near).
+    pub fn load(path: &Path, valid_fraction: f64) -> Result<Self> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| DataError::file(p, e.to_string()));
+        let corpus = if path.is_dir() {
+            if path.join("MANIFEST.json").is_file() {
+                check_manifest(path)?;
+            }
+            let (t, v) = (path.join("train.txt"), path.join("valid.txt"));
+            for p in [&t, &v] {
+                if !p.is_file() {
+                    return Err(DataError::file(
+                        p,
+                        "missing: a corpus directory holds train.txt and valid.txt",
+                    ));
+                }
+            }
+            Self {
+                train: read(&t)?,
+                valid: read(&v)?,
+            }
+        } else {
+            if !(valid_fraction > 0.0 && valid_fraction < 1.0) {
+                return Err(DataError::InvalidArgument(format!(
+                    "valid_fraction must be in (0, 1) to split one file, got {valid_fraction}"
+                )));
+            }
+            let all = read(path)?;
+            let mut cut = ((all.len() as f64) * (1.0 - valid_fraction)) as usize;
+            // Prefer to start the held-out part at a line (within 1 KiB after the cut).
+            if let Some(nl) = all[cut..all.len().min(cut + 1024)]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                cut += nl + 1;
+            }
+            let valid = all[cut..].to_vec();
+            let mut train = all;
+            train.truncate(cut);
+            Self { train, valid }
+        };
+        for (name, part) in [("training", &corpus.train), ("held-out", &corpus.valid)] {
+            if part.len() < 2 {
+                return Err(DataError::file(
+                    path,
+                    format!(
+                        "the {name} part has {} bytes; at least 2 are needed",
+                        part.len()
+                    ),
+                ));
+            }
+        }
+        Ok(corpus)
+    }
+
+    /// Bits per byte of the held-out bytes under the training bytes' unigram distribution
+    /// (add-one smoothing over 256 symbols): the baseline any LM has to beat.
+    pub fn unigram_bits_per_byte(&self) -> f64 {
+        let mut counts = [1.0f64; 256];
+        for &b in &self.train {
+            counts[b as usize] += 1.0;
+        }
+        let total: f64 = counts.iter().sum();
+        let bits: f64 = self
+            .valid
+            .iter()
+            .map(|&b| -(counts[b as usize] / total).log2())
+            .sum();
+        bits / self.valid.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_is_split_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        let c = TextCorpus::load(&p, 0.1).unwrap();
+        assert_eq!(c.train.len() + c.valid.len(), text.len());
+        assert!(c.valid.starts_with(b"line "));
+        assert!(c.train.ends_with(b"\n"));
+        assert!((c.valid.len() as f64 / text.len() as f64 - 0.1).abs() < 0.02);
+        assert!(TextCorpus::load(&p, 0.0).is_err());
+        assert!(TextCorpus::load(&dir.path().join("none.txt"), 0.1).is_err());
+    }
+
+    #[test]
+    fn directory_needs_both_files_and_a_matching_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.txt"), b"abcabc").unwrap();
+        let e = TextCorpus::load(dir.path(), 0.1).unwrap_err().to_string();
+        assert!(e.contains("valid.txt"), "{e}");
+        std::fs::write(dir.path().join("valid.txt"), b"cab").unwrap();
+        let c = TextCorpus::load(dir.path(), 0.1).unwrap();
+        assert_eq!(c.valid, b"cab");
+        std::fs::write(
+            dir.path().join("MANIFEST.json"),
+            r#"{"source": "test", "licence": "CC0", "files": {"train.txt": {"sha256": "00"}}}"#,
+        )
+        .unwrap();
+        let e = TextCorpus::load(dir.path(), 0.1).unwrap_err().to_string();
+        assert!(e.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn unigram_baseline_matches_a_hand_computation() {
+        let c = TextCorpus {
+            train: b"aab".to_vec(),
+            valid: b"ab".to_vec(),
+        };
+        // counts with add-one: a = 3, b = 2, others 1; total 256 + 3 = 259.
+        let want = (-(3.0f64 / 259.0).log2() - (2.0f64 / 259.0).log2()) / 2.0;
+        assert!((c.unigram_bits_per_byte() - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bundled_kjv_text_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/kjv-text");
+        let c = TextCorpus::load(&dir, 0.1).unwrap();
+        assert!(c.train.len() > 1_000_000 && c.valid.len() > 100_000);
+        let u = c.unigram_bits_per_byte();
+        assert!((4.0..5.0).contains(&u), "{u}");
+    }
+}
