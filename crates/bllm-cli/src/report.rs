@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_train::{LmSummary, RetrievalSummary, RunSummary};
+use bllm_train::{LmSummary, MoeSummary, RetrievalSummary, RunSummary};
 use clap::Args;
 
 /// Arguments of `bllm report`.
@@ -14,8 +14,16 @@ pub struct ReportArgs {
 }
 
 /// Curves plotted: (metric key, split, title).
-const CURVES: [(&str, &str, &str); 14] = [
+const CURVES: [(&str, &str, &str); 18] = [
     ("loss", "train", "training loss"),
+    ("load_entropy", "train", "normalised load entropy (moe)"),
+    ("max_over_mean", "train", "max / mean expert load (moe)"),
+    ("dropped", "train", "dropped token slots (moe)"),
+    (
+        "routing_flip",
+        "train",
+        "routing flip rate on the probe set (moe)",
+    ),
     ("bpb", "eval", "held-out bits per byte (lm)"),
     (
         "attention_min",
@@ -143,8 +151,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if runs.len() > 1 || runs[0] != *dir {
         let retrieval = summaries::<RetrievalSummary>(&runs);
         let lm = summaries::<LmSummary>(&runs);
+        let moe = summaries::<MoeSummary>(&runs);
         let (csv, md) = if retrieval.iter().any(|(_, s)| s.is_some()) {
             crate::train::retrieval_tables(&retrieval)
+        } else if moe.iter().any(|(_, s)| s.is_some()) {
+            crate::train::moe_tables(&moe)
         } else if lm.iter().any(|(_, s)| s.is_some()) {
             crate::train::lm_tables(&lm)
         } else {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, expand_sweep, parse_override};
-use bllm_train::{LmSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
+use bllm_train::{LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
 use clap::Args;
 
 use crate::recipes::{Components, load};
@@ -133,8 +133,45 @@ pub fn run(a: RunArgs) -> Result<()> {
             let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
             print_lm(&s, &run_dir);
         }
+        Kind::Moe => {
+            let result = bllm_train::run_moe(&recipe, &mut opts);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
+            print_moe(&s, &run_dir);
+        }
     }
     Ok(())
+}
+
+/// One line for an MoE run: the task metric and the load balance.
+fn print_moe(s: &MoeSummary, dir: &Path) {
+    if !s.complete {
+        println!(
+            "{}: {} steps (stopped early, resumable) → {}",
+            s.name,
+            s.steps,
+            dir.display()
+        );
+        return;
+    }
+    println!(
+        "{}: {} router, {} balancing, {} steps: held-out {} {:.4}; load entropy {:.3}, max/mean {:.2}, dropped {:.3}, routing flips {:.3}, {} dead experts, {} collapse events → {}",
+        s.name,
+        s.router,
+        s.balancing,
+        s.steps,
+        s.metric_name,
+        s.metric,
+        s.load_entropy,
+        s.max_over_mean,
+        s.dropped_fraction,
+        s.flip_rate,
+        s.dead_experts,
+        s.collapse_events,
+        dir.display()
+    );
 }
 
 /// One line for an LM run: held-out bits per byte against the unigram baseline.
@@ -242,6 +279,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         Kind::Classify => tables(&run_each(&runs, &dir, bllm_train::run)?),
         Kind::Retrieval => retrieval_tables(&run_each(&runs, &dir, bllm_train::run_retrieval)?),
         Kind::Lm => lm_tables(&run_each(&runs, &dir, bllm_train::run_lm)?),
+        Kind::Moe => moe_tables(&run_each(&runs, &dir, bllm_train::run_moe)?),
     };
     write_tables(&dir, &csv, &md)?;
     eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
@@ -497,6 +535,55 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
         }
         csv.push('\n');
         md.push('\n');
+    }
+    (csv, md)
+}
+
+/// summary.csv and summary.md of an MoE sweep: per group (seeds averaged), the task metric,
+/// load balance (normalised entropy, max/mean, dead experts, dropped fraction), routing flip
+/// rate, and the runs that had a collapse event or were stopped.
+pub(crate) fn moe_tables(rows: &[(String, Option<MoeSummary>)]) -> (String, String) {
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _) in rows {
+        if !groups.contains(&g.as_str()) {
+            groups.push(g);
+        }
+    }
+    let metric = rows
+        .iter()
+        .find_map(|(_, s)| s.as_ref().map(|s| s.metric_name.clone()))
+        .unwrap_or_else(|| "metric".into());
+    let mut csv = format!(
+        "group,runs,stopped,collapsed_runs,collapse_events_mean,{metric}_mean,{metric}_std,load_entropy_mean,load_entropy_std,max_over_mean_mean,dead_experts_mean,dropped_mean,flip_rate_mean\n"
+    );
+    let mut md = format!(
+        "| group | runs | stopped | runs with collapse | collapse events | held-out {metric} | load entropy | max/mean load | dead experts | dropped | routing flips |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for g in groups {
+        let rs: Vec<&MoeSummary> = rows
+            .iter()
+            .filter(|(k, _)| k == g)
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
+        let n = rows.iter().filter(|(k, _)| k == g).count();
+        let stopped = n - rs.len();
+        let collapsed = rs.iter().filter(|s| s.collapse_events > 0).count();
+        let col =
+            |f: fn(&MoeSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
+        let (mm, msd) = col(|s| s.metric);
+        let (em, esd) = col(|s| s.load_entropy);
+        let (om, _) = col(|s| s.max_over_mean);
+        let (dm, _) = col(|s| s.dead_experts as f64);
+        let (pm, _) = col(|s| s.dropped_fraction);
+        let (fm, _) = col(|s| s.flip_rate);
+        let (cm, _) = col(|s| s.collapse_events as f64);
+        let name = if g.is_empty() { "(all)" } else { g };
+        csv.push_str(&format!(
+            "{name},{n},{stopped},{collapsed},{cm:.3},{mm:.6},{msd:.6},{em:.6},{esd:.6},{om:.6},{dm:.3},{pm:.6},{fm:.6}\n"
+        ));
+        md.push_str(&format!(
+            "| {name} | {n} | {stopped} | {collapsed} | {cm:.1} | {mm:.4} ± {msd:.4} | {em:.3} ± {esd:.3} | {om:.2} | {dm:.1} | {pm:.3} | {fm:.3} |\n"
+        ));
     }
     (csv, md)
 }

@@ -16,6 +16,8 @@
 //! * [`ByteLm`]: a decoder-only byte-level transformer whose projections ([`Proj`]) are each
 //!   float, 1-bit or BitNet b1.58, with SubLN, BiBERT {0, 1} attention, RSign and elastic
 //!   activation options ([`ByteLmConfig`]).
+//! * [`Moe`]: a mixture-of-experts MLP with top-k routing, capacity factor, Switch auxiliary
+//!   loss / z-loss / auxiliary-loss-free bias, and float or binary routers ([`RouterKind`]).
 //! * [`summary`]: Larq-style memory accounting per layer — parameters per precision and bytes
 //!   that count scales, padding to words and metadata.
 //!
@@ -30,6 +32,7 @@ mod bop;
 mod error;
 mod hash_head;
 mod init;
+mod moe;
 mod proj;
 mod scaling;
 pub mod summary;
@@ -45,10 +48,11 @@ pub use hash_head::{
     similarity_loss,
 };
 pub use init::{kaiming_uniform, with_deterministic_ids};
+pub use moe::{Balancing, Moe, MoeConfig, MoeOutput, RouterKind};
 pub use proj::{ActBinarization, BinaryOptions, Proj, ProjKind, RmsGain};
 pub use scaling::Scaling;
 pub use summary::{LayerSummary, Summarize, Summary, summary};
 pub use transformer::{
-    Attention, AttentionKind, Block, ByteEmbedding, ByteLm, ByteLmConfig, LmStats, Projections,
-    QuantRef,
+    Attention, AttentionKind, Block, ByteEmbedding, ByteLm, ByteLmConfig, LmStats, MoeTrace,
+    Projections, QuantRef,
 };

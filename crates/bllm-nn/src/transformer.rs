@@ -99,6 +99,9 @@ pub struct ByteLmConfig {
     pub binary: BinaryOptions,
     /// Softmax or BiBERT {0, 1} attention.
     pub attention: AttentionKind,
+    /// Replace every block's MLP by this mixture of experts (`d_model` is set from the model;
+    /// the hash router keys on byte ids).
+    pub moe: Option<crate::MoeConfig>,
 }
 
 impl ByteLmConfig {
@@ -114,6 +117,7 @@ impl ByteLmConfig {
             projections: Projections::default(),
             binary: BinaryOptions::default(),
             attention: AttentionKind::Softmax,
+            moe: None,
         }
     }
 
@@ -139,6 +143,9 @@ impl ByteLmConfig {
             return bad("the embedding can be float or binary, not bitnet".into());
         }
         self.binary.estimator.validate()?;
+        if let Some(m) = &self.moe {
+            m.validate()?;
+        }
         Ok(())
     }
 
@@ -175,6 +182,17 @@ impl ByteLmConfig {
             let b = 100 * (l as u64 + 1);
             let proj = |kind, din, dout, i| Proj::new(kind, din, dout, true, o, s(b + i), device);
             let h = self.mlp_ratio * d;
+            let moe = match &self.moe {
+                Some(m) => Some(
+                    crate::MoeConfig {
+                        d_model: d,
+                        ..m.clone()
+                    }
+                    .init(device, s(b + 7))?,
+                ),
+                None => None,
+            };
+            let mlp = moe.is_none();
             blocks.push(Block {
                 norm1: RmsGain::new(d, device),
                 attention: Attention {
@@ -187,8 +205,17 @@ impl ByteLmConfig {
                     estimator: o.estimator.clone(),
                 },
                 norm2: RmsGain::new(d, device),
-                up: proj(p.up, d, h, 5)?,
-                down: proj(p.down, h, d, 6)?,
+                up: if mlp {
+                    Some(proj(p.up, d, h, 5)?)
+                } else {
+                    None
+                },
+                down: if mlp {
+                    Some(proj(p.down, h, d, 6)?)
+                } else {
+                    None
+                },
+                moe,
             });
         }
         let model = ByteLm {
@@ -347,34 +374,55 @@ pub struct Block<B: Backend> {
     pub attention: Attention<B>,
     /// Norm before the MLP.
     pub norm2: RmsGain<B>,
-    /// MLP up-projection.
-    pub up: Proj<B>,
-    /// MLP down-projection.
-    pub down: Proj<B>,
+    /// MLP up-projection (absent when the block has a mixture of experts).
+    pub up: Option<Proj<B>>,
+    /// MLP down-projection (absent when the block has a mixture of experts).
+    pub down: Option<Proj<B>>,
+    /// Mixture of experts in place of the MLP.
+    pub moe: Option<crate::Moe<B>>,
+}
+
+/// What the mixtures of experts of one forward pass did.
+pub struct MoeTrace<B: Backend> {
+    /// Sum of every MoE layer's auxiliary loss, `[1]`.
+    pub aux_loss: Tensor<B, 1>,
+    /// Per MoE layer: slot assignments, first choices, dropped slots.
+    pub layers: Vec<(Vec<usize>, Vec<usize>, usize)>,
 }
 
 impl<B: Backend> Block<B> {
-    /// Shapes: `[batch, t, d]` → `[batch, t, d]`.
+    /// Shapes: `[batch, t, d]` → `[batch, t, d]`. `keys` are the byte ids (hash routing);
+    /// an MoE layer appends what it did to `trace`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         ctx: &Ctx,
         mut stats: Option<&mut LmStats>,
+        keys: Option<&[u64]>,
+        trace: Option<&mut MoeTrace<B>>,
     ) -> Tensor<B, 3> {
         let a = self
             .attention
             .forward(self.norm1.forward(x.clone()), ctx, stats.as_deref_mut());
         let x = x + a;
+        let h = self.norm2.forward(x.clone());
+        if let Some(moe) = &self.moe {
+            let [b, t, d] = h.dims();
+            let out = moe.forward(h.reshape([b * t, d]), keys, &ctx.fork(8));
+            if let Some(tr) = trace {
+                tr.aux_loss = tr.aux_loss.clone() + out.aux_loss;
+                tr.layers
+                    .push((out.assignments, out.first_choice, out.dropped));
+            }
+            return x + out.y.reshape([b, t, d]);
+        }
+        let (Some(up), Some(down)) = (&self.up, &self.down) else {
+            return x;
+        };
         let mut clamp = Vec::new();
         let want = stats.is_some();
-        let hid = self.up.forward(
-            self.norm2.forward(x.clone()),
-            &ctx.fork(6),
-            want.then_some(&mut clamp),
-        );
-        let m = self
-            .down
-            .forward(gelu(hid), &ctx.fork(7), want.then_some(&mut clamp));
+        let hid = up.forward(h, &ctx.fork(6), want.then_some(&mut clamp));
+        let m = down.forward(gelu(hid), &ctx.fork(7), want.then_some(&mut clamp));
         if let Some(s) = stats {
             s.act_clamp.extend(clamp);
         }
@@ -412,14 +460,50 @@ impl<B: Backend> ByteLm<B> {
         &self,
         tokens: Tensor<B, 2, Int>,
         ctx: &Ctx,
+        stats: Option<&mut LmStats>,
+    ) -> Tensor<B, 3> {
+        self.forward_full(tokens, ctx, stats, None)
+    }
+
+    /// Logits, filling `stats` and the MoE `trace` when given.
+    pub fn forward_full(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        ctx: &Ctx,
         mut stats: Option<&mut LmStats>,
+        mut trace: Option<&mut MoeTrace<B>>,
     ) -> Tensor<B, 3> {
         let [_, t] = tokens.dims();
+        let keys: Option<Vec<u64>> = self
+            .blocks
+            .iter()
+            .any(|b| {
+                b.moe
+                    .as_ref()
+                    .is_some_and(|m| m.config.router == crate::RouterKind::Hash)
+            })
+            .then(|| {
+                tokens
+                    .clone()
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| v as u64)
+                    .collect()
+            });
         let d = self.config.d_model;
         let pos = self.positions.val().slice([0..t, 0..d]).unsqueeze::<3>();
         let mut x = self.embed.forward(tokens, &ctx.fork(1)) + pos;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, &ctx.fork(100 + l as u64), stats.as_deref_mut());
+            x = block.forward(
+                x,
+                &ctx.fork(100 + l as u64),
+                stats.as_deref_mut(),
+                keys.as_deref(),
+                trace.as_deref_mut(),
+            );
         }
         let mut clamp = Vec::new();
         let y = self.head.forward(
@@ -481,27 +565,37 @@ impl<B: Backend> ByteLm<B> {
 }
 
 impl<B: Backend> Block<B> {
-    /// The six projections with their names.
-    pub fn projs(&self) -> [(&'static str, &Proj<B>); 6] {
-        [
+    /// The projections with their names (`up`/`down` only without a mixture of experts).
+    pub fn projs(&self) -> Vec<(&'static str, &Proj<B>)> {
+        let mut v = vec![
             ("q", &self.attention.q),
             ("k", &self.attention.k),
             ("v", &self.attention.v),
             ("o", &self.attention.o),
-            ("up", &self.up),
-            ("down", &self.down),
-        ]
+        ];
+        if let Some(p) = &self.up {
+            v.push(("up", p));
+        }
+        if let Some(p) = &self.down {
+            v.push(("down", p));
+        }
+        v
     }
 
-    fn projs_mut(&mut self) -> [&mut Proj<B>; 6] {
-        [
+    fn projs_mut(&mut self) -> Vec<&mut Proj<B>> {
+        let mut v = vec![
             &mut self.attention.q,
             &mut self.attention.k,
             &mut self.attention.v,
             &mut self.attention.o,
-            &mut self.up,
-            &mut self.down,
-        ]
+        ];
+        if let Some(p) = self.up.as_mut() {
+            v.push(p);
+        }
+        if let Some(p) = self.down.as_mut() {
+            v.push(p);
+        }
+        v
     }
 }
 
@@ -594,6 +688,9 @@ impl<B: Backend> Summarize for ByteLm<B> {
         for (i, b) in self.blocks.iter().enumerate() {
             for (n, p) in b.projs() {
                 p.summarize(&format!("{name}block{i}.{n}"), out);
+            }
+            if let Some(m) = &b.moe {
+                m.summarize(&format!("{name}block{i}.moe"), out);
             }
         }
         self.head.summarize(&format!("{name}head"), out);

@@ -22,10 +22,10 @@ mod walk;
 pub use error::{Issue, RecipeError, Result};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
-    BASELINES, CheckpointSection, ComponentCheck, DataSection, EmbeddingSection, EvalSection,
-    ExportSection, HeadSection, Kind, LmModelSection, LmTask, LrSchedule, ModelSection,
-    MonitorAction, MonitorSection, MonitorsSection, ObjectiveSection, OptimizerKind,
-    OptimizerSection, Recipe, RetrievalEvalSection, RetrievalTask, SyntheticSection, Task,
-    TextSection, TrainSection,
+    BASELINES, CheckpointSection, ClustersSection, CollapseSection, ComponentCheck, DataSection,
+    EmbeddingSection, EvalSection, ExportSection, HeadSection, Kind, LmModelSection, LmTask,
+    LrSchedule, ModelSection, MoeData, MoeSection, MoeTask, MonitorAction, MonitorSection,
+    MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
+    RetrievalEvalSection, RetrievalTask, SyntheticSection, Task, TextSection, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

@@ -17,16 +17,19 @@ pub enum Kind {
     Retrieval,
     /// A byte-level decoder-only transformer language model with binarized projections.
     Lm,
+    /// Mixture-of-experts layers with float or binary routers (clusters task or byte LM).
+    Moe,
 }
 
 impl Kind {
-    const NAMES: [&'static str; 3] = ["classify", "retrieval", "lm"];
+    const NAMES: [&'static str; 4] = ["classify", "retrieval", "lm", "moe"];
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "classify" => Some(Self::Classify),
             "retrieval" => Some(Self::Retrieval),
             "lm" => Some(Self::Lm),
+            "moe" => Some(Self::Moe),
             _ => None,
         }
     }
@@ -37,6 +40,7 @@ impl Kind {
             Self::Classify => "classify",
             Self::Retrieval => "retrieval",
             Self::Lm => "lm",
+            Self::Moe => "moe",
         }
     }
 }
@@ -59,6 +63,97 @@ pub enum Task {
     Retrieval(Box<RetrievalTask>),
     /// `kind = "lm"`.
     Lm(Box<LmTask>),
+    /// `kind = "moe"`.
+    Moe(Box<MoeTask>),
+}
+
+/// `[data]` of `kind = "moe"` with `task = "clusters"`: Gaussian clusters arranged in groups,
+/// one natural expert per group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClustersSection {
+    /// Training examples.
+    pub train_size: usize,
+    /// Held-out examples.
+    pub eval_size: usize,
+    /// Input dimension.
+    pub dim: usize,
+    /// Classes (clusters); cluster `c` belongs to group `c mod groups`.
+    pub classes: usize,
+    /// Groups of clusters (group centres far apart, clusters near their group centre).
+    pub groups: usize,
+    /// Standard deviation of points around their cluster centre.
+    pub noise: f64,
+    /// Standard deviation of group centres (clusters sit at unit spread around them).
+    pub spread: f64,
+}
+
+/// The data of `kind = "moe"`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MoeData {
+    /// `task = "clusters"`.
+    Clusters(ClustersSection),
+    /// `task = "lm"`: the byte-level corpus of `kind = "lm"`.
+    Text(TextSection),
+}
+
+/// `[moe.collapse]`: when the load-balance monitor reports a collapse.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CollapseSection {
+    /// Collapse below this normalised load entropy.
+    pub min_entropy: f64,
+    /// Collapse above this max/mean load.
+    pub max_over_mean: f64,
+    /// An expert starves under `dead_fraction / E` of the load …
+    pub dead_fraction: f64,
+    /// … for this many consecutive steps.
+    pub dead_window: usize,
+    /// Collapse above this dropped fraction.
+    pub max_dropped: f64,
+    /// Load statistics are computed over the routing of the last this-many steps (one
+    /// mini-batch is too noisy: a perfectly random router would "collapse" on its variance).
+    pub window: usize,
+}
+
+/// `[moe]`: the mixture-of-experts layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeSection {
+    /// Experts E.
+    pub experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Capacity factor (0 = unlimited).
+    pub capacity_factor: f64,
+    /// Hidden width of each expert.
+    pub expert_hidden: usize,
+    /// `softmax`, `hash`, `sign_code`, `binary` or `gumbel`.
+    pub router: String,
+    /// `none`, `aux_loss` or `aux_free`.
+    pub balancing: String,
+    /// α of the Switch auxiliary loss.
+    pub aux_alpha: f64,
+    /// Router z-loss coefficient.
+    pub z_loss: f64,
+    /// γ of the auxiliary-loss-free bias update.
+    pub bias_gamma: f64,
+    /// Gumbel temperature at the start of training.
+    pub gumbel_tau_start: f64,
+    /// Gumbel temperature at the end of training.
+    pub gumbel_tau_end: f64,
+    /// `[moe.collapse]`.
+    pub collapse: CollapseSection,
+}
+
+/// Everything specific to `kind = "moe"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeTask {
+    /// `[data]` (with `task`).
+    pub data: MoeData,
+    /// `[model]` of the LM task (the `kind = "lm"` schema).
+    pub lm_model: Option<LmModelSection>,
+    /// `model.d_model` of the clusters task.
+    pub d_model: usize,
+    /// `[moe]`.
+    pub moe: MoeSection,
 }
 
 /// `[data]` of `kind = "lm"`: a byte-level text corpus.
@@ -401,7 +496,7 @@ pub struct MonitorsSection {
 
 impl MonitorsSection {
     /// Monitor names with (default action, default threshold, meaning of the threshold).
-    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 11] = [
+    pub const NAMES: [(&'static str, &'static str, f64, &'static str); 13] = [
         (
             "shadow_cosine",
             "warn",
@@ -456,6 +551,18 @@ impl MonitorsSection {
             "log",
             0.1,
             "lm only: fires when the fraction of BitLinear int8 activations at ±127 exceeds (per-token absmax puts at least one per token there)",
+        ),
+        (
+            "load_balance",
+            "warn",
+            0.5,
+            "moe only: fires when a MoE layer enters collapse (the [moe.collapse] thresholds: normalised load entropy, max/mean load, starving experts, dropped fraction; threshold unused)",
+        ),
+        (
+            "routing_flip",
+            "log",
+            0.2,
+            "moe only: fires when the fraction of probe tokens whose first expert changed since the last check exceeds",
         ),
         (
             "non_finite",
@@ -604,6 +711,7 @@ impl Recipe {
             Kind::Classify => classify_sections(&mut root, r),
             Kind::Retrieval => retrieval_sections(&mut root, r),
             Kind::Lm => lm_sections(&mut root, r),
+            Kind::Moe => moe_sections(&mut root, r),
         };
         let estimator = match root.raw_table("estimator", r) {
             Some(t) => t,
@@ -708,7 +816,7 @@ impl Recipe {
         ev.finish(r);
         let mut ex = root.table("export", r);
         let export = match kind {
-            Kind::Classify | Kind::Lm => ExportSection {
+            Kind::Classify | Kind::Lm | Kind::Moe => ExportSection {
                 weights: ex.boolean("weights", kind == Kind::Classify, r),
                 faiss: false,
             },
@@ -806,6 +914,14 @@ impl Recipe {
         }
     }
 
+    /// The MoE sections, when `kind = "moe"`.
+    pub fn moe(&self) -> Option<&MoeTask> {
+        match &self.task {
+            Task::Moe(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The LM sections, when `kind = "lm"`.
     pub fn lm(&self) -> Option<&LmTask> {
         match &self.task {
@@ -871,14 +987,131 @@ fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
 /// `[data]` and `[model]` of `kind = "lm"`.
 fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let mut d = root.table("data", r);
-    let data = TextSection {
+    let data = text_data(&mut d, r);
+    d.finish(r);
+    let mut m = root.table("model", r);
+    let model = lm_model(&mut m, r);
+    m.finish(r);
+    Task::Lm(Box::new(LmTask { data, model }))
+}
+
+/// The text keys of `[data]` (`kind = "lm"`, `kind = "moe"` with `task = "lm"`).
+fn text_data(d: &mut Section<'_>, r: &mut Report<'_>) -> TextSection {
+    TextSection {
         path: d.string("path", None, r),
         valid_fraction: d.float("valid_fraction", Some(0.1), 1e-6, 0.999_999, r),
         train_bytes: d.int("train_bytes", Some(0), 0, i64::MAX, r) as usize,
         eval_bytes: d.int("eval_bytes", Some(0), 0, i64::MAX, r) as usize,
+    }
+}
+
+/// `[data]`, `[model]` and `[moe]` of `kind = "moe"`.
+fn moe_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
+    let mut d = root.table("data", r);
+    let task = d
+        .choice("task", &["clusters", "lm"], Some("clusters"), r)
+        .unwrap_or_default();
+    let lm = task == "lm";
+    let data = if lm {
+        MoeData::Text(text_data(&mut d, r))
+    } else {
+        MoeData::Clusters(ClustersSection {
+            train_size: d.int("train_size", Some(4096), 1, 10_000_000, r) as usize,
+            eval_size: d.int("eval_size", Some(1024), 1, 10_000_000, r) as usize,
+            dim: d.int("dim", Some(32), 1, 1 << 20, r) as usize,
+            classes: d.int("classes", Some(32), 2, 1 << 16, r) as usize,
+            groups: d.int("groups", Some(8), 1, 1 << 16, r) as usize,
+            noise: d.float("noise", Some(1.0), 0.0, f64::INFINITY, r),
+            spread: d.float("spread", Some(3.0), 0.0, f64::INFINITY, r),
+        })
     };
     d.finish(r);
     let mut m = root.table("model", r);
+    let (lm_model, d_model) = if lm {
+        let model = lm_model(&mut m, r);
+        let dm = model.d_model;
+        (Some(model), dm)
+    } else {
+        (None, m.int("d_model", Some(64), 1, 1 << 16, r) as usize)
+    };
+    m.finish(r);
+    let mut s = root.table("moe", r);
+    let before = r.issues.len();
+    let experts = s.int("experts", Some(8), 2, 1 << 12, r) as usize;
+    let top_k = s.int("top_k", Some(1), 1, 1 << 12, r) as usize;
+    let router = s
+        .choice(
+            "router",
+            &["softmax", "hash", "sign_code", "binary", "gumbel"],
+            Some("softmax"),
+            r,
+        )
+        .unwrap_or_default();
+    if r.issues.len() == before {
+        if top_k > experts {
+            r.push(
+                &s.key("top_k"),
+                format!("at most moe.experts ({experts})"),
+                format!("the integer {top_k}"),
+            );
+        }
+        if router == "sign_code" && !experts.is_power_of_two() {
+            r.push(
+                &s.key("experts"),
+                "a power of two (the sign_code router names experts with log2 E bits)",
+                format!("the integer {experts}"),
+            );
+        }
+        if router == "gumbel" && top_k != 1 {
+            r.push(
+                &s.key("top_k"),
+                "1 (the gumbel router is top-1)",
+                format!("the integer {top_k}"),
+            );
+        }
+    }
+    let mut c = s.table("collapse", r);
+    let collapse = CollapseSection {
+        min_entropy: c.float("min_entropy", Some(0.5), 0.0, 1.0, r),
+        max_over_mean: c.float("max_over_mean", Some(2.0), 1.0, f64::INFINITY, r),
+        dead_fraction: c.float("dead_fraction", Some(0.1), 0.0, 1.0, r),
+        dead_window: c.int("dead_window", Some(500), 1, i64::MAX, r) as usize,
+        max_dropped: c.float("max_dropped", Some(0.05), 0.0, 1.0, r),
+        window: c.int("window", Some(20), 1, 100_000, r) as usize,
+    };
+    c.finish(r);
+    let moe = MoeSection {
+        experts,
+        top_k,
+        capacity_factor: s.float("capacity_factor", Some(1.25), 0.0, 1e6, r),
+        expert_hidden: s.int("expert_hidden", Some(128), 1, 1 << 20, r) as usize,
+        router,
+        balancing: s
+            .choice(
+                "balancing",
+                &["none", "aux_loss", "aux_free"],
+                Some("none"),
+                r,
+            )
+            .unwrap_or_default(),
+        aux_alpha: s.float("aux_alpha", Some(1e-2), 0.0, 1e6, r),
+        z_loss: s.float("z_loss", Some(1e-3), 0.0, 1e6, r),
+        bias_gamma: s.float("bias_gamma", Some(1e-3), 0.0, 1e6, r),
+        gumbel_tau_start: s.float("gumbel_tau_start", Some(1.0), 1e-6, 1e6, r),
+        gumbel_tau_end: s.float("gumbel_tau_end", Some(0.1), 1e-6, 1e6, r),
+        collapse,
+    };
+    s.finish(r);
+    Task::Moe(Box::new(MoeTask {
+        data,
+        lm_model,
+        d_model,
+        moe,
+    }))
+}
+
+/// The keys of `[model]` of `kind = "lm"` (also `kind = "moe"` with `task = "lm"`).
+fn lm_model(m: &mut Section<'_>, r: &mut Report<'_>) -> LmModelSection {
     let before = r.issues.len();
     let d_model = m.int("d_model", Some(64), 1, 1 << 16, r) as usize;
     let heads = m.int("heads", Some(4), 1, 1 << 10, r) as usize;
@@ -903,7 +1136,7 @@ fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         projections.push((name, k));
     }
     p.finish(r);
-    let model = LmModelSection {
+    LmModelSection {
         d_model,
         layers: m.int("layers", Some(2), 1, 1024, r) as usize,
         heads,
@@ -931,9 +1164,7 @@ fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         attention: m
             .choice("attention", &["softmax", "binary_mask"], Some("softmax"), r)
             .unwrap_or_default(),
-    };
-    m.finish(r);
-    Task::Lm(Box::new(LmTask { data, model }))
+    }
 }
 
 /// `[data]`, `[model]` and `[objective]` of `kind = "retrieval"` (`[eval]` is read later).

@@ -2,7 +2,8 @@
 //!
 //! Runs a validated [`bllm_recipe::Recipe`] (`kind = "classify"`: [`run`]; `kind =
 //! "retrieval"`: [`run_retrieval`], which adds `results.json`, `results.md` and `export/`;
-//! `kind = "lm"`: [`run_lm`], a byte-level transformer with bits per byte on held-out text) on Burn's autodiff CPU backend: seeded data and
+//! `kind = "lm"`: [`run_lm`], a byte-level transformer with bits per byte on held-out text;
+//! `kind = "moe"`: [`run_moe`], mixture-of-experts layers with load-balance monitors) on Burn's autodiff CPU backend: seeded data and
 //! weights, learning-rate schedule, global gradient-norm clipping, Adam/AdamW/SGD or Bop+Adam,
 //! stability monitors with actions, and a run directory:
 //!
@@ -22,6 +23,7 @@
 mod classify;
 mod error;
 mod lm;
+mod moe;
 mod monitor;
 mod optim;
 mod retrieval;
@@ -31,6 +33,7 @@ mod schedule;
 pub use classify::{ClassifyMlp, ProgressFn, RunOptions, RunSummary, run, write_safetensors};
 pub use error::{Result, TrainError};
 pub use lm::{LmSummary, lm_config, run_lm};
+pub use moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
 pub use monitor::{MonitorEvent, SpikeDetector};
 pub use retrieval::{RetrievalSummary, run_retrieval};
 pub use rundir::{RunDir, newest_checkpoint, timestamp_utc};

@@ -16,7 +16,7 @@ use bllm_nn::{
     ActBinarization, AttentionKind, BinaryOptions, ByteLm, ByteLmConfig, LmStats, ProjKind,
     Projections, QuantRef, Scaling,
 };
-use bllm_recipe::{LmTask, Recipe};
+use bllm_recipe::{LmModelSection, LmTask, Recipe};
 use bllm_ste::{Ctx, Estimator, Shadow};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -101,7 +101,7 @@ fn task(recipe: &Recipe) -> Result<&LmTask> {
 }
 
 /// The weight estimator of a recipe (`[estimator]`).
-fn estimator(recipe: &Recipe) -> Result<Estimator> {
+pub(crate) fn estimator(recipe: &Recipe) -> Result<Estimator> {
     toml::Value::Table(recipe.estimator.clone())
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))
@@ -110,7 +110,11 @@ fn estimator(recipe: &Recipe) -> Result<Estimator> {
 /// The model configuration a recipe describes.
 pub fn lm_config(recipe: &Recipe) -> Result<ByteLmConfig> {
     let t = task(recipe)?;
-    let m = &t.model;
+    lm_config_from(&t.model, estimator(recipe)?)
+}
+
+/// The model configuration of an LM `[model]` section with the recipe's estimator.
+pub(crate) fn lm_config_from(m: &LmModelSection, estimator: Estimator) -> Result<ByteLmConfig> {
     let kind = |name: &str| ProjKind::parse(m.projection(name)).unwrap_or_default();
     let scaling = match (m.scaling.as_str(), m.learnable_scale) {
         ("per_tensor", l) => Scaling::PerTensor { learnable: l },
@@ -135,17 +139,18 @@ pub fn lm_config(recipe: &Recipe) -> Result<ByteLmConfig> {
             head: kind("head"),
         },
         binary: BinaryOptions {
-            estimator: estimator(recipe)?,
+            estimator,
             scaling,
             activations: ActBinarization::parse(&m.activations).unwrap_or_default(),
             sub_norm: m.sub_norm,
         },
         attention: AttentionKind::parse(&m.attention).unwrap_or_default(),
+        moe: None,
     })
 }
 
 /// Windows `[n, context + 1]` of `bytes` starting at `starts`, as (inputs, targets).
-fn windows<B: Backend>(
+pub(crate) fn windows<B: Backend>(
     bytes: &[u8],
     starts: &[usize],
     context: usize,
@@ -165,7 +170,10 @@ fn windows<B: Backend>(
 }
 
 /// Mean next-byte cross-entropy (nats) of `logits` `[n, t, 256]` against `targets` `[n·t]`.
-fn lm_loss<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+pub(crate) fn lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
     let [n, t, v] = logits.dims();
     CrossEntropyLossConfig::new()
         .init(&logits.device())
@@ -173,7 +181,7 @@ fn lm_loss<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 1, Int>) -> Tens
 }
 
 /// Held-out loss in nats per byte over non-overlapping windows of `bytes`.
-fn evaluate(model: &ByteLm<Inner>, bytes: &[u8], context: usize, ctx: &Ctx) -> f64 {
+pub(crate) fn evaluate(model: &ByteLm<Inner>, bytes: &[u8], context: usize, ctx: &Ctx) -> f64 {
     let count = (bytes.len() - 1) / context;
     let starts: Vec<usize> = (0..count).map(|i| i * context).collect();
     let (mut sum, mut n) = (0.0f64, 0usize);
@@ -184,6 +192,31 @@ fn evaluate(model: &ByteLm<Inner>, bytes: &[u8], context: usize, ctx: &Ctx) -> f
         n += chunk.len() * context;
     }
     sum / n.max(1) as f64
+}
+
+/// The corpus of a `[data]` text section, cut to `train_bytes` / `eval_bytes`, checked to
+/// hold at least one window of `context + 1` bytes in each part.
+pub(crate) fn load_corpus(d: &bllm_recipe::TextSection, context: usize) -> Result<TextCorpus> {
+    let mut corpus = TextCorpus::load(Path::new(&d.path), d.valid_fraction)?;
+    if d.train_bytes > 0 {
+        corpus.train.truncate(d.train_bytes);
+    }
+    if d.eval_bytes > 0 {
+        corpus.valid.truncate(d.eval_bytes);
+    }
+    for (part, len) in [
+        ("training (data.train_bytes)", corpus.train.len()),
+        ("held-out (data.eval_bytes)", corpus.valid.len()),
+    ] {
+        if len < context + 1 {
+            return Err(TrainError::Unsupported(format!(
+                "data.path {}: the {part} bytes ({len}) are fewer than model.context + 1 ({})",
+                d.path,
+                context + 1
+            )));
+        }
+    }
+    Ok(corpus)
 }
 
 /// The quantised level of every weight of every quantised layer: sign of the latent weight
@@ -225,25 +258,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     let t = task(recipe)?;
     let cfg = lm_config(recipe)?;
     let context = cfg.context;
-    let mut corpus = TextCorpus::load(Path::new(&t.data.path), t.data.valid_fraction)?;
-    if t.data.train_bytes > 0 {
-        corpus.train.truncate(t.data.train_bytes);
-    }
-    if t.data.eval_bytes > 0 {
-        corpus.valid.truncate(t.data.eval_bytes);
-    }
-    for (part, len) in [
-        ("training (data.train_bytes)", corpus.train.len()),
-        ("held-out (data.eval_bytes)", corpus.valid.len()),
-    ] {
-        if len < context + 1 {
-            return Err(TrainError::Unsupported(format!(
-                "data.path {}: the {part} bytes ({len}) are fewer than model.context + 1 ({})",
-                t.data.path,
-                context + 1
-            )));
-        }
-    }
+    let corpus = load_corpus(&t.data, context)?;
     let unigram_bpb = corpus.unigram_bits_per_byte();
     let dev = Default::default();
     let run = RunDir::open(&opts.run_dir, opts.resume)?;

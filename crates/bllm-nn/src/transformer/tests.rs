@@ -106,8 +106,8 @@ fn binarized_model_with_identity_binarizers_equals_the_float_model() {
         copy(&fb.attention.k, &mut bb.attention.k);
         copy(&fb.attention.v, &mut bb.attention.v);
         copy(&fb.attention.o, &mut bb.attention.o);
-        copy(&fb.up, &mut bb.up);
-        copy(&fb.down, &mut bb.down);
+        copy(fb.up.as_ref().unwrap(), bb.up.as_mut().unwrap());
+        copy(fb.down.as_ref().unwrap(), bb.down.as_mut().unwrap());
     }
     copy(&f.head, &mut b.head);
     let t = tokens(&[b"the word", b"was God."]);
