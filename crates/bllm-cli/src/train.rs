@@ -332,6 +332,38 @@ pub(crate) fn group_of(run_name: &str) -> String {
         .join(",")
 }
 
+/// The groups of `rows` in first-seen order.
+fn group_order<S>(rows: &[(String, S)]) -> Vec<&str> {
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _) in rows {
+        if !groups.contains(&g.as_str()) {
+            groups.push(g);
+        }
+    }
+    groups
+}
+
+/// Appends one `mean, std` pair (csv) and one `mean ± std` cell (md) per monitor of `mon`,
+/// over the runs' monitor means (empty cells where no run logged it).
+fn monitor_columns<'a>(
+    mon: &[(&str, &str)],
+    means: impl Iterator<Item = &'a std::collections::BTreeMap<String, f64>> + Clone,
+    csv: &mut String,
+    md: &mut String,
+) {
+    for (k, _) in mon {
+        let vals: Vec<f64> = means.clone().filter_map(|m| m.get(*k).copied()).collect();
+        if vals.is_empty() {
+            csv.push_str(",,");
+            md.push_str(" – |");
+        } else {
+            let (m, sd) = mean_std(&vals);
+            csv.push_str(&format!(",{m:.6},{sd:.6}"));
+            md.push_str(&format!(" {m:.3} ± {sd:.3} |"));
+        }
+    }
+}
+
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -353,12 +385,7 @@ pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) 
         ("pass_through", "pass-through"),
         ("quant_error", "quant error"),
     ];
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in rows {
-        if !groups.contains(&g.as_str()) {
-            groups.push(g);
-        }
-    }
+    let groups = group_order(rows);
     let mut csv = String::from(
         "group,runs,stopped,eval_accuracy_mean,eval_accuracy_std,eval_loss_mean,eval_loss_std,monitor_events_mean,skipped_steps_mean",
     );
@@ -392,20 +419,7 @@ pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) 
             "{name},{n},{stopped},{am:.6},{asd:.6},{lm:.6},{lsd:.6},{em:.3},{sm:.3}"
         ));
         md.push_str(&format!("| {name} | {n} | {stopped} | {am:.4} ± {asd:.4} | {lm:.4} ± {lsd:.4} | {em:.1} | {sm:.1} |"));
-        for (k, _) in MON {
-            let vals: Vec<f64> = rs
-                .iter()
-                .filter_map(|s| s.monitor_means.get(k).copied())
-                .collect();
-            if vals.is_empty() {
-                csv.push_str(",,");
-                md.push_str(" – |");
-            } else {
-                let (m, sd) = mean_std(&vals);
-                csv.push_str(&format!(",{m:.6},{sd:.6}"));
-                md.push_str(&format!(" {m:.3} ± {sd:.3} |"));
-            }
-        }
+        monitor_columns(&MON, rs.iter().map(|s| &s.monitor_means), &mut csv, &mut md);
         csv.push('\n');
         md.push('\n');
     }
@@ -415,12 +429,7 @@ pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) 
 /// summary.csv and summary.md of a retrieval sweep: recall mean ± std over the runs of each
 /// group (seeds), for every (method, bits, k, rerank) the runs evaluated.
 pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (String, String) {
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in rows {
-        if !groups.contains(&g.as_str()) {
-            groups.push(g);
-        }
-    }
+    let groups = group_order(rows);
     let mut csv = String::from("group,runs,stopped,method,bits,k,rerank,recall_mean,recall_std\n");
     let mut md = String::from(
         "| group | runs | stopped | method | bits | k | rerank | recall |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
@@ -477,12 +486,7 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
         ("attention_min", "min head attention"),
         ("act_clamp", "act clamp"),
     ];
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in rows {
-        if !groups.contains(&g.as_str()) {
-            groups.push(g);
-        }
-    }
+    let groups = group_order(rows);
     let mut csv = String::from(
         "group,runs,stopped,diverged,eval_bpb_mean,eval_bpb_std,unigram_bpb,model_bytes,monitor_events_mean,skipped_steps_mean",
     );
@@ -519,20 +523,7 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
         md.push_str(&format!(
             "| {name} | {n} | {stopped} | {diverged} | {bm:.4} ± {bsd:.4} | {um:.4} | {mb:.0} | {em:.1} | {sm:.1} |"
         ));
-        for (k, _) in MON {
-            let vals: Vec<f64> = rs
-                .iter()
-                .filter_map(|s| s.monitor_means.get(k).copied())
-                .collect();
-            if vals.is_empty() {
-                csv.push_str(",,");
-                md.push_str(" – |");
-            } else {
-                let (m, sd) = mean_std(&vals);
-                csv.push_str(&format!(",{m:.6},{sd:.6}"));
-                md.push_str(&format!(" {m:.3} ± {sd:.3} |"));
-            }
-        }
+        monitor_columns(&MON, rs.iter().map(|s| &s.monitor_means), &mut csv, &mut md);
         csv.push('\n');
         md.push('\n');
     }
@@ -543,12 +534,7 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
 /// load balance (normalised entropy, max/mean, dead experts, dropped fraction), routing flip
 /// rate, and the runs that had a collapse event or were stopped.
 pub(crate) fn moe_tables(rows: &[(String, Option<MoeSummary>)]) -> (String, String) {
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in rows {
-        if !groups.contains(&g.as_str()) {
-            groups.push(g);
-        }
-    }
+    let groups = group_order(rows);
     let metric = rows
         .iter()
         .find_map(|(_, s)| s.as_ref().map(|s| s.metric_name.clone()))

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder, to_vec};
+use crate::optim::{
+    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -268,14 +270,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 
     if opts.resume {
         let (step, dir) = run.resume_point()?;
-        model = model
-            .load_file(dir.join("model"), &recorder(), &dev)
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
-        // Ids come from the record now: rebuild the optimizer's binary-id list, then its state.
-        opt = Opt::new(recipe, &model).load(&dir)?;
+        (model, opt) = load_checkpoint(recipe, model, &dir)?;
         state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
     } else {
         run.start(&recipe.resolved_toml())?;
@@ -287,19 +282,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
                 opt: &Opt<ClassifyMlp<Ad>>,
                 state: &TrainerState|
      -> Result<PathBuf> {
-        run.write_checkpoint(name, |dir| {
-            model
-                .clone()
-                .save_file(dir.join("model"), &recorder())
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.to_owned(),
-                    message: e.to_string(),
-                })?;
-            opt.save(dir)?;
-            write_safetensors(model, &dir.join("model.safetensors"))?;
-            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
-            std::fs::write(dir.join("trainer.json"), json)
-                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+        save_checkpoint(run, name, model, opt, state, |dir| {
+            write_safetensors(model, &dir.join("model.safetensors"))
         })
     };
 
@@ -347,13 +331,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     };
     while state.step < stop_at {
         let step = state.step;
-        let progress = step as f64 / total as f64;
-        let ctx = Ctx::at(progress).with_seed(
-            recipe
-                .seed
-                .wrapping_mul(0x1_0000_0001)
-                .wrapping_add(step as u64),
-        );
+        let ctx = step_ctx(recipe, step, total);
         let mut rng = SplitMix64::new(state.rng_state);
         let idx: Vec<usize> = (0..bs)
             .map(|_| (rng.next_u64() % data_s.train_size as u64) as usize)
@@ -370,7 +348,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         let loss = loss_fn.forward(model.forward(x.clone(), &ctx), y.clone());
         let loss_v: f32 = loss.clone().into_scalar().elem();
         let loss_v = f64::from(loss_v);
-        let mut grads = loss.backward();
+        let grads = loss.backward();
         // Gradient-mismatch monitors run on this batch, before the update.
         let due = |name: &str| watch.due_before(name, step);
         let mut mismatch: Vec<(&str, f64, bool)> = Vec::new();
@@ -425,12 +403,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
                 mismatch.push(("finite_difference", agree, false));
             }
         }
-        let mut gn = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        model.visit(&mut gn);
-        let grad_norm = gn.sum.sqrt();
+        let grad_norm = crate::optim::grad_norm(&model, &grads);
 
         let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
         let skip = match verdict {
@@ -446,14 +419,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         if skip {
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
-            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
-                let mut sg = ScaleGrads {
-                    grads: &mut grads,
-                    factor: recipe.train.grad_clip / grad_norm,
-                };
-                model.visit(&mut sg);
-            }
-            model = opt.step(lr, model, grads);
+            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
         }
         state.step += 1;
         if let Some(p) = opts.progress.as_mut() {

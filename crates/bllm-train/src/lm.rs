@@ -18,7 +18,7 @@ use bllm_nn::{
 };
 use bllm_recipe::{LmModelSection, LmTask, Recipe};
 use bllm_ste::{Ctx, Estimator, Shadow};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -27,7 +27,9 @@ use serde_json::json;
 
 use crate::classify::{RunOptions, write_safetensors};
 use crate::monitor::{LoopState, Verdict, Watch, fd_agreement};
-use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder, to_vec};
+use crate::optim::{
+    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -277,13 +279,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     };
     if opts.resume {
         let (step, dir) = run.resume_point()?;
-        model = model
-            .load_file(dir.join("model"), &recorder(), &dev)
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
-        opt = Opt::new(recipe, &model).load(&dir)?;
+        (model, opt) = load_checkpoint(recipe, model, &dir)?;
         state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
     } else {
         run.start(&recipe.resolved_toml())?;
@@ -293,19 +289,8 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
         )?;
     }
     let save = |name: &str, model: &ByteLm<Ad>, opt: &Opt<ByteLm<Ad>>, state: &TrainerState| {
-        run.write_checkpoint(name, |dir| {
-            model
-                .clone()
-                .save_file(dir.join("model"), &recorder())
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.to_owned(),
-                    message: e.to_string(),
-                })?;
-            opt.save(dir)?;
-            write_safetensors(model, &dir.join("model.safetensors"))?;
-            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
-            std::fs::write(dir.join("trainer.json"), json)
-                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+        save_checkpoint(&run, name, model, opt, state, |dir| {
+            write_safetensors(model, &dir.join("model.safetensors"))
         })
     };
     let checkpoint = |model: &ByteLm<Ad>, opt: &Opt<ByteLm<Ad>>, state: &TrainerState, note| {
@@ -326,12 +311,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     let span = corpus.train.len() - context;
     while state.step < stop_at {
         let step = state.step;
-        let ctx = Ctx::at(step as f64 / total as f64).with_seed(
-            recipe
-                .seed
-                .wrapping_mul(0x1_0000_0001)
-                .wrapping_add(step as u64),
-        );
+        let ctx = step_ctx(recipe, step, total);
         let mut rng = SplitMix64::new(state.rng_state);
         let starts: Vec<usize> = (0..bs)
             .map(|_| (rng.next_u64() % span as u64) as usize)
@@ -341,7 +321,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
         let loss = lm_loss(model.forward(x.clone(), &ctx), y.clone());
         let loss_v: f32 = loss.clone().into_scalar().elem();
         let loss_v = f64::from(loss_v);
-        let mut grads = loss.backward();
+        let grads = loss.backward();
 
         let due = |name: &str| watch.due_before(name, step);
         let mut before: Vec<(&str, f64, bool)> = Vec::new();
@@ -405,12 +385,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
             }
         }
         drop(quantised);
-        let mut gn = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        model.visit(&mut gn);
-        let grad_norm = gn.sum.sqrt();
+        let grad_norm = crate::optim::grad_norm(&model, &grads);
         let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
         let skip = match verdict {
             Verdict::Stop(stop) => {
@@ -424,14 +399,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
         if skip {
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
-            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
-                let mut sg = ScaleGrads {
-                    grads: &mut grads,
-                    factor: recipe.train.grad_clip / grad_norm,
-                };
-                model.visit(&mut sg);
-            }
-            model = opt.step(lr, model, grads);
+            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
         }
         state.step += 1;
         if let Some(p) = opts.progress.as_mut() {

@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::classify::{RunOptions, write_safetensors};
 use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder};
+use crate::optim::{Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -511,7 +511,6 @@ fn train<M: Routed>(
     layers: usize,
     opts: &mut RunOptions,
 ) -> Result<MoeSummary> {
-    let dev = Default::default();
     let run = RunDir::open(&opts.run_dir, opts.resume)?;
     let cs = &t.moe.collapse;
     let thresholds = CollapseThresholds {
@@ -548,31 +547,14 @@ fn train<M: Routed>(
     };
     if opts.resume {
         let (step, dir) = run.resume_point()?;
-        model = model
-            .load_file(dir.join("model"), &recorder(), &dev)
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
-        opt = Opt::new(recipe, &model).load(&dir)?;
+        (model, opt) = load_checkpoint(recipe, model, &dir)?;
         state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
     } else {
         run.start(&recipe.resolved_toml())?;
     }
     let save = |name: &str, model: &M, opt: &Opt<M>, state: &TrainerState| {
-        run.write_checkpoint(name, |dir| {
-            model
-                .clone()
-                .save_file(dir.join("model"), &recorder())
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.to_owned(),
-                    message: e.to_string(),
-                })?;
-            opt.save(dir)?;
-            write_safetensors(model, &dir.join("model.safetensors"))?;
-            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
-            std::fs::write(dir.join("trainer.json"), json)
-                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+        save_checkpoint(&run, name, model, opt, state, |dir| {
+            write_safetensors(model, &dir.join("model.safetensors"))
         })
     };
     let checkpoint = |model: &M, opt: &Opt<M>, state: &TrainerState, note| -> Result<()> {
@@ -583,12 +565,7 @@ fn train<M: Routed>(
     let bs = recipe.train.batch_size;
     while state.step < stop_at {
         let step = state.step;
-        let ctx = Ctx::at(step as f64 / total as f64).with_seed(
-            recipe
-                .seed
-                .wrapping_mul(0x1_0000_0001)
-                .wrapping_add(step as u64),
-        );
+        let ctx = step_ctx(recipe, step, total);
         let mut rng = SplitMix64::new(state.rng_state);
         let batch = data.sample(&mut rng, bs);
         state.rng_state = rng.state();
@@ -597,13 +574,8 @@ fn train<M: Routed>(
         let aux_v: f32 = aux.clone().into_scalar().elem();
         let loss = task_loss + aux;
         let loss_v = f64::from(task_v) + f64::from(aux_v);
-        let mut grads = loss.backward();
-        let mut gn = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        model.visit(&mut gn);
-        let grad_norm = gn.sum.sqrt();
+        let grads = loss.backward();
+        let grad_norm = crate::optim::grad_norm(&model, &grads);
         let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
         let skip = match verdict {
             Verdict::Stop(stop) => {
@@ -617,14 +589,7 @@ fn train<M: Routed>(
         if skip {
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
-            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
-                let mut sg = ScaleGrads {
-                    grads: &mut grads,
-                    factor: recipe.train.grad_clip / grad_norm,
-                };
-                model.visit(&mut sg);
-            }
-            model = opt.step(lr, model, grads);
+            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
             for (m, (a, _, _)) in model.moes_mut().into_iter().zip(&routing) {
                 m.update_bias(a);
             }

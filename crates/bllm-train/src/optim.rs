@@ -1,7 +1,7 @@
 //! What every trainer shares besides the loop: the recipe's optimizer over any module, record
 //! files, gradient-norm visitors and tensor-to-host copies.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bllm_nn::{Bop, MixedOptimizer, binary_param_ids};
 use bllm_recipe::{OptimizerKind, Recipe};
@@ -15,6 +15,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
+use crate::rundir::RunDir;
 use crate::{Result, TrainError};
 
 pub(crate) type Ad = burn::backend::Autodiff<burn::backend::NdArray>;
@@ -177,4 +178,88 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .convert::<f32>()
         .to_vec::<f32>()
         .unwrap_or_default()
+}
+
+/// Writes checkpoint `name` of `run` (a temp directory renamed into place): the model record
+/// (`model.mpk`), the optimizer record(s), `trainer.json` from `state`, and what `extra(dir)`
+/// adds (a safetensors copy, an encoder). Returns the checkpoint directory.
+pub(crate) fn save_checkpoint<M: AutodiffModule<Ad>, S: serde::Serialize>(
+    run: &RunDir,
+    name: &str,
+    model: &M,
+    opt: &Opt<M>,
+    state: &S,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    run.write_checkpoint(name, |dir| {
+        model
+            .clone()
+            .save_file(dir.join("model"), &recorder())
+            .map_err(|e| TrainError::Checkpoint {
+                path: dir.to_owned(),
+                message: e.to_string(),
+            })?;
+        opt.save(dir)?;
+        extra(dir)?;
+        let json = serde_json::to_vec_pretty(state).unwrap_or_default();
+        std::fs::write(dir.join("trainer.json"), json)
+            .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+    })
+}
+
+/// The model and optimizer of checkpoint `dir`; the optimizer is rebuilt for the loaded
+/// model's parameter ids before its state is loaded.
+pub(crate) fn load_checkpoint<M: AutodiffModule<Ad>>(
+    recipe: &Recipe,
+    model: M,
+    dir: &Path,
+) -> Result<(M, Opt<M>)> {
+    let model = model
+        .load_file(dir.join("model"), &recorder(), &Default::default())
+        .map_err(|e| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
+    let opt = Opt::new(recipe, &model).load(dir)?;
+    Ok((model, opt))
+}
+
+/// The global gradient norm of `model`'s parameters.
+pub(crate) fn grad_norm<M: AutodiffModule<Ad>>(
+    model: &M,
+    grads: &<Ad as AutodiffBackend>::Gradients,
+) -> f64 {
+    let mut gn = GradNorm { grads, sum: 0.0 };
+    model.visit(&mut gn);
+    gn.sum.sqrt()
+}
+
+/// Clips the gradients to `train.grad_clip` (global norm, when set and exceeded), then takes
+/// one optimizer step at `lr`.
+pub(crate) fn clip_and_step<M: AutodiffModule<Ad>>(
+    recipe: &Recipe,
+    opt: &mut Opt<M>,
+    model: M,
+    mut grads: <Ad as AutodiffBackend>::Gradients,
+    grad_norm: f64,
+    lr: f64,
+) -> M {
+    if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
+        let mut sg = ScaleGrads {
+            grads: &mut grads,
+            factor: recipe.train.grad_clip / grad_norm,
+        };
+        model.visit(&mut sg);
+    }
+    opt.step(lr, model, grads)
+}
+
+/// The context of training step `step` of `total`: progress and a per-step seed.
+pub(crate) fn step_ctx(recipe: &Recipe, step: usize, total: usize) -> bllm_ste::Ctx {
+    bllm_ste::Ctx::at(step as f64 / total as f64).with_seed(
+        recipe
+            .seed
+            .wrapping_mul(0x1_0000_0001)
+            .wrapping_add(step as u64),
+    )
 }

@@ -27,14 +27,16 @@ use bllm_nn::{
 };
 use bllm_recipe::{Recipe, RetrievalTask};
 use bllm_ste::{Ctx, Estimator};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::classify::RunOptions;
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Ad, GradNorm, Inner, Opt, ScaleGrads, recorder, to_vec};
+use crate::optim::{
+    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -322,13 +324,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
     };
     if opts.resume {
         let (step, dir) = run.resume_point()?;
-        head = head
-            .load_file(dir.join("model"), &recorder(), &dev)
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
-        opt = Opt::new(recipe, &head).load(&dir)?;
+        (head, opt) = load_checkpoint(recipe, head, &dir)?;
         state = run.resume_state(&dir, step, |s: &State| s.step)?;
     } else {
         run.start(&recipe.resolved_toml())?;
@@ -340,19 +336,10 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 opt: &Opt<HashHead<Ad>>,
                 state: &State|
      -> Result<PathBuf> {
-        run.write_checkpoint(name, |dir| {
-            head.clone()
-                .save_file(dir.join("model"), &recorder())
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.to_owned(),
-                    message: e.to_string(),
-                })?;
-            opt.save(dir)?;
+        save_checkpoint(run, name, head, opt, state, |dir| {
             encoder_of(head, &init.mean, &method_name, t.data.normalize)
                 .save(&dir.join("encoder"))?;
-            let json = serde_json::to_vec_pretty(state).unwrap_or_default();
-            std::fs::write(dir.join("trainer.json"), json)
-                .map_err(|e| TrainError::io(dir.join("trainer.json"), e))
+            Ok(())
         })
     };
     let checkpoint =
@@ -410,12 +397,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
 
     while state.step < stop_at {
         let step = state.step;
-        let ctx = Ctx::at(step as f64 / total as f64).with_seed(
-            recipe
-                .seed
-                .wrapping_mul(0x1_0000_0001)
-                .wrapping_add(step as u64),
-        );
+        let ctx = step_ctx(recipe, step, total);
         let mut rng = SplitMix64::new(state.rng_state);
         let idx: Vec<usize> = (0..bs)
             .map(|_| (rng.next_u64() % n as u64) as usize)
@@ -436,13 +418,8 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
 
         let loss = loss_of(&head, &idx_t, &cos, &excl, mode, &ctx)?;
         let loss_v = f64::from(loss.clone().into_scalar().elem::<f32>());
-        let mut grads = loss.backward();
-        let mut gn = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        head.visit(&mut gn);
-        let grad_norm = gn.sum.sqrt();
+        let grads = loss.backward();
+        let grad_norm = crate::optim::grad_norm(&head, &grads);
         let due = |name: &str| watch.due_before(name, step);
         let mut metrics = serde_json::Map::new();
         let mut after: Vec<(&str, f64, bool)> = Vec::new();
@@ -484,14 +461,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         if skip {
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
-            if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
-                let mut sg = ScaleGrads {
-                    grads: &mut grads,
-                    factor: recipe.train.grad_clip / grad_norm,
-                };
-                head.visit(&mut sg);
-            }
-            head = opt.step(lr, head, grads);
+            head = clip_and_step(recipe, &mut opt, head, grads, grad_norm, lr);
         }
         state.step += 1;
         if let Some(p) = opts.progress.as_mut() {

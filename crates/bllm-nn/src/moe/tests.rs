@@ -131,8 +131,15 @@ fn switch_aux_loss_matches_a_hand_computation() {
     // The router z-loss alone: mean (logsumexp z)² = (ln E)² for zero logits.
     m.config.balancing = Balancing::None;
     m.config.z_loss = 1e-3;
-    let aux: f32 = m.forward(x.clone(), None, &Ctx::default()).aux_loss.into_scalar().elem();
-    assert!((f64::from(aux) - 1e-3 * 4f64.ln().powi(2)).abs() < 1e-8, "{aux}");
+    let aux: f32 = m
+        .forward(x.clone(), None, &Ctx::default())
+        .aux_loss
+        .into_scalar()
+        .elem();
+    assert!(
+        (f64::from(aux) - 1e-3 * 4f64.ln().powi(2)).abs() < 1e-8,
+        "{aux}"
+    );
     // A hash router has no probabilities: no auxiliary loss.
     m.config.router = RouterKind::Hash;
     m.hash_planes = Some(hash::planes::<B>(&m.config, 1, &Default::default()));
