@@ -18,6 +18,8 @@
 //!   activation options ([`ByteLmConfig`]).
 //! * [`Moe`]: a mixture-of-experts MLP with top-k routing, capacity factor, Switch auxiliary
 //!   loss / z-loss / auxiliary-loss-free bias, and float or binary routers ([`RouterKind`]).
+//! * [`Adapter`]: float LoRA, binary LoRA and BitDelta deltas on frozen projections, with
+//!   [`merge`] / [`unmerge`], export of their bits and byte accounting.
 //! * [`summary`]: Larq-style memory accounting per layer — parameters per precision and bytes
 //!   that count scales, padding to words and metadata.
 //!
@@ -26,6 +28,7 @@
 //! from input `j`.
 
 mod act;
+mod adapter;
 mod binary_linear;
 mod bit_linear;
 mod bop;
@@ -39,6 +42,7 @@ pub mod summary;
 mod transformer;
 
 pub use act::ActQuant;
+pub use adapter::{Adapter, AdapterBits, AdapterConfig, AdapterKind, merge, unmerge};
 pub use binary_linear::{BinaryLinear, BinaryLinearConfig, BinaryWeights};
 pub use bit_linear::{BitLinear, BitLinearConfig, BitLinearStats};
 pub use bop::{Bop, BopState, MixedOptimizer, binary_param_ids};
