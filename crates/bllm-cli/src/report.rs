@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_train::{LmSummary, MoeSummary, RetrievalSummary, RunSummary};
+use bllm_train::{AdapterSummary, LmSummary, MoeSummary, RetrievalSummary, RunSummary};
 use clap::Args;
 
 /// Arguments of `bllm report`.
@@ -152,8 +152,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let retrieval = summaries::<RetrievalSummary>(&runs);
         let lm = summaries::<LmSummary>(&runs);
         let moe = summaries::<MoeSummary>(&runs);
+        let adapter = summaries::<AdapterSummary>(&runs);
         let (csv, md) = if retrieval.iter().any(|(_, s)| s.is_some()) {
             crate::train::retrieval_tables(&retrieval)
+        } else if adapter.iter().any(|(_, s)| s.is_some()) {
+            crate::train::adapter_tables(&adapter)
         } else if moe.iter().any(|(_, s)| s.is_some()) {
             crate::train::moe_tables(&moe)
         } else if lm.iter().any(|(_, s)| s.is_some()) {

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, expand_sweep, parse_override};
-use bllm_train::{LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc};
+use bllm_train::{
+    AdapterSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc,
+};
 use clap::Args;
 
 use crate::recipes::{Components, load};
@@ -140,6 +142,28 @@ pub fn run(a: RunArgs) -> Result<()> {
             }
             let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
             print_moe(&s, &run_dir);
+        }
+        Kind::Adapter => {
+            let result = bllm_train::run_adapter(&recipe, &mut opts);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
+            println!(
+                "{}: {} (rank {}): target {:.4} → {:.4} bits/byte, source {:.4} → {:.4} (forgetting {:+.4}); adapters {} B vs float LoRA {} B ({:.2}x) → {}",
+                s.name,
+                s.adapter,
+                s.rank,
+                s.target_bpb_base,
+                s.target_bpb,
+                s.source_bpb_base,
+                s.source_bpb,
+                s.forgetting,
+                s.adapter_bytes,
+                s.float_lora_bytes,
+                s.compression_vs_float_lora,
+                run_dir.display()
+            );
         }
     }
     Ok(())
@@ -280,6 +304,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         Kind::Retrieval => retrieval_tables(&run_each(&runs, &dir, bllm_train::run_retrieval)?),
         Kind::Lm => lm_tables(&run_each(&runs, &dir, bllm_train::run_lm)?),
         Kind::Moe => moe_tables(&run_each(&runs, &dir, bllm_train::run_moe)?),
+        Kind::Adapter => adapter_tables(&run_each(&runs, &dir, bllm_train::run_adapter)?),
     };
     write_tables(&dir, &csv, &md)?;
     eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
@@ -569,6 +594,44 @@ pub(crate) fn moe_tables(rows: &[(String, Option<MoeSummary>)]) -> (String, Stri
         ));
         md.push_str(&format!(
             "| {name} | {n} | {stopped} | {collapsed} | {cm:.1} | {mm:.4} ± {msd:.4} | {em:.3} ± {esd:.3} | {om:.2} | {dm:.1} | {pm:.3} | {fm:.3} |\n"
+        ));
+    }
+    (csv, md)
+}
+
+/// summary.csv and summary.md of an adapter sweep: per group (seeds averaged), target-domain
+/// bits per byte (base → adapted), source-domain forgetting, adapter bytes and the
+/// compression against float LoRA of the same rank.
+pub(crate) fn adapter_tables(rows: &[(String, Option<AdapterSummary>)]) -> (String, String) {
+    let groups = group_order(rows);
+    let mut csv = String::from(
+        "group,runs,stopped,target_bpb_base,target_bpb_mean,target_bpb_std,forgetting_mean,forgetting_std,adapter_bytes,float_lora_bytes,compression_vs_float_lora\n",
+    );
+    let mut md = String::from(
+        "| group | runs | stopped | target bits/byte: base → adapted | source forgetting | adapter bytes | float LoRA bytes | compression |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for g in groups {
+        let rs: Vec<&AdapterSummary> = rows
+            .iter()
+            .filter(|(k, _)| k == g)
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
+        let n = rows.iter().filter(|(k, _)| k == g).count();
+        let stopped = n - rs.len();
+        let col =
+            |f: fn(&AdapterSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
+        let (b0, _) = col(|s| s.target_bpb_base);
+        let (tm, tsd) = col(|s| s.target_bpb);
+        let (fm, fsd) = col(|s| s.forgetting);
+        let (ab, _) = col(|s| s.adapter_bytes as f64);
+        let (fb, _) = col(|s| s.float_lora_bytes as f64);
+        let (cr, _) = col(|s| s.compression_vs_float_lora);
+        let name = if g.is_empty() { "(all)" } else { g };
+        csv.push_str(&format!(
+            "{name},{n},{stopped},{b0:.6},{tm:.6},{tsd:.6},{fm:.6},{fsd:.6},{ab:.0},{fb:.0},{cr:.4}\n"
+        ));
+        md.push_str(&format!(
+            "| {name} | {n} | {stopped} | {b0:.4} → {tm:.4} ± {tsd:.4} | {fm:+.4} ± {fsd:.4} | {ab:.0} | {fb:.0} | {cr:.2}x |\n"
         ));
     }
     (csv, md)

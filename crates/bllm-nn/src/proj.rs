@@ -132,6 +132,8 @@ pub struct Proj<B: Backend> {
     pub bit: Option<BitLinear<B>>,
     /// Norm before quantisation (binary projections with `sub_norm`).
     pub norm: Option<RmsGain<B>>,
+    /// A trainable delta on this (frozen) projection: `y = base(x) + x · ΔW`.
+    pub adapter: Option<crate::Adapter<B>>,
 }
 
 impl<B: Backend> Proj<B> {
@@ -150,6 +152,7 @@ impl<B: Backend> Proj<B> {
             binary: None,
             bit: None,
             norm: None,
+            adapter: None,
         };
         match kind {
             ProjKind::Float => {
@@ -205,6 +208,19 @@ impl<B: Backend> Proj<B> {
 
     /// Forward pass; a `bitnet` projection appends its activation clamp fraction to `clamp`.
     pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        ctx: &Ctx,
+        clamp: Option<&mut Vec<f64>>,
+    ) -> Tensor<B, D> {
+        match &self.adapter {
+            Some(a) => self.forward_base(x.clone(), ctx, clamp) + a.forward(x, &ctx.fork(9)),
+            None => self.forward_base(x, ctx, clamp),
+        }
+    }
+
+    /// The projection without its adapter.
+    fn forward_base<const D: usize>(
         &self,
         x: Tensor<B, D>,
         ctx: &Ctx,
@@ -279,6 +295,9 @@ impl<B: Backend> Summarize for Proj<B> {
         }
         if let Some(l) = &self.bit {
             l.summarize(name, out);
+        }
+        if let Some(a) = &self.adapter {
+            a.summarize(&format!("{name}.adapter"), out);
         }
         if let Some(n) = &self.norm {
             let d = n.gain.dims()[0];

@@ -564,6 +564,26 @@ impl<B: Backend> ByteLm<B> {
     }
 }
 
+impl<B: Backend> ByteLm<B> {
+    /// Calls `f(name, projection)` for every block projection whose short name (`q`, `k`, `v`,
+    /// `o`, `up`, `down`) is in `targets`; `name` is the full name (`block0.q`).
+    pub fn for_each_proj_mut(
+        &mut self,
+        targets: &[String],
+        mut f: impl FnMut(&str, &mut Proj<B>) -> Result<()>,
+    ) -> Result<()> {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let names: Vec<&'static str> = b.projs().iter().map(|(n, _)| *n).collect();
+            for (n, p) in names.into_iter().zip(b.projs_mut()) {
+                if targets.iter().any(|t| t == n) {
+                    f(&format!("block{i}.{n}"), p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> Block<B> {
     /// The projections with their names (`up`/`down` only without a mixture of experts).
     pub fn projs(&self) -> Vec<(&'static str, &Proj<B>)> {

@@ -22,10 +22,11 @@ mod walk;
 pub use error::{Issue, RecipeError, Result};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
-    BASELINES, CheckpointSection, ClustersSection, CollapseSection, ComponentCheck, DataSection,
-    EmbeddingSection, EvalSection, ExportSection, HeadSection, Kind, LmModelSection, LmTask,
-    LrSchedule, ModelSection, MoeData, MoeSection, MoeTask, MonitorAction, MonitorSection,
-    MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
-    RetrievalEvalSection, RetrievalTask, SyntheticSection, Task, TextSection, TrainSection,
+    AdapterSection, AdapterTask, BASELINES, CheckpointSection, ClustersSection, CollapseSection,
+    ComponentCheck, DataSection, EmbeddingSection, EvalSection, ExportSection, HeadSection, Kind,
+    LmModelSection, LmTask, LrSchedule, ModelSection, MoeData, MoeSection, MoeTask, MonitorAction,
+    MonitorSection, MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
+    RetrievalEvalSection, RetrievalTask, SourceSection, SyntheticSection, Task, TextSection,
+    TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

@@ -19,10 +19,12 @@ pub enum Kind {
     Lm,
     /// Mixture-of-experts layers with float or binary routers (clusters task or byte LM).
     Moe,
+    /// Float or binary adapters on a frozen float byte-level LM, adapted to a second corpus.
+    Adapter,
 }
 
 impl Kind {
-    const NAMES: [&'static str; 4] = ["classify", "retrieval", "lm", "moe"];
+    const NAMES: [&'static str; 5] = ["classify", "retrieval", "lm", "moe", "adapter"];
 
     fn parse(s: &str) -> Option<Self> {
         match s {
@@ -30,6 +32,7 @@ impl Kind {
             "retrieval" => Some(Self::Retrieval),
             "lm" => Some(Self::Lm),
             "moe" => Some(Self::Moe),
+            "adapter" => Some(Self::Adapter),
             _ => None,
         }
     }
@@ -41,6 +44,7 @@ impl Kind {
             Self::Retrieval => "retrieval",
             Self::Lm => "lm",
             Self::Moe => "moe",
+            Self::Adapter => "adapter",
         }
     }
 }
@@ -65,6 +69,52 @@ pub enum Task {
     Lm(Box<LmTask>),
     /// `kind = "moe"`.
     Moe(Box<MoeTask>),
+    /// `kind = "adapter"`.
+    Adapter(Box<AdapterTask>),
+}
+
+/// `[source]` of `kind = "adapter"`: the corpus and schedule of the float base model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceSection {
+    /// The source corpus (same keys as `[data]`).
+    pub text: TextSection,
+    /// Pretraining steps of the base (batch size and schedule of `[train]`/`[schedule]`).
+    pub steps: usize,
+    /// Peak learning rate of the pretraining.
+    pub lr: f64,
+    /// Directory where base models are cached by content (recipe model, source, steps, lr,
+    /// seed), so a sweep pretrains each base once.
+    pub cache: String,
+}
+
+/// `[adapter]` of `kind = "adapter"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSection {
+    /// `lora`, `binary_lora` or `bitdelta`.
+    pub kind: String,
+    /// LoRA rank (LoRA kinds; for BitDelta, the rank of the float LoRA it is compared with).
+    pub rank: usize,
+    /// LoRA α (0 = the rank, i.e. scale 1).
+    pub alpha: f64,
+    /// Block projections that get an adapter (`q k v o up down`).
+    pub targets: Vec<String>,
+    /// Binary LoRA: learnable scales.
+    pub learnable_scale: bool,
+    /// BitDelta: steps of α distillation after the full fine-tune.
+    pub distill_steps: usize,
+}
+
+/// Everything specific to `kind = "adapter"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterTask {
+    /// `[data]`: the target corpus.
+    pub data: TextSection,
+    /// `[source]`.
+    pub source: SourceSection,
+    /// `[model]` (the `kind = "lm"` schema; projections must be float).
+    pub model: LmModelSection,
+    /// `[adapter]`.
+    pub adapter: AdapterSection,
 }
 
 /// `[data]` of `kind = "moe"` with `task = "clusters"`: Gaussian clusters arranged in groups,
@@ -712,6 +762,7 @@ impl Recipe {
             Kind::Retrieval => retrieval_sections(&mut root, r),
             Kind::Lm => lm_sections(&mut root, r),
             Kind::Moe => moe_sections(&mut root, r),
+            Kind::Adapter => adapter_sections(&mut root, r),
         };
         let estimator = match root.raw_table("estimator", r) {
             Some(t) => t,
@@ -816,7 +867,7 @@ impl Recipe {
         ev.finish(r);
         let mut ex = root.table("export", r);
         let export = match kind {
-            Kind::Classify | Kind::Lm | Kind::Moe => ExportSection {
+            Kind::Classify | Kind::Lm | Kind::Moe | Kind::Adapter => ExportSection {
                 weights: ex.boolean("weights", kind == Kind::Classify, r),
                 faiss: false,
             },
@@ -914,6 +965,14 @@ impl Recipe {
         }
     }
 
+    /// The adapter sections, when `kind = "adapter"`.
+    pub fn adapter(&self) -> Option<&AdapterTask> {
+        match &self.task {
+            Task::Adapter(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The MoE sections, when `kind = "moe"`.
     pub fn moe(&self) -> Option<&MoeTask> {
         match &self.task {
@@ -1003,6 +1062,80 @@ fn text_data(d: &mut Section<'_>, r: &mut Report<'_>) -> TextSection {
         train_bytes: d.int("train_bytes", Some(0), 0, i64::MAX, r) as usize,
         eval_bytes: d.int("eval_bytes", Some(0), 0, i64::MAX, r) as usize,
     }
+}
+
+/// `[data]`, `[source]`, `[model]` and `[adapter]` of `kind = "adapter"`.
+fn adapter_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
+    let mut d = root.table("data", r);
+    let data = text_data(&mut d, r);
+    d.finish(r);
+    let mut s = root.table("source", r);
+    let source = SourceSection {
+        text: text_data(&mut s, r),
+        steps: s.int("steps", Some(360), 1, 100_000_000, r) as usize,
+        lr: s.float("lr", Some(6e-3), 0.0, 10.0, r),
+        cache: s.string("cache", Some("checkpoints/adapter-bases"), r),
+    };
+    s.finish(r);
+    let mut m = root.table("model", r);
+    let model = lm_model(&mut m, r);
+    m.finish(r);
+    for (name, kind) in &model.projections {
+        if kind != "float" {
+            r.push(
+                &format!("model.projections.{name}"),
+                "float (adapters sit on a frozen float model)",
+                format!("the string {kind:?}"),
+            );
+        }
+    }
+    let mut a = root.table("adapter", r);
+    let targets = match a.raw("targets") {
+        None => ["q", "k", "v", "o", "up", "down"]
+            .map(String::from)
+            .to_vec(),
+        Some(Value::Array(v))
+            if !v.is_empty()
+                && v.iter().all(|t| {
+                    t.as_str()
+                        .is_some_and(|t| ["q", "k", "v", "o", "up", "down"].contains(&t))
+                }) =>
+        {
+            v.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        }
+        Some(v) => {
+            r.push(
+                &a.key("targets"),
+                "a non-empty array of projection names (q, k, v, o, up, down)",
+                crate::walk::describe(v),
+            );
+            Vec::new()
+        }
+    };
+    let adapter = AdapterSection {
+        kind: a
+            .choice(
+                "kind",
+                &["lora", "binary_lora", "bitdelta"],
+                Some("lora"),
+                r,
+            )
+            .unwrap_or_default(),
+        rank: a.int("rank", Some(8), 1, 1 << 16, r) as usize,
+        alpha: a.float("alpha", Some(0.0), 0.0, 1e6, r),
+        targets,
+        learnable_scale: a.boolean("learnable_scale", true, r),
+        distill_steps: a.int("distill_steps", Some(100), 0, 100_000_000, r) as usize,
+    };
+    a.finish(r);
+    Task::Adapter(Box::new(AdapterTask {
+        data,
+        source,
+        model,
+        adapter,
+    }))
 }
 
 /// `[data]`, `[model]` and `[moe]` of `kind = "moe"`.

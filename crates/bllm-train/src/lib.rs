@@ -20,6 +20,7 @@
 //! half-written `checkpoint-<step>/`; `resume` continues from the newest complete one and, on
 //! the CPU, reproduces an uninterrupted run bit for bit.
 
+mod adapter;
 mod classify;
 mod error;
 mod lm;
@@ -30,6 +31,7 @@ mod retrieval;
 mod rundir;
 mod schedule;
 
+pub use adapter::{AdapterSummary, run_adapter};
 pub use classify::{ClassifyMlp, ProgressFn, RunOptions, RunSummary, run, write_safetensors};
 pub use error::{Result, TrainError};
 pub use lm::{LmSummary, lm_config, run_lm};

@@ -1,0 +1,449 @@
+//! The `kind = "adapter"` trainer: a float byte-level LM pretrained on the source corpus
+//! (cached by content), then adapted to the target corpus with float LoRA, binary LoRA or
+//! BitDelta on the chosen projections; it reports target-domain bits per byte before and after,
+//! the forgetting on the source domain, and adapter bytes beside float LoRA bytes.
+//!
+//! BitDelta: a full float fine-tune on the target for `train.steps`, then each targeted
+//! matrix's delta becomes `α · sign(Δ)` on the frozen base and only the α values are trained
+//! for `adapter.distill_steps` steps to match the fine-tuned model's logits (MSE).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use bllm_codes::rng::SplitMix64;
+use bllm_data::TextCorpus;
+use bllm_nn::{AdapterConfig, AdapterKind, ByteLm, ByteLmConfig};
+use bllm_recipe::{AdapterTask, Recipe};
+use bllm_ste::Ctx;
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::classify::RunOptions;
+use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
+use crate::optim::{Ad, Opt, clip_and_step, grad_norm, recorder, step_ctx};
+use crate::rundir::RunDir;
+use crate::schedule::learning_rate;
+use crate::{Result, TrainError};
+
+/// What a finished adapter run reports (also written as `summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSummary {
+    /// Recipe name.
+    pub name: String,
+    /// `lora`, `binary_lora` or `bitdelta`.
+    pub adapter: String,
+    /// LoRA rank (BitDelta: the rank of the float LoRA it is compared with).
+    pub rank: usize,
+    /// Adaptation steps.
+    pub steps: usize,
+    /// Target-domain held-out bits per byte of the base model.
+    pub target_bpb_base: f64,
+    /// … after adaptation.
+    pub target_bpb: f64,
+    /// Source-domain held-out bits per byte of the base model.
+    pub source_bpb_base: f64,
+    /// … after adaptation.
+    pub source_bpb: f64,
+    /// `source_bpb − source_bpb_base` (positive = forgetting).
+    pub forgetting: f64,
+    /// BitDelta: target bits per byte of the full float fine-tune it compresses.
+    pub finetune_target_bpb: Option<f64>,
+    /// Bytes of the adapters as stored (bits padded to words, metadata, scales).
+    pub adapter_bytes: usize,
+    /// Bytes of float32 LoRA adapters of the same rank on the same projections.
+    pub float_lora_bytes: usize,
+    /// `float_lora_bytes / adapter_bytes`.
+    pub compression_vs_float_lora: f64,
+    /// Trainable parameters during adaptation (BitDelta: during distillation).
+    pub trainable_params: usize,
+}
+
+/// The float base model: loaded from the cache or pretrained on the source corpus (Adam at
+/// `source.lr`, warmup then cosine to a tenth, `train.batch_size` windows) and cached under a
+/// key of everything it depends on (model, source corpus and cut, steps, lr, batch, seed).
+fn base_model(
+    recipe: &Recipe,
+    t: &AdapterTask,
+    cfg: &ByteLmConfig,
+    source: &TextCorpus,
+) -> Result<(ByteLm<Ad>, PathBuf)> {
+    let mut h = DefaultHasher::new();
+    format!(
+        "{:?}|{}|{}|{}|{}|{}",
+        cfg,
+        t.source.text.path,
+        t.source.text.train_bytes,
+        t.source.steps,
+        t.source.lr,
+        recipe.train.batch_size,
+    )
+    .hash(&mut h);
+    recipe.seed.hash(&mut h);
+    let dir = Path::new(&t.source.cache).join(format!("base-{:016x}", h.finish()));
+    let model: ByteLm<Ad> = cfg.init(&Default::default(), recipe.seed)?;
+    if dir.join("model.mpk").is_file() {
+        let m = model
+            .load_file(dir.join("model"), &recorder(), &Default::default())
+            .map_err(|e| TrainError::Checkpoint {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        return Ok((m, dir));
+    }
+    let mut model = model;
+    let mut opt = Opt::new(recipe, &model);
+    let steps = t.source.steps;
+    // The base's own schedule (not the adaptation's): warmup, cosine to lr / 10.
+    let schedule = bllm_recipe::LrSchedule::Cosine {
+        warmup_steps: (steps / 10).min(30),
+        min_lr: t.source.lr / 10.0,
+    };
+    let mut rng = SplitMix64::new(recipe.seed ^ 0x5A5E);
+    for step in 0..steps {
+        let (loss, _) = lm_step(&model, source, &mut rng, recipe, step, steps);
+        let grads = loss.backward();
+        let gn = grad_norm(&model, &grads);
+        let lr = learning_rate(&schedule, t.source.lr, step, steps);
+        model = clip_and_step(recipe, &mut opt, model, grads, gn, lr);
+    }
+    // Atomic: write into a temp directory, then rename.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("base"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    model
+        .clone()
+        .save_file(tmp.join("model"), &recorder())
+        .map_err(|e| TrainError::Checkpoint {
+            path: tmp.clone(),
+            message: e.to_string(),
+        })?;
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another run cached the same base meanwhile: keep theirs.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok((model, dir))
+}
+
+/// One training batch of next-byte windows and its loss.
+fn lm_step(
+    model: &ByteLm<Ad>,
+    corpus: &TextCorpus,
+    rng: &mut SplitMix64,
+    recipe: &Recipe,
+    step: usize,
+    total: usize,
+) -> (Tensor<Ad, 1>, Ctx) {
+    let context = model.config.context;
+    let span = (corpus.train.len() - context) as u64;
+    let starts: Vec<usize> = (0..recipe.train.batch_size)
+        .map(|_| (rng.next_u64() % span) as usize)
+        .collect();
+    let (x, y) = windows::<Ad>(&corpus.train, &starts, context, &Default::default());
+    let ctx = step_ctx(recipe, step, total);
+    (lm_loss(model.forward(x, &ctx), y), ctx)
+}
+
+/// Trains `model` on `corpus` for `steps` steps (only parameters that require gradients move).
+fn fit(
+    recipe: &Recipe,
+    mut model: ByteLm<Ad>,
+    corpus: &TextCorpus,
+    steps: usize,
+    seed: u64,
+    run: &RunDir,
+    label: &str,
+) -> Result<ByteLm<Ad>> {
+    let mut opt = Opt::new(recipe, &model);
+    let mut rng = SplitMix64::new(seed);
+    for step in 0..steps {
+        let (loss, _) = lm_step(&model, corpus, &mut rng, recipe, step, steps);
+        let v: f32 = loss.clone().into_scalar().elem();
+        let grads = loss.backward();
+        let gn = grad_norm(&model, &grads);
+        if !(f64::from(v).is_finite() && gn.is_finite()) {
+            return Err(TrainError::Stopped {
+                step,
+                monitor: "non_finite".into(),
+                reason: format!("{label}: loss {v}, gradient norm {gn}"),
+            });
+        }
+        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, steps);
+        model = clip_and_step(recipe, &mut opt, model, grads, gn, lr);
+        if (step + 1) % recipe.train.log_every == 0 {
+            run.append(
+                "metrics.jsonl",
+                &json!({"step": step + 1, "split": "train", "phase": label, "loss": f64::from(v), "grad_norm": gn, "lr": lr}),
+            )?;
+        }
+    }
+    Ok(model)
+}
+
+/// Held-out bits per byte of `model` on `bytes`.
+fn bpb(model: &ByteLm<Ad>, bytes: &[u8], seed: u64) -> f64 {
+    let ctx = Ctx::at(1.0).with_seed(seed ^ 0xE7A1).for_eval();
+    evaluate(&model.valid(), bytes, model.config.context, &ctx) / std::f64::consts::LN_2
+}
+
+/// Runs a `kind = "adapter"` recipe into `opts.run_dir` (no resume: a run takes minutes and
+/// its base is cached; `--resume` is refused with an error).
+pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSummary> {
+    let t = recipe.adapter().ok_or_else(|| {
+        TrainError::Unsupported(format!(
+            "recipe {:?} is kind = {:?}; the adapter trainer runs kind = \"adapter\"",
+            recipe.name,
+            recipe.kind.name()
+        ))
+    })?;
+    if recipe.device != "cpu" {
+        return Err(TrainError::Unsupported(format!(
+            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
+            recipe.device
+        )));
+    }
+    if opts.resume {
+        return Err(TrainError::Unsupported(
+            "kind = \"adapter\" runs do not resume (the base model is cached; start the run again)"
+                .into(),
+        ));
+    }
+    let est = estimator(recipe)?;
+    let cfg = lm_config_from(&t.model, est.clone())?;
+    let context = cfg.context;
+    let target = load_corpus(&t.data, context)?;
+    let source = load_corpus(&t.source.text, context)?;
+    let run = RunDir::open(&opts.run_dir, false)?;
+    run.start(&recipe.resolved_toml())?;
+    if opts.verbose {
+        eprintln!(
+            "base model: pretraining on {} or loading it from the cache",
+            t.source.text.path
+        );
+    }
+    let (base, base_dir) = base_model(recipe, t, &cfg, &source)?;
+    let seed = recipe.seed;
+    let target_bpb_base = bpb(&base, &target.valid, seed);
+    let source_bpb_base = bpb(&base, &source.valid, seed);
+    run.append(
+        "metrics.jsonl",
+        &json!({"step": 0, "split": "eval", "phase": "base", "target_bpb": target_bpb_base, "source_bpb": source_bpb_base, "base": base_dir.display().to_string()}),
+    )?;
+    let a = &t.adapter;
+    let kind = AdapterKind::parse(&a.kind).unwrap_or_default();
+    let alpha = if a.alpha > 0.0 {
+        a.alpha
+    } else {
+        a.rank as f64
+    };
+    let steps = recipe.train.steps;
+    let mut finetune_target_bpb = None;
+    let frozen = base.clone().no_grad();
+    let adapted = match kind {
+        AdapterKind::Lora | AdapterKind::BinaryLora => {
+            let acfg = AdapterConfig {
+                kind,
+                rank: a.rank,
+                alpha,
+                estimator: est,
+                learnable_scale: a.learnable_scale,
+            };
+            let mut m = frozen;
+            let mut i = 0u64;
+            m.for_each_proj_mut(&a.targets, |_, p| {
+                let [d_in, d_out] = p.float.as_ref().map(|l| l.weight.dims()).unwrap_or([0, 0]);
+                i += 1;
+                p.adapter = Some(acfg.init(
+                    d_in,
+                    d_out,
+                    &Default::default(),
+                    seed.wrapping_mul(7919).wrapping_add(i),
+                )?);
+                Ok(())
+            })?;
+            let m = bllm_nn::with_deterministic_ids(m, 0);
+            fit(recipe, m, &target, steps, seed ^ 0xAD, &run, "adapt")?
+        }
+        AdapterKind::BitDelta => {
+            let ft = fit(
+                recipe,
+                base.clone(),
+                &target,
+                steps,
+                seed ^ 0xF7,
+                &run,
+                "finetune",
+            )?;
+            finetune_target_bpb = Some(bpb(&ft, &target.valid, seed));
+            // Deltas of the targeted projections.
+            let mut deltas = Vec::new();
+            let mut ft_w = ft.clone();
+            ft_w.for_each_proj_mut(&a.targets, |_, p| {
+                if let Some(l) = &p.float {
+                    deltas.push(l.weight.val().inner());
+                }
+                Ok(())
+            })?;
+            let mut m = frozen;
+            let mut k = 0;
+            m.for_each_proj_mut(&a.targets, |_, p| {
+                if let Some(l) = &p.float {
+                    let d = Tensor::<Ad, 2>::from_inner(deltas[k].clone() - l.weight.val().inner());
+                    p.adapter = Some(AdapterConfig::bitdelta(d));
+                }
+                k += 1;
+                Ok(())
+            })?;
+            let m = bllm_nn::with_deterministic_ids(m, 0);
+            distill(
+                recipe,
+                m,
+                &ft.valid(),
+                &target,
+                a.distill_steps,
+                seed ^ 0xD1,
+                &run,
+            )?
+        }
+    };
+    let target_bpb = bpb(&adapted, &target.valid, seed);
+    let source_bpb = bpb(&adapted, &source.valid, seed);
+    // Bytes: the adapters as stored, and float LoRA of the same rank on the same projections.
+    let (mut adapter_bytes, mut float_lora_bytes, mut trainable) = (0usize, 0usize, 0usize);
+    let mut probe = adapted.clone();
+    let mut exported = Vec::new();
+    probe.for_each_proj_mut(&a.targets, |name, p| {
+        if let Some(ad) = &p.adapter {
+            adapter_bytes += ad.stored_bytes();
+            let [d_in, d_out] = p.float.as_ref().map(|l| l.weight.dims()).unwrap_or([0, 0]);
+            float_lora_bytes += 4 * a.rank * (d_in + d_out);
+            trainable += match kind {
+                AdapterKind::BitDelta => 1,
+                AdapterKind::BinaryLora if a.learnable_scale => {
+                    a.rank * (d_in + d_out) + a.rank + d_out
+                }
+                _ => a.rank * (d_in + d_out),
+            };
+            if kind != AdapterKind::Lora && recipe.export.weights {
+                exported.push((name.to_owned(), ad.export()?));
+            }
+        }
+        Ok(())
+    })?;
+    let summary = AdapterSummary {
+        name: recipe.name.clone(),
+        adapter: a.kind.clone(),
+        rank: a.rank,
+        steps,
+        target_bpb_base,
+        target_bpb,
+        source_bpb_base,
+        source_bpb,
+        forgetting: source_bpb - source_bpb_base,
+        finetune_target_bpb,
+        adapter_bytes,
+        float_lora_bytes,
+        compression_vs_float_lora: float_lora_bytes as f64 / adapter_bytes.max(1) as f64,
+        trainable_params: trainable,
+    };
+    run.append(
+        "metrics.jsonl",
+        &json!({"step": steps, "split": "eval", "phase": "adapted", "target_bpb": target_bpb, "source_bpb": source_bpb}),
+    )?;
+    run.write_checkpoint("final", |dir| {
+        adapted
+            .clone()
+            .save_file(dir.join("model"), &recorder())
+            .map_err(|e| TrainError::Checkpoint {
+                path: dir.to_owned(),
+                message: e.to_string(),
+            })?;
+        for (name, bits) in &exported {
+            write_bits(&dir.join("export").join(name), name, bits, recipe)?;
+        }
+        Ok(())
+    })?;
+    run.write_file(
+        "summary.txt",
+        bllm_nn::summary(&adapted).to_string().as_bytes(),
+    )?;
+    run.write_json("summary.json", &summary)?;
+    Ok(summary)
+}
+
+/// BitDelta's second stage: trains only the α values of `student` so that its logits match
+/// `teacher`'s (MSE) on target batches.
+fn distill(
+    recipe: &Recipe,
+    mut student: ByteLm<Ad>,
+    teacher: &ByteLm<crate::optim::Inner>,
+    corpus: &TextCorpus,
+    steps: usize,
+    seed: u64,
+    run: &RunDir,
+) -> Result<ByteLm<Ad>> {
+    let mut opt = Opt::new(recipe, &student);
+    let mut rng = SplitMix64::new(seed);
+    let context = student.config.context;
+    let span = (corpus.train.len() - context) as u64;
+    for step in 0..steps {
+        let starts: Vec<usize> = (0..recipe.train.batch_size)
+            .map(|_| (rng.next_u64() % span) as usize)
+            .collect();
+        let (x, _) = windows::<Ad>(&corpus.train, &starts, context, &Default::default());
+        let ctx = step_ctx(recipe, step, steps.max(1)).for_eval();
+        let want = Tensor::<Ad, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
+        let loss = (student.forward(x, &ctx) - want).square().mean();
+        let v: f32 = loss.clone().into_scalar().elem();
+        let grads = loss.backward();
+        let gn = grad_norm(&student, &grads);
+        student = clip_and_step(recipe, &mut opt, student, grads, gn, recipe.optimizer.lr);
+        if (step + 1) % recipe.train.log_every == 0 || step == 0 {
+            run.append(
+                "metrics.jsonl",
+                &json!({"step": step + 1, "split": "train", "phase": "distill", "logit_mse": f64::from(v)}),
+            )?;
+        }
+    }
+    Ok(student)
+}
+
+/// Writes one adapter's bit-planes (codes directories) and `scales.json` under `dir`.
+fn write_bits(dir: &Path, name: &str, bits: &bllm_nn::AdapterBits, recipe: &Recipe) -> Result<()> {
+    for (plane, codes) in &bits.planes {
+        let out = dir.join(plane);
+        let info = bllm_codes::io::ManifestInfo {
+            source: None,
+            encoder: Some(format!(
+                "adapter {name}, plane {plane}: one row per output vector"
+            )),
+            recipe: Some(format!("{} (seed {})", recipe.name, recipe.seed)),
+            tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
+        };
+        bllm_codes::io::write_codes_dir(&out, codes, info).map_err(|e| TrainError::Checkpoint {
+            path: out.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let scales: serde_json::Map<String, serde_json::Value> = bits
+        .scales
+        .iter()
+        .map(|(n, v)| (n.clone(), json!(v)))
+        .collect();
+    let body = json!({"scales": scales, "factor": bits.factor});
+    bllm_codes::io::write_atomic(
+        &dir.join("scales.json"),
+        &serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    )
+    .map_err(|e| TrainError::Checkpoint {
+        path: dir.to_owned(),
+        message: e.to_string(),
+    })
+}
