@@ -3,9 +3,10 @@
 //! BitDelta on the chosen projections; it reports target-domain bits per byte before and after,
 //! the forgetting on the source domain, and adapter bytes beside float LoRA bytes.
 //!
-//! BitDelta: a full float fine-tune on the target for `train.steps`, then each targeted
-//! matrix's delta becomes `α · sign(Δ)` on the frozen base and only the α values are trained
-//! for `adapter.distill_steps` steps to match the fine-tuned model's logits (MSE).
+//! BitDelta: a float fine-tune of the targeted weight matrices (everything else frozen, so the
+//! deltas are the whole fine-tune) on the target for `train.steps`, then each matrix's delta
+//! becomes `α · sign(Δ)` on the frozen base and only the α values are trained for
+//! `adapter.distill_steps` steps to match the fine-tuned model's logits (MSE).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -272,9 +273,18 @@ pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSumm
             fit(recipe, m, &target, steps, seed ^ 0xAD, &run, "adapt")?
         }
         AdapterKind::BitDelta => {
+            // Fine-tune exactly the matrices BitDelta will carry (the other parameters stay
+            // frozen), so that the 1-bit deltas stand for the whole fine-tune.
+            let mut trainable = base.clone().no_grad();
+            trainable.for_each_proj_mut(&a.targets, |_, p| {
+                if let Some(l) = p.float.as_mut() {
+                    l.weight = l.weight.clone().set_require_grad(true);
+                }
+                Ok(())
+            })?;
             let ft = fit(
                 recipe,
-                base.clone(),
+                trainable,
                 &target,
                 steps,
                 seed ^ 0xF7,
