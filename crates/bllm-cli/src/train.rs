@@ -110,63 +110,46 @@ pub fn run(a: RunArgs) -> Result<()> {
             bar.set_message(format!("{loss:.4}"));
         }));
     }
+    // Runs one trainer, clears the bar, prints its summary line.
+    let mut go = |train: &dyn Fn(&mut RunOptions) -> bllm_train::Result<()>| -> Result<()> {
+        let result = train(&mut opts);
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        result.with_context(|| format!("run {} failed", run_dir.display()))
+    };
+    let dir = run_dir.as_path();
     match recipe.kind {
-        Kind::Classify => {
-            let result = bllm_train::run(&recipe, &mut opts);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-            print_summary(&s, &run_dir);
-        }
+        Kind::Classify => go(&|o| bllm_train::run(&recipe, o).map(|s| print_summary(&s, dir)))?,
         Kind::Retrieval => {
-            let result = bllm_train::run_retrieval(&recipe, &mut opts);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-            print_retrieval(&s, &run_dir);
+            go(&|o| bllm_train::run_retrieval(&recipe, o).map(|s| print_retrieval(&s, dir)))?
         }
-        Kind::Lm => {
-            let result = bllm_train::run_lm(&recipe, &mut opts);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-            print_lm(&s, &run_dir);
-        }
-        Kind::Moe => {
-            let result = bllm_train::run_moe(&recipe, &mut opts);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-            print_moe(&s, &run_dir);
-        }
+        Kind::Lm => go(&|o| bllm_train::run_lm(&recipe, o).map(|s| print_lm(&s, dir)))?,
+        Kind::Moe => go(&|o| bllm_train::run_moe(&recipe, o).map(|s| print_moe(&s, dir)))?,
         Kind::Adapter => {
-            let result = bllm_train::run_adapter(&recipe, &mut opts);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let s = result.with_context(|| format!("run {} failed", run_dir.display()))?;
-            println!(
-                "{}: {} (rank {}): target {:.4} → {:.4} bits/byte, source {:.4} → {:.4} (forgetting {:+.4}); adapters {} B vs float LoRA {} B ({:.2}x) → {}",
-                s.name,
-                s.adapter,
-                s.rank,
-                s.target_bpb_base,
-                s.target_bpb,
-                s.source_bpb_base,
-                s.source_bpb,
-                s.forgetting,
-                s.adapter_bytes,
-                s.float_lora_bytes,
-                s.compression_vs_float_lora,
-                run_dir.display()
-            );
+            go(&|o| bllm_train::run_adapter(&recipe, o).map(|s| print_adapter(&s, dir)))?
         }
     }
     Ok(())
+}
+
+/// One line for an adapter run: target and source bits per byte, bytes against float LoRA.
+fn print_adapter(s: &AdapterSummary, dir: &Path) {
+    println!(
+        "{}: {} (rank {}): target {:.4} → {:.4} bits/byte, source {:.4} → {:.4} (forgetting {:+.4}); adapters {} B vs float LoRA {} B ({:.2}x) → {}",
+        s.name,
+        s.adapter,
+        s.rank,
+        s.target_bpb_base,
+        s.target_bpb,
+        s.source_bpb_base,
+        s.source_bpb,
+        s.forgetting,
+        s.adapter_bytes,
+        s.float_lora_bytes,
+        s.compression_vs_float_lora,
+        dir.display()
+    );
 }
 
 /// One line for an MoE run: the task metric and the load balance.
