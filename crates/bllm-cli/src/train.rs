@@ -351,6 +351,28 @@ fn group_order<S>(rows: &[(String, S)]) -> Vec<&str> {
     groups
 }
 
+/// The runs of group `g` that finished, the group's run count, and how many were stopped.
+fn group_runs<'a, S>(rows: &'a [(String, Option<S>)], g: &str) -> (Vec<&'a S>, usize, usize) {
+    let rs: Vec<&S> = rows
+        .iter()
+        .filter(|(k, _)| k == g)
+        .filter_map(|(_, s)| s.as_ref())
+        .collect();
+    let n = rows.iter().filter(|(k, _)| k == g).count();
+    let stopped = n - rs.len();
+    (rs, n, stopped)
+}
+
+/// Appends the header cells of the monitor columns (`<key>_mean,<key>_std` / label) and ends
+/// the csv header line.
+fn monitor_header(mon: &[(&str, &str)], csv: &mut String, md: &mut String) {
+    for (k, label) in mon {
+        csv.push_str(&format!(",{k}_mean,{k}_std"));
+        md.push_str(&format!(" {label} |"));
+    }
+    csv.push('\n');
+}
+
 /// Appends one `mean, std` pair (csv) and one `mean ± std` cell (md) per monitor of `mon`,
 /// over the runs' monitor means (empty cells where no run logged it).
 fn monitor_columns<'a>(
@@ -400,22 +422,12 @@ pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) 
     let mut md = String::from(
         "| group | runs | stopped | eval accuracy | eval loss | monitor events | skipped steps |",
     );
-    for (k, label) in MON {
-        csv.push_str(&format!(",{k}_mean,{k}_std"));
-        md.push_str(&format!(" {label} |"));
-    }
-    csv.push('\n');
+    monitor_header(&MON, &mut csv, &mut md);
     md.push_str("\n|---|---:|---:|---:|---:|---:|---:|");
     md.push_str(&"---:|".repeat(MON.len()));
     md.push('\n');
     for g in groups {
-        let rs: Vec<&RunSummary> = rows
-            .iter()
-            .filter(|(k, _)| k == g)
-            .filter_map(|(_, s)| s.as_ref())
-            .collect();
-        let n = rows.iter().filter(|(k, _)| k == g).count();
-        let stopped = n - rs.len();
+        let (rs, n, stopped) = group_runs(rows, g);
         let col =
             |f: fn(&RunSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
         let (am, asd) = col(|s| s.eval_accuracy);
@@ -501,22 +513,12 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
     let mut md = String::from(
         "| group | runs | stopped | diverged | held-out bits/byte | unigram | model bytes | monitor events | skipped steps |",
     );
-    for (k, label) in MON {
-        csv.push_str(&format!(",{k}_mean,{k}_std"));
-        md.push_str(&format!(" {label} |"));
-    }
-    csv.push('\n');
+    monitor_header(&MON, &mut csv, &mut md);
     md.push_str("\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     md.push_str(&"---:|".repeat(MON.len()));
     md.push('\n');
     for g in groups {
-        let rs: Vec<&LmSummary> = rows
-            .iter()
-            .filter(|(k, _)| k == g)
-            .filter_map(|(_, s)| s.as_ref())
-            .collect();
-        let n = rows.iter().filter(|(k, _)| k == g).count();
-        let stopped = n - rs.len();
+        let (rs, n, stopped) = group_runs(rows, g);
         let diverged = rs.iter().filter(|s| s.diverged).count();
         let col = |f: fn(&LmSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
         let (bm, bsd) = col(|s| s.eval_bpb);
@@ -554,13 +556,7 @@ pub(crate) fn moe_tables(rows: &[(String, Option<MoeSummary>)]) -> (String, Stri
         "| group | runs | stopped | runs with collapse | collapse events | held-out {metric} | load entropy | max/mean load | dead experts | dropped | routing flips |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for g in groups {
-        let rs: Vec<&MoeSummary> = rows
-            .iter()
-            .filter(|(k, _)| k == g)
-            .filter_map(|(_, s)| s.as_ref())
-            .collect();
-        let n = rows.iter().filter(|(k, _)| k == g).count();
-        let stopped = n - rs.len();
+        let (rs, n, stopped) = group_runs(rows, g);
         let collapsed = rs.iter().filter(|s| s.collapse_events > 0).count();
         let col =
             |f: fn(&MoeSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
@@ -594,13 +590,7 @@ pub(crate) fn adapter_tables(rows: &[(String, Option<AdapterSummary>)]) -> (Stri
         "| group | runs | stopped | target bits/byte: base → adapted | source forgetting | adapter bytes | float LoRA bytes | compression |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for g in groups {
-        let rs: Vec<&AdapterSummary> = rows
-            .iter()
-            .filter(|(k, _)| k == g)
-            .filter_map(|(_, s)| s.as_ref())
-            .collect();
-        let n = rows.iter().filter(|(k, _)| k == g).count();
-        let stopped = n - rs.len();
+        let (rs, n, stopped) = group_runs(rows, g);
         let col =
             |f: fn(&AdapterSummary) -> f64| mean_std(&rs.iter().map(|s| f(s)).collect::<Vec<_>>());
         let (b0, _) = col(|s| s.target_bpb_base);

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::monitor::{LoopState, Verdict, Watch};
 use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
 };
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
@@ -268,13 +268,13 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         verbose: opts.verbose,
     };
 
-    if opts.resume {
-        let (step, dir) = run.resume_point()?;
-        (model, opt) = load_checkpoint(recipe, model, &dir)?;
-        state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
-    } else {
-        run.start(&recipe.resolved_toml())?;
-    }
+    (model, opt, state) = start_or_resume(
+        recipe,
+        &run,
+        opts.resume,
+        (model, opt, state),
+        |s: &TrainerState| s.step,
+    )?;
 
     let save = |run: &RunDir,
                 name: &str,

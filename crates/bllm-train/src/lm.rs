@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::classify::{RunOptions, write_safetensors};
 use crate::monitor::{LoopState, Verdict, Watch, fd_agreement};
 use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
 };
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
@@ -277,12 +277,14 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
         run: &run,
         verbose: opts.verbose,
     };
-    if opts.resume {
-        let (step, dir) = run.resume_point()?;
-        (model, opt) = load_checkpoint(recipe, model, &dir)?;
-        state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
-    } else {
-        run.start(&recipe.resolved_toml())?;
+    (model, opt, state) = start_or_resume(
+        recipe,
+        &run,
+        opts.resume,
+        (model, opt, state),
+        |s: &TrainerState| s.step,
+    )?;
+    if !opts.resume {
         run.write_json(
             "data.json",
             &json!({"path": t.data.path, "train_bytes": corpus.train.len(), "eval_bytes": corpus.valid.len(), "unigram_bpb": unigram_bpb}),

@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::classify::{RunOptions, write_safetensors};
 use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx};
+use crate::optim::{Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -545,13 +545,13 @@ fn train<M: Routed>(
         run: &run,
         verbose: opts.verbose,
     };
-    if opts.resume {
-        let (step, dir) = run.resume_point()?;
-        (model, opt) = load_checkpoint(recipe, model, &dir)?;
-        state = run.resume_state(&dir, step, |s: &TrainerState| s.step)?;
-    } else {
-        run.start(&recipe.resolved_toml())?;
-    }
+    (model, opt, state) = start_or_resume(
+        recipe,
+        &run,
+        opts.resume,
+        (model, opt, state),
+        |s: &TrainerState| s.step,
+    )?;
     let save = |name: &str, model: &M, opt: &Opt<M>, state: &TrainerState| {
         save_checkpoint(&run, name, model, opt, state, |dir| {
             write_safetensors(model, &dir.join("model.safetensors"))

@@ -263,3 +263,22 @@ pub(crate) fn step_ctx(recipe: &Recipe, step: usize, total: usize) -> bllm_ste::
             .wrapping_add(step as u64),
     )
 }
+
+/// Starts a run (saving the resolved recipe) or, with `resume`, loads the model, optimizer and
+/// trainer state of the newest complete checkpoint (`step_of` reads the state's step).
+pub(crate) fn start_or_resume<M: AutodiffModule<Ad>, S: serde::de::DeserializeOwned>(
+    recipe: &Recipe,
+    run: &RunDir,
+    resume: bool,
+    fresh: (M, Opt<M>, S),
+    step_of: impl Fn(&S) -> usize,
+) -> Result<(M, Opt<M>, S)> {
+    if !resume {
+        run.start(&recipe.resolved_toml())?;
+        return Ok(fresh);
+    }
+    let (step, dir) = run.resume_point()?;
+    let (model, opt) = load_checkpoint(recipe, fresh.0, &dir)?;
+    let state = run.resume_state(&dir, step, step_of)?;
+    Ok((model, opt, state))
+}

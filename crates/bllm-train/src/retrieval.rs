@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::classify::RunOptions;
 use crate::monitor::{LoopState, Verdict, Watch};
 use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, load_checkpoint, save_checkpoint, step_ctx, to_vec,
+    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
 };
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
@@ -322,13 +322,13 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         run: &run,
         verbose: opts.verbose,
     };
-    if opts.resume {
-        let (step, dir) = run.resume_point()?;
-        (head, opt) = load_checkpoint(recipe, head, &dir)?;
-        state = run.resume_state(&dir, step, |s: &State| s.step)?;
-    } else {
-        run.start(&recipe.resolved_toml())?;
-    }
+    (head, opt, state) = start_or_resume(
+        recipe,
+        &run,
+        opts.resume,
+        (head, opt, state),
+        |s: &State| s.step,
+    )?;
 
     let save = |run: &RunDir,
                 name: &str,
