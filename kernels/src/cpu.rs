@@ -184,11 +184,14 @@ pub fn xnor_matmul(a: &PackedCodes, w: &PackedCodes, epi: &Epilogue) -> Result<V
 }
 
 /// Float activations × binary weights: `y[b, o] = (Σ_k ±x[b, k]) · scale[o] + bias[o]` with `+`
-/// where weight bit `k` of output `o` is set. No multiplies: each term is `x` or `−x`.
+/// where weight bit `k` of output `o` is set. No multiplies: each term is `x` with its sign bit
+/// flipped or not.
 ///
 /// The sum runs over 8 lanes (`k mod 8`), each in increasing `k`, combined as
 /// `((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))` — the GPU kernel sums in exactly this order, so the
-/// two agree up to the epilogue (which a GPU compiler may fuse into one FMA).
+/// two agree up to the epilogue (which a GPU compiler may fuse into one FMA). Work is split
+/// into blocks of [`OUT_BLOCK`] output channels whose sign masks stay in cache while every
+/// batch row streams past them.
 pub fn binary_float_matmul(
     x: &[f32],
     batch: usize,
@@ -204,43 +207,71 @@ pub fn binary_float_matmul(
     }
     let out = w.rows();
     epi.check(out)?;
-    let mut y = vec![0f32; batch * out];
-    if out == 0 {
-        return Ok(y);
+    if out == 0 || batch == 0 {
+        return Ok(vec![0f32; batch * out]);
     }
-    y.par_chunks_mut(OUT_TILE)
+    // Transposed result, one row of `batch` values per output channel.
+    let mut yt = vec![0f32; out * batch];
+    let table = mask_table();
+    yt.par_chunks_mut(OUT_BLOCK * batch)
         .enumerate()
-        .for_each(|(tile, dst)| {
-            let start = tile * OUT_TILE;
-            for (i, v) in dst.iter_mut().enumerate() {
-                let flat = start + i;
-                let (b, o) = (flat / out, flat % out);
-                let dot = signed_sum(&x[b * k..(b + 1) * k], w.row(o));
-                *v = epi.apply(o, dot);
+        .for_each(|(blk, dst)| {
+            let o0 = blk * OUT_BLOCK;
+            let n = dst.len() / batch;
+            // Sign masks: 0 where the weight bit is set (keep x), the f32 sign bit otherwise;
+            // one table lookup per weight byte.
+            let mut masks = vec![0u32; n * k];
+            for (j, m) in masks.chunks_mut(k.max(1)).enumerate() {
+                let bytes = w.row(o0 + j).iter().flat_map(|v| v.to_le_bytes());
+                for (chunk, byte) in m.chunks_mut(8).zip(bytes) {
+                    chunk.copy_from_slice(&table[byte as usize][..chunk.len()]);
+                }
+            }
+            for b in 0..batch {
+                let xb = &x[b * k..(b + 1) * k];
+                for j in 0..n {
+                    let dot = masked_sum(xb, &masks[j * k..(j + 1) * k]);
+                    dst[j * batch + b] = epi.apply(o0 + j, dot);
+                }
             }
         });
+    let mut y = vec![0f32; batch * out];
+    y.par_chunks_mut(out).enumerate().for_each(|(b, row)| {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = yt[o * batch + b];
+        }
+    });
     Ok(y)
 }
 
-/// `Σ_k ±x[k]` over 8 lanes (see [`binary_float_matmul`]).
-#[inline]
-fn signed_sum(x: &[f32], w: &[u64]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let full = x.len() / 64;
-    for (i, &word) in w.iter().enumerate().take(full) {
-        let xs = &x[i * 64..i * 64 + 64];
-        for g in 0..8 {
-            let byte = (word >> (8 * g)) as u32;
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let keep = (byte >> l) & 1;
-                // Flip the sign bit where the weight bit is 0: exactly `−x`.
-                *lane += f32::from_bits(xs[8 * g + l].to_bits() ^ ((keep ^ 1) << 31));
-            }
+/// The 8 sign masks of every byte value (bit `l` set → mask `l` is 0, else the sign bit).
+fn mask_table() -> Box<[[u32; 8]; 256]> {
+    let mut t = Box::new([[0u32; 8]; 256]);
+    for (byte, m) in t.iter_mut().enumerate() {
+        for (l, v) in m.iter_mut().enumerate() {
+            *v = (((byte >> l) as u32 & 1) ^ 1) << 31;
         }
     }
-    for c in full * 64..x.len() {
-        let keep = ((w[c / 64] >> (c % 64)) & 1) as u32;
-        lanes[c % 8] += f32::from_bits(x[c].to_bits() ^ ((keep ^ 1) << 31));
+    t
+}
+
+/// Output channels per task of [`binary_float_matmul`] (their masks: 32 × 4 B per input).
+pub const OUT_BLOCK: usize = 32;
+
+/// `Σ_k x[k] with sign bits xor-ed by masks[k]`, over 8 lanes (see [`binary_float_matmul`]).
+#[inline]
+fn masked_sum(x: &[f32], masks: &[u32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let full = x.len() / 8 * 8;
+    let (xc, _) = x[..full].as_chunks::<8>();
+    let (mc, _) = masks[..full].as_chunks::<8>();
+    for (xs, ms) in xc.iter().zip(mc) {
+        for l in 0..8 {
+            lanes[l] += f32::from_bits(xs[l].to_bits() ^ ms[l]);
+        }
+    }
+    for c in full..x.len() {
+        lanes[c % 8] += f32::from_bits(x[c].to_bits() ^ masks[c]);
     }
     ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))

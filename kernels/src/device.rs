@@ -172,4 +172,15 @@ impl AnyGpu {
     pub fn xnor_matmul(&self, layer: &GpuLinear, a: &PackedCodes) -> Result<Vec<f32>> {
         each!(self, g => g.xnor_matmul(layer, a))
     }
+
+    /// See [`Gpu::time_linear`].
+    pub fn time_linear(
+        &self,
+        layer: &GpuLinear,
+        x: &[f32],
+        batch: usize,
+        reps: usize,
+    ) -> Result<Vec<std::time::Duration>> {
+        each!(self, g => g.time_linear(layer, x, batch, reps))
+    }
 }

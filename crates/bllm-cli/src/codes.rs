@@ -25,10 +25,65 @@ pub enum CodesCommand {
     Bench(BenchArgs),
     /// Validate a codes directory and print its manifest.
     Info(InfoArgs),
+    /// Compare two codes directories bit by bit (for example a CPU and a CUDA run of one
+    /// recipe); fails when more than --max-bit-fraction of the bits differ.
+    Diff(DiffArgs),
     /// Fit a baseline encoder (lsh, lsh_centred, pca, itq, sign) on float embeddings and save it.
     Fit(FitArgs),
     /// Compare baselines: Recall@k for every method × bits, Hamming only and after re-ranking.
     Compare(CompareArgs),
+}
+
+/// Arguments of `bllm codes diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// First codes directory (codes.bcodes + manifest.json).
+    pub a: PathBuf,
+    /// Second codes directory.
+    pub b: PathBuf,
+    /// Largest fraction of differing bits accepted (0 = must be identical).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_bit_fraction: f64,
+}
+
+/// `bllm codes diff`: rows and bits that differ between two codes directories.
+fn diff(a: DiffArgs) -> Result<()> {
+    let (ca, _) = io::read_codes_dir(&a.a).with_context(|| format!("reading {}", a.a.display()))?;
+    let (cb, _) = io::read_codes_dir(&a.b).with_context(|| format!("reading {}", a.b.display()))?;
+    if (ca.rows(), ca.bits()) != (cb.rows(), cb.bits()) {
+        bail!(
+            "{} holds {} rows × {} bits but {} holds {} rows × {} bits",
+            a.a.display(),
+            ca.rows(),
+            ca.bits(),
+            a.b.display(),
+            cb.rows(),
+            cb.bits()
+        );
+    }
+    let (mut bits, mut rows, mut worst) = (0u64, 0usize, 0u32);
+    for r in 0..ca.rows() {
+        let d = hamming::distance(ca.row(r), cb.row(r));
+        bits += u64::from(d);
+        rows += usize::from(d > 0);
+        worst = worst.max(d);
+    }
+    let total = (ca.rows() * ca.bits()).max(1) as f64;
+    let frac = bits as f64 / total;
+    println!(
+        "{} rows × {} bits: {bits} bits differ ({:.4} %), in {rows} rows; worst row differs in {worst} bits",
+        ca.rows(),
+        ca.bits(),
+        100.0 * frac
+    );
+    if frac > a.max_bit_fraction {
+        bail!(
+            "{:.4} % of the bits differ, more than --max-bit-fraction {}",
+            100.0 * frac,
+            a.max_bit_fraction
+        );
+    }
+    Ok(())
 }
 
 /// Arguments of `bllm codes compare`.
@@ -273,6 +328,7 @@ pub fn run(cmd: CodesCommand) -> Result<()> {
         CodesCommand::Recall(a) => recall(a),
         CodesCommand::Bench(a) => bench_cmd(a),
         CodesCommand::Info(a) => info(a),
+        CodesCommand::Diff(a) => diff(a),
         CodesCommand::Fit(a) => fit(a),
         CodesCommand::Compare(a) => compare(a),
     }

@@ -1,6 +1,7 @@
 //! The `bllm` command line. The binary (`src/main.rs`) is a thin wrapper around [`run_from`],
 //! which end-to-end tests call in-process with the same arguments a user would type.
 
+mod bench;
 mod codes;
 mod plot;
 pub mod recipes;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Straight-through estimators: list them, tabulate and plot forward and gradient.
     #[command(subcommand)]
     Ste(ste::SteCommand),
+    /// Benchmarks: `bllm bench kernels` (binary matmuls and Hamming top-k vs float baselines).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Parses `args` (the first item is the program name) and runs the command.
@@ -70,6 +74,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
         Command::Ste(c) => ste::run(c),
+        Command::Bench(c) => bench::run(c),
         Command::Encode(a) => codes::encode(a),
         Command::Validate(a) => recipes::validate(a),
         Command::Run(a) => train::run(a),

@@ -267,6 +267,70 @@ impl<B: Backend> BinaryLinear<B> {
         Ok(BinaryWeights { codes, scales })
     }
 
+    /// This layer frozen for inference on the popcount kernels
+    /// ([`bllm_kernels::PackedLinear`]: the multi-threaded CPU path, or a GPU through
+    /// `bllm_kernels::cube`): weight signs in the contract layout, the scales (learned or
+    /// computed from the latent weights), the bias, and the input treatment at evaluation
+    /// (`Ctx::for_eval`). Float inputs use the binary × float kernel; `sign` inputs (with or
+    /// without a learned threshold) and signed elastic inputs (`α · sign(x − β)`, α > 0) use
+    /// XNOR-popcount. Ternary or {0, 1} weights, {0, 1} or int8 activations are refused.
+    pub fn to_packed(&self) -> Result<bllm_kernels::PackedLinear> {
+        use bllm_kernels::{Epilogue, PackedInput, PackedLinear};
+        if self.config.weight.levels() != Levels::Sign {
+            return Err(NnError::Unsupported(format!(
+                "{} weights are not ±1; only sign binarizers run on the popcount kernels",
+                self.config.weight.name()
+            )));
+        }
+        let bw = self.binary_weights()?;
+        let bias = match &self.bias {
+            Some(b) => to_vec(b.val())?,
+            None => Vec::new(),
+        };
+        let input = match &self.config.input {
+            ActQuant::None => PackedInput::Float,
+            ActQuant::Sign { estimator, .. } if estimator.levels() == Levels::Sign => {
+                PackedInput::Sign {
+                    threshold: match &self.threshold {
+                        Some(t) => to_vec(t.val())?,
+                        None => Vec::new(),
+                    },
+                    scale: 1.0,
+                }
+            }
+            ActQuant::Elastic { signed: true } => {
+                let (Some(a), Some(b)) = (&self.elastic_alpha, &self.elastic_beta) else {
+                    return Err(NnError::Unsupported(
+                        "elastic input without its α and β parameters".into(),
+                    ));
+                };
+                let (alpha, beta) = (to_vec(a.val())?[0], to_vec(b.val())?[0]);
+                if alpha.is_nan() || alpha <= 0.0 {
+                    return Err(NnError::Unsupported(format!(
+                        "elastic α = {alpha}: sign((x − β)/α) = sign(x − β) needs α > 0"
+                    )));
+                }
+                PackedInput::Sign {
+                    threshold: vec![beta; self.config.d_input],
+                    scale: alpha,
+                }
+            }
+            other => {
+                return Err(NnError::Unsupported(format!(
+                    "input quantizer {other:?} has no popcount kernel (sign activations only)"
+                )));
+            }
+        };
+        Ok(PackedLinear {
+            weights: bw.codes,
+            epilogue: Epilogue {
+                scales: bw.scales,
+                bias,
+            },
+            input,
+        })
+    }
+
     /// The binary weights alone, in the code contract layout.
     pub fn packed_weights(&self) -> Result<PackedCodes> {
         Ok(self.binary_weights()?.codes)
@@ -318,6 +382,103 @@ mod tests {
 
     fn v<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         to_vec(t).unwrap()
+    }
+
+    /// The popcount inference path computes what the Burn forward computes at evaluation, for
+    /// every scaling mode and every input treatment it supports (float sums may differ in
+    /// order: tolerance 1e-5 of the magnitude).
+    #[test]
+    fn packed_inference_matches_the_burn_forward() {
+        let ctx = Ctx::default().for_eval();
+        let inputs = [
+            ActQuant::None,
+            ActQuant::Sign {
+                estimator: Estimator::default(),
+                learnable_threshold: false,
+            },
+            ActQuant::Sign {
+                estimator: Estimator::default(),
+                learnable_threshold: true,
+            },
+            ActQuant::Elastic { signed: true },
+        ];
+        let scalings = [
+            Scaling::None,
+            Scaling::PerTensor { learnable: false },
+            Scaling::PerChannel { learnable: false },
+            Scaling::PerChannel { learnable: true },
+        ];
+        let mut seed = 0;
+        for input in &inputs {
+            for scaling in &scalings {
+                for (bias, center) in [(true, false), (false, true)] {
+                    seed += 1;
+                    let (k, out, batch) = (70, 9, 3);
+                    let mut layer = BinaryLinearConfig::new(k, out)
+                        .with_scaling(scaling.clone())
+                        .with_input(input.clone())
+                        .with_bias(bias)
+                        .with_center(center)
+                        .init::<Nd>(&dev(), seed)
+                        .unwrap();
+                    // Non-trivial learned parts: threshold, elastic α/β, bias.
+                    if layer.threshold.is_some() {
+                        layer.threshold = Some(Param::from_tensor(Tensor::<Nd, 1>::random(
+                            [k],
+                            burn::tensor::Distribution::Uniform(-0.3, 0.3),
+                            &dev(),
+                        )));
+                    }
+                    if layer.elastic_alpha.is_some() {
+                        layer.elastic_alpha =
+                            Some(Param::from_tensor(Tensor::from_floats([0.7], &dev())));
+                        layer.elastic_beta =
+                            Some(Param::from_tensor(Tensor::from_floats([0.1], &dev())));
+                    }
+                    if layer.bias.is_some() {
+                        layer.bias = Some(Param::from_tensor(Tensor::random(
+                            [out],
+                            burn::tensor::Distribution::Uniform(-1.0, 1.0),
+                            &dev(),
+                        )));
+                    }
+                    let x = Tensor::<Nd, 2>::random(
+                        [batch, k],
+                        burn::tensor::Distribution::Uniform(-1.0, 1.0),
+                        &dev(),
+                    );
+                    let want = v(layer.forward(x.clone(), &ctx));
+                    let packed = layer.to_packed().unwrap();
+                    let got = packed.forward(&v(x.clone()), batch).unwrap();
+                    let xs = v(x);
+                    let w = v(layer.effective_weight(&ctx));
+                    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                        let (bi, o) = (j / out, j % out);
+                        let mag: f32 = (0..k)
+                            .map(|i| (xs[bi * k + i] * w[i * out + o]).abs())
+                            .sum::<f32>()
+                            + (0..k).map(|i| w[i * out + o].abs()).sum::<f32>();
+                        assert!(
+                            (a - b).abs() <= 1e-5 * mag + 1e-6,
+                            "{input:?} {scaling:?} bias {bias} center {center} [{j}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_inference_refuses_what_has_no_popcount_kernel() {
+        for cfg in [
+            BinaryLinearConfig::new(8, 2).with_input(ActQuant::Int8Absmax),
+            BinaryLinearConfig::new(8, 2).with_input(ActQuant::Elastic { signed: false }),
+            BinaryLinearConfig::new(8, 2)
+                .with_weight(Estimator::from_name("ternary_absmean").unwrap()),
+        ] {
+            let layer = cfg.init::<Nd>(&dev(), 1).unwrap();
+            assert!(layer.to_packed().is_err(), "{:?}", layer.config);
+        }
     }
 
     #[test]

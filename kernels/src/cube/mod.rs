@@ -401,38 +401,10 @@ impl<R: Runtime> Gpu<R> {
     /// an uploaded layer whose input is [`PackedInput::Sign`]; the scales include the
     /// activation magnitude.
     pub fn xnor_matmul(&self, layer: &GpuLinear, a: &PackedCodes) -> Result<Vec<f32>> {
-        let k = layer.layer.d_input();
-        if a.bits() != k {
-            return Err(KernelError::Shape(format!(
-                "activations have {} bits per row but the layer has {k} inputs",
-                a.bits()
-            )));
-        }
-        let (batch, out) = (a.rows(), layer.layer.d_output());
-        let words = 2 * words_per_row(k);
-        check_u32("outputs", batch * out)?;
-        let a_handle = self.upload_u32(&Self::contract_u32(a));
-        let y = self.empty(batch * out);
-        let (count, cube) = matmul_grid(batch, out)?;
-        // SAFETY: lengths are those of the buffers.
-        unsafe {
-            kernels::xnor_matmul::launch::<R>(
-                &self.client,
-                count,
-                cube,
-                ArrayArg::from_raw_parts(a_handle, batch * words),
-                ArrayArg::from_raw_parts(layer.weights.handle.clone(), out * words),
-                ArrayArg::from_raw_parts(layer.scale.clone(), out),
-                ArrayArg::from_raw_parts(layer.bias.clone(), out),
-                ArrayArg::from_raw_parts(y.clone(), batch * out),
-                batch as u32,
-                out as u32,
-                words as u32,
-                k as u32,
-            )
-        };
+        let input = self.upload_activations(layer, a)?;
+        let y = self.launch_xnor(layer, &input, a.rows())?;
         let mut v = self.read_f32(y)?;
-        v.truncate(batch * out);
+        v.truncate(a.rows() * layer.layer.d_output());
         Ok(v)
     }
 
@@ -444,19 +416,44 @@ impl<R: Runtime> Gpu<R> {
         batch: usize,
     ) -> Result<Vec<f32>> {
         let k = layer.layer.d_input();
-        let out = layer.layer.d_output();
+        if Some(x.len()) != batch.checked_mul(k) {
+            return Err(KernelError::Shape(format!(
+                "{} activations given, expected batch {batch} × {k} features",
+                x.len()
+            )));
+        }
+        check_u32("activations", x.len())?;
+        let input = self.upload_f32(x);
+        let y = self.launch_binary_float(layer, &input, batch)?;
+        let mut v = self.read_f32(y)?;
+        v.truncate(batch * layer.layer.d_output());
+        Ok(v)
+    }
+
+    fn upload_activations(&self, layer: &GpuLinear, a: &PackedCodes) -> Result<Handle> {
+        let k = layer.layer.d_input();
+        if a.bits() != k {
+            return Err(KernelError::Shape(format!(
+                "activations have {} bits per row but the layer has {k} inputs",
+                a.bits()
+            )));
+        }
+        Ok(self.upload_u32(&Self::contract_u32(a)))
+    }
+
+    fn launch_xnor(&self, layer: &GpuLinear, a: &Handle, batch: usize) -> Result<Handle> {
+        let (k, out) = (layer.layer.d_input(), layer.layer.d_output());
         let words = 2 * words_per_row(k);
-        check_u32("activations", x.len().max(batch * out))?;
-        let x_handle = self.upload_f32(x);
+        check_u32("outputs", batch * out)?;
         let y = self.empty(batch * out);
         let (count, cube) = matmul_grid(batch, out)?;
         // SAFETY: lengths are those of the buffers.
         unsafe {
-            kernels::binary_float_matmul::launch::<R>(
+            kernels::xnor_matmul::launch::<R>(
                 &self.client,
                 count,
                 cube,
-                ArrayArg::from_raw_parts(x_handle, x.len()),
+                ArrayArg::from_raw_parts(a.clone(), batch * words),
                 ArrayArg::from_raw_parts(layer.weights.handle.clone(), out * words),
                 ArrayArg::from_raw_parts(layer.scale.clone(), out),
                 ArrayArg::from_raw_parts(layer.bias.clone(), out),
@@ -467,9 +464,64 @@ impl<R: Runtime> Gpu<R> {
                 k as u32,
             )
         };
-        let mut v = self.read_f32(y)?;
-        v.truncate(batch * out);
-        Ok(v)
+        Ok(y)
+    }
+
+    fn launch_binary_float(&self, layer: &GpuLinear, x: &Handle, batch: usize) -> Result<Handle> {
+        let (k, out) = (layer.layer.d_input(), layer.layer.d_output());
+        let words = 2 * words_per_row(k);
+        check_u32("outputs", batch * out)?;
+        let y = self.empty(batch * out);
+        let (count, cube) = matmul_grid(batch, out)?;
+        // SAFETY: lengths are those of the buffers.
+        unsafe {
+            kernels::binary_float_matmul::launch::<R>(
+                &self.client,
+                count,
+                cube,
+                ArrayArg::from_raw_parts(x.clone(), batch * k),
+                ArrayArg::from_raw_parts(layer.weights.handle.clone(), out * words),
+                ArrayArg::from_raw_parts(layer.scale.clone(), out),
+                ArrayArg::from_raw_parts(layer.bias.clone(), out),
+                ArrayArg::from_raw_parts(y.clone(), batch * out),
+                batch as u32,
+                out as u32,
+                words as u32,
+                k as u32,
+            )
+        };
+        Ok(y)
+    }
+
+    /// Times the device-resident forward of an uploaded layer: inputs uploaded once (packed
+    /// signs for a sign-input layer, floats otherwise), then `reps` launches, each followed by
+    /// a device sync. Returns one duration per launch (kernel + launch overhead, no transfers).
+    pub fn time_linear(
+        &self,
+        layer: &GpuLinear,
+        x: &[f32],
+        batch: usize,
+        reps: usize,
+    ) -> Result<Vec<std::time::Duration>> {
+        let xnor = matches!(layer.layer.input, PackedInput::Sign { .. });
+        let input = if xnor {
+            self.upload_activations(layer, &layer.layer.pack_input(x, batch)?)?
+        } else {
+            self.upload_f32(x)
+        };
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps + 1 {
+            let t = std::time::Instant::now();
+            let _y = if xnor {
+                self.launch_xnor(layer, &input, batch)?
+            } else {
+                self.launch_binary_float(layer, &input, batch)?
+            };
+            self.sync()?;
+            times.push(t.elapsed());
+        }
+        times.remove(0); // the first launch compiles the kernel
+        Ok(times)
     }
 }
 
