@@ -2,7 +2,7 @@
 //!
 //! Without a GPU these run on Mesa's lavapipe (Debian `mesa-vulkan-drivers libvulkan1`, with
 //! `XDG_RUNTIME_DIR` set), which `.ci/run` installs. When no adapter can be opened the tests
-//! print why and pass, unless `BLLM_REQUIRE_WGPU=1` (set by CI), where they fail.
+//! print why and pass, unless `BLLM_REQUIRE_KERNEL_DEVICE=1` (set by CI), where they fail.
 //! `scripts/gpu-check.sh` runs the same checks on CUDA (`BLLM_KERNEL_DEVICE=cuda`).
 
 use bllm_codes::PackedCodes;
@@ -18,11 +18,11 @@ fn gpu() -> Option<AnyGpu> {
         .expect("BLLM_KERNEL_DEVICE must be wgpu or cuda");
     match device::open(kind) {
         Ok(g) => Some(g),
-        Err(e) if std::env::var("BLLM_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("SKIPPED (set BLLM_REQUIRE_WGPU=1 to make this an error): {e}");
+        Err(e) if std::env::var("BLLM_REQUIRE_KERNEL_DEVICE").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED (set BLLM_REQUIRE_KERNEL_DEVICE=1 to make this an error): {e}");
             None
         }
-        Err(e) => panic!("BLLM_REQUIRE_WGPU=1 but the kernel device cannot be opened: {e}"),
+        Err(e) => panic!("BLLM_REQUIRE_KERNEL_DEVICE=1 but the kernel device cannot be opened: {e}"),
     }
 }
 
