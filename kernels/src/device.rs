@@ -179,8 +179,8 @@ impl AnyGpu {
         layer: &GpuLinear,
         x: &[f32],
         batch: usize,
-        reps: usize,
+        min_secs: f64,
     ) -> Result<Vec<std::time::Duration>> {
-        each!(self, g => g.time_linear(layer, x, batch, reps))
+        each!(self, g => g.time_linear(layer, x, batch, min_secs))
     }
 }

@@ -22,7 +22,9 @@ fn gpu() -> Option<AnyGpu> {
             eprintln!("SKIPPED (set BLLM_REQUIRE_KERNEL_DEVICE=1 to make this an error): {e}");
             None
         }
-        Err(e) => panic!("BLLM_REQUIRE_KERNEL_DEVICE=1 but the kernel device cannot be opened: {e}"),
+        Err(e) => {
+            panic!("BLLM_REQUIRE_KERNEL_DEVICE=1 but the kernel device cannot be opened: {e}")
+        }
     }
 }
 

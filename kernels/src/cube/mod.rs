@@ -494,14 +494,16 @@ impl<R: Runtime> Gpu<R> {
     }
 
     /// Times the device-resident forward of an uploaded layer: inputs uploaded once (packed
-    /// signs for a sign-input layer, floats otherwise), then `reps` launches, each followed by
-    /// a device sync. Returns one duration per launch (kernel + launch overhead, no transfers).
+    /// signs for a sign-input layer, floats otherwise), one warm-up launch (it compiles the
+    /// kernel), then launches each followed by a device sync, at least 3 and until `min_secs`
+    /// have passed (at most 200). Returns one duration per timed launch (kernel + launch
+    /// overhead, no transfers).
     pub fn time_linear(
         &self,
         layer: &GpuLinear,
         x: &[f32],
         batch: usize,
-        reps: usize,
+        min_secs: f64,
     ) -> Result<Vec<std::time::Duration>> {
         let xnor = matches!(layer.layer.input, PackedInput::Sign { .. });
         let input = if xnor {
@@ -509,8 +511,9 @@ impl<R: Runtime> Gpu<R> {
         } else {
             self.upload_f32(x)
         };
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps + 1 {
+        let mut times = Vec::new();
+        let start = std::time::Instant::now();
+        while times.len() < 4 || (start.elapsed().as_secs_f64() < min_secs && times.len() < 201) {
             let t = std::time::Instant::now();
             let _y = if xnor {
                 self.launch_xnor(layer, &input, batch)?
