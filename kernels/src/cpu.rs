@@ -263,9 +263,7 @@ pub const OUT_BLOCK: usize = 32;
 fn masked_sum(x: &[f32], masks: &[u32]) -> f32 {
     let mut lanes = [0f32; 8];
     let full = x.len() / 8 * 8;
-    let (xc, _) = x[..full].as_chunks::<8>();
-    let (mc, _) = masks[..full].as_chunks::<8>();
-    for (xs, ms) in xc.iter().zip(mc) {
+    for (xs, ms) in x[..full].chunks_exact(8).zip(masks[..full].chunks_exact(8)) {
         for l in 0..8 {
             lanes[l] += f32::from_bits(xs[l].to_bits() ^ ms[l]);
         }

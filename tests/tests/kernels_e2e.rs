@@ -20,9 +20,28 @@ fn rows(json: &Path) -> Vec<serde_json::Value> {
 fn bench(dir: &Path, device: &str) -> Result<Vec<serde_json::Value>, String> {
     let json = dir.join(format!("bench-{device}.json"));
     bllm(&[
-        "bench", "kernels", "--d-in", "130", "--d-out", "70", "--batch", "1,5", "--db-rows",
-        "900", "--bits", "96", "--queries", "1,7", "-k", "10", "--min-secs", "0", "--device",
-        device, "--json", s(&json),
+        "bench",
+        "kernels",
+        "--d-in",
+        "130",
+        "--d-out",
+        "70",
+        "--batch",
+        "1,5",
+        "--db-rows",
+        "900",
+        "--bits",
+        "96",
+        "--queries",
+        "1,7",
+        "-k",
+        "10",
+        "--min-secs",
+        "0",
+        "--device",
+        device,
+        "--json",
+        s(&json),
     ])?;
     Ok(rows(&json))
 }
@@ -43,7 +62,10 @@ fn kernel_bench_on_the_cpu_reports_every_path_against_the_float_baselines() {
         .filter(|x| x["implementation"].as_str().unwrap().starts_with("f32"))
         .filter(|x| x["speedup"].as_f64() == Some(1.0))
         .count();
-    assert_eq!(fastest_f32, 2, "one f32 baseline per batch is the reference");
+    assert_eq!(
+        fastest_f32, 2,
+        "one f32 baseline per batch is the reference"
+    );
     let e = bench(dir.path(), "tpu").unwrap_err();
     assert!(e.contains("--device"), "{e}");
 }
@@ -82,7 +104,9 @@ fn write_npy(path: &Path, data: Vec<f32>, cols: usize) {
 fn codes_diff_counts_differing_bits_and_enforces_the_tolerance() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let x: Vec<f32> = (0..40 * 64).map(|i| ((i * 7919 % 13) as f32) - 6.5).collect();
+    let x: Vec<f32> = (0..40 * 64)
+        .map(|i| ((i * 7919 % 13) as f32) - 6.5)
+        .collect();
     let mut y = x.clone();
     y[3] = -y[3]; // one sign, one bit
     write_npy(&d.join("x.npy"), x.clone(), 64);
@@ -109,5 +133,8 @@ fn codes_diff_counts_differing_bits_and_enforces_the_tolerance() {
         "0.001",
     ]);
     let e = bllm(&["codes", "diff", s(&d.join("x")), s(&d.join("z"))]).unwrap_err();
-    assert!(e.contains("40 rows × 64 bits") && e.contains("32 rows × 64 bits"), "{e}");
+    assert!(
+        e.contains("40 rows × 64 bits") && e.contains("32 rows × 64 bits"),
+        "{e}"
+    );
 }

@@ -36,6 +36,9 @@ pub fn pack_signs(
         let mut word = 0u32;
         for j in 0..32u32 {
             let col = w * 32 + j;
+            // Nested on purpose: `&&` does not short-circuit in a kernel, and the read must
+            // not happen past the row (or the buffer) when `col >= bits`.
+            #[allow(clippy::collapsible_if)]
             if col < bits {
                 if x[(r * dim + col) as usize] >= 0.0 {
                     word |= 1u32 << j;
