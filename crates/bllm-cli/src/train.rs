@@ -28,6 +28,19 @@ pub struct RunArgs {
     /// Stop after N steps, leaving a resumable checkpoint.
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
+    /// Train on this device: cpu or cuda (the same as the override `device=…`).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+}
+
+/// The overrides with `--device D` appended as `device="D"` (so it wins over a `device=`
+/// override given before it, like any later override).
+fn with_device(overrides: &[String], device: Option<&str>) -> Vec<String> {
+    let mut o = overrides.to_vec();
+    if let Some(d) = device {
+        o.push(format!("device={d:?}"));
+    }
+    o
 }
 
 /// Newest `checkpoints/<name>-*` directory.
@@ -70,7 +83,7 @@ fn print_summary(s: &RunSummary, dir: &Path) {
 
 /// `bllm run`.
 pub fn run(a: RunArgs) -> Result<()> {
-    let recipe = load(&a.recipe, &a.overrides)?;
+    let recipe = load(&a.recipe, &with_device(&a.overrides, a.device.as_deref()))?;
     if !recipe.sweep.is_empty() {
         bail!(
             "{} has a [sweep] table: run it with `bllm sweep {}`",
@@ -260,14 +273,17 @@ pub struct SweepArgs {
     /// Sweep directory (default: checkpoints/<name>-sweep-<UTC timestamp>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Train every run on this device: cpu or cuda (the same as the override `device=…`).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 /// `bllm sweep`: every combination into its own run directory, then `summary.csv` and
 /// `summary.md` with mean ± std across seeds per combination of the other swept keys.
 pub fn sweep(a: SweepArgs) -> Result<()> {
-    let base = load(&a.recipe, &a.overrides)?;
-    let ovs = a
-        .overrides
+    let overrides = with_device(&a.overrides, a.device.as_deref());
+    let base = load(&a.recipe, &overrides)?;
+    let ovs = overrides
         .iter()
         .map(|o| parse_override(o))
         .collect::<Result<Vec<_>, _>>()?;

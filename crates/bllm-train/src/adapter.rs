@@ -18,13 +18,14 @@ use bllm_nn::{AdapterConfig, AdapterKind, ByteLm, ByteLmConfig};
 use bllm_recipe::{AdapterTask, Recipe};
 use bllm_ste::Ctx;
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::classify::RunOptions;
 use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
-use crate::optim::{Ad, Opt, clip_and_step, grad_norm, recorder, step_ctx};
+use crate::optim::{Opt, clip_and_step, grad_norm, recorder, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -65,12 +66,12 @@ pub struct AdapterSummary {
 /// The float base model: loaded from the cache or pretrained on the source corpus (Adam at
 /// `source.lr`, warmup then cosine to a tenth, `train.batch_size` windows) and cached under a
 /// key of everything it depends on (model, source corpus and cut, steps, lr, batch, seed).
-fn base_model(
+fn base_model<B: AutodiffBackend>(
     recipe: &Recipe,
     t: &AdapterTask,
     cfg: &ByteLmConfig,
     source: &TextCorpus,
-) -> Result<(ByteLm<Ad>, PathBuf)> {
+) -> Result<(ByteLm<B>, PathBuf)> {
     let mut h = DefaultHasher::new();
     format!(
         "{:?}|{}|{}|{}|{}|{}",
@@ -84,7 +85,7 @@ fn base_model(
     .hash(&mut h);
     recipe.seed.hash(&mut h);
     let dir = Path::new(&t.source.cache).join(format!("base-{:016x}", h.finish()));
-    let model: ByteLm<Ad> = cfg.init(&Default::default(), recipe.seed)?;
+    let model: ByteLm<B> = cfg.init(&Default::default(), recipe.seed)?;
     if dir.join("model.mpk").is_file() {
         let m = model
             .load_file(dir.join("model"), &recorder(), &Default::default())
@@ -134,34 +135,34 @@ fn base_model(
 }
 
 /// One training batch of next-byte windows and its loss.
-fn lm_step(
-    model: &ByteLm<Ad>,
+fn lm_step<B: AutodiffBackend>(
+    model: &ByteLm<B>,
     corpus: &TextCorpus,
     rng: &mut SplitMix64,
     recipe: &Recipe,
     step: usize,
     total: usize,
-) -> (Tensor<Ad, 1>, Ctx) {
+) -> (Tensor<B, 1>, Ctx) {
     let context = model.config.context;
     let span = (corpus.train.len() - context) as u64;
     let starts: Vec<usize> = (0..recipe.train.batch_size)
         .map(|_| (rng.next_u64() % span) as usize)
         .collect();
-    let (x, y) = windows::<Ad>(&corpus.train, &starts, context, &Default::default());
+    let (x, y) = windows::<B>(&corpus.train, &starts, context, &Default::default());
     let ctx = step_ctx(recipe, step, total);
     (lm_loss(model.forward(x, &ctx), y), ctx)
 }
 
 /// Trains `model` on `corpus` for `steps` steps (only parameters that require gradients move).
-fn fit(
+fn fit<B: AutodiffBackend>(
     recipe: &Recipe,
-    mut model: ByteLm<Ad>,
+    mut model: ByteLm<B>,
     corpus: &TextCorpus,
     steps: usize,
     seed: u64,
     run: &RunDir,
     label: &str,
-) -> Result<ByteLm<Ad>> {
+) -> Result<ByteLm<B>> {
     let mut opt = Opt::new(recipe, &model);
     let mut rng = SplitMix64::new(seed);
     for step in 0..steps {
@@ -189,7 +190,7 @@ fn fit(
 }
 
 /// Held-out bits per byte of `model` on `bytes`.
-fn bpb(model: &ByteLm<Ad>, bytes: &[u8], seed: u64) -> f64 {
+fn bpb<B: AutodiffBackend>(model: &ByteLm<B>, bytes: &[u8], seed: u64) -> f64 {
     let ctx = Ctx::at(1.0).with_seed(seed ^ 0xE7A1).for_eval();
     evaluate(&model.valid(), bytes, model.config.context, &ctx) / std::f64::consts::LN_2
 }
@@ -197,6 +198,13 @@ fn bpb(model: &ByteLm<Ad>, bytes: &[u8], seed: u64) -> f64 {
 /// Runs a `kind = "adapter"` recipe into `opts.run_dir` (no resume: a run takes minutes and
 /// its base is cached; `--resume` is refused with an error).
 pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSummary> {
+    crate::backend::dispatch_run!(recipe, opts, run_adapter_on -> AdapterSummary)
+}
+
+fn run_adapter_on<B: AutodiffBackend>(
+    recipe: &Recipe,
+    opts: &mut RunOptions,
+) -> Result<AdapterSummary> {
     let t = recipe.adapter().ok_or_else(|| {
         TrainError::Unsupported(format!(
             "recipe {:?} is kind = {:?}; the adapter trainer runs kind = \"adapter\"",
@@ -204,12 +212,6 @@ pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSumm
             recipe.kind.name()
         ))
     })?;
-    if recipe.device != "cpu" {
-        return Err(TrainError::Unsupported(format!(
-            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
-            recipe.device
-        )));
-    }
     if opts.resume {
         return Err(TrainError::Unsupported(
             "kind = \"adapter\" runs do not resume (the base model is cached; start the run again)"
@@ -305,7 +307,7 @@ pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSumm
             let mut k = 0;
             m.for_each_proj_mut(&a.targets, |_, p| {
                 if let Some(l) = &p.float {
-                    let d = Tensor::<Ad, 2>::from_inner(deltas[k].clone() - l.weight.val().inner());
+                    let d = Tensor::<B, 2>::from_inner(deltas[k].clone() - l.weight.val().inner());
                     p.adapter = Some(AdapterConfig::bitdelta(d));
                 }
                 k += 1;
@@ -390,15 +392,15 @@ pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSumm
 
 /// BitDelta's second stage: trains only the α values of `student` so that its logits match
 /// `teacher`'s (MSE) on target batches.
-fn distill(
+fn distill<B: AutodiffBackend>(
     recipe: &Recipe,
-    mut student: ByteLm<Ad>,
-    teacher: &ByteLm<crate::optim::Inner>,
+    mut student: ByteLm<B>,
+    teacher: &ByteLm<B::InnerBackend>,
     corpus: &TextCorpus,
     steps: usize,
     seed: u64,
     run: &RunDir,
-) -> Result<ByteLm<Ad>> {
+) -> Result<ByteLm<B>> {
     let mut opt = Opt::new(recipe, &student);
     let mut rng = SplitMix64::new(seed);
     let context = student.config.context;
@@ -407,9 +409,9 @@ fn distill(
         let starts: Vec<usize> = (0..recipe.train.batch_size)
             .map(|_| (rng.next_u64() % span) as usize)
             .collect();
-        let (x, _) = windows::<Ad>(&corpus.train, &starts, context, &Default::default());
+        let (x, _) = windows::<B>(&corpus.train, &starts, context, &Default::default());
         let ctx = step_ctx(recipe, step, steps.max(1)).for_eval();
-        let want = Tensor::<Ad, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
+        let want = Tensor::<B, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
         let loss = (student.forward(x, &ctx) - want).square().mean();
         let v: f32 = loss.clone().into_scalar().elem();
         let grads = loss.backward();

@@ -10,15 +10,14 @@ use bllm_ste::{Ctx, Estimator};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
-};
+use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -222,7 +221,7 @@ fn make_data(recipe: &Recipe, d: &DataSection) -> (Vec<f32>, Vec<i64>, Vec<f32>,
 }
 
 /// Signs of every binary layer's latent weights (after centring), for the flip ratio.
-fn weight_signs(model: &ClassifyMlp<Ad>) -> Vec<Vec<bool>> {
+fn weight_signs<B: AutodiffBackend>(model: &ClassifyMlp<B>) -> Vec<Vec<bool>> {
     model
         .binary_layers
         .iter()
@@ -237,12 +236,10 @@ fn weight_signs(model: &ClassifyMlp<Ad>) -> Vec<Vec<bool>> {
 
 /// Runs (or resumes) a classify recipe into `opts.run_dir`.
 pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
-    if recipe.device != "cpu" {
-        return Err(TrainError::Unsupported(format!(
-            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
-            recipe.device
-        )));
-    }
+    crate::backend::dispatch_run!(recipe, opts, run_on -> RunSummary)
+}
+
+fn run_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let estimator: Estimator = toml::Value::Table(recipe.estimator.clone())
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
@@ -251,10 +248,10 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let run = RunDir::open(&opts.run_dir, opts.resume)?;
     let (xt, yt, xe, ye) = make_data(recipe, data_s);
     let dim = data_s.dim;
-    let x_eval = Tensor::<Ad, 2>::from_data(TensorData::new(xe, [data_s.eval_size, dim]), &dev);
-    let y_eval = Tensor::<Ad, 1, Int>::from_data(TensorData::new(ye, [data_s.eval_size]), &dev);
+    let x_eval = Tensor::<B, 2>::from_data(TensorData::new(xe, [data_s.eval_size, dim]), &dev);
+    let y_eval = Tensor::<B, 1, Int>::from_data(TensorData::new(ye, [data_s.eval_size]), &dev);
 
-    let mut model = ClassifyMlp::<Ad>::new(recipe, &estimator, &dev)?;
+    let mut model = ClassifyMlp::<B>::new(recipe, &estimator, &dev)?;
     let mut opt = Opt::new(recipe, &model);
     let mut state = TrainerState {
         step: 0,
@@ -278,8 +275,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 
     let save = |run: &RunDir,
                 name: &str,
-                model: &ClassifyMlp<Ad>,
-                opt: &Opt<ClassifyMlp<Ad>>,
+                model: &ClassifyMlp<B>,
+                opt: &Opt<B, ClassifyMlp<B>>,
                 state: &TrainerState|
      -> Result<PathBuf> {
         save_checkpoint(run, name, model, opt, state, |dir| {
@@ -288,8 +285,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     };
 
     // A periodic (or early-stop) checkpoint: write it, record it, keep the newest N.
-    let checkpoint = |model: &ClassifyMlp<Ad>,
-                      opt: &Opt<ClassifyMlp<Ad>>,
+    let checkpoint = |model: &ClassifyMlp<B>,
+                      opt: &Opt<B, ClassifyMlp<B>>,
                       state: &TrainerState,
                       note: &str|
      -> Result<()> {
@@ -306,7 +303,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     let loss_fn = CrossEntropyLossConfig::new().init(&dev);
     let bs = recipe.train.batch_size;
-    let eval = |model: &ClassifyMlp<Ad>, step: usize| -> (f64, f64) {
+    let eval = |model: &ClassifyMlp<B>, step: usize| -> (f64, f64) {
         let m = model.valid();
         let ctx = Ctx::at(step as f64 / total as f64)
             .with_seed(recipe.seed ^ 0xE7A1)
@@ -342,8 +339,8 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
             .flat_map(|&i| xt[i * dim..(i + 1) * dim].iter().copied())
             .collect();
         let yb: Vec<i64> = idx.iter().map(|&i| yt[i]).collect();
-        let x = Tensor::<Ad, 2>::from_data(TensorData::new(xb, [bs, dim]), &dev);
-        let y = Tensor::<Ad, 1, Int>::from_data(TensorData::new(yb, [bs]), &dev);
+        let x = Tensor::<B, 2>::from_data(TensorData::new(xb, [bs, dim]), &dev);
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(yb, [bs]), &dev);
 
         let loss = loss_fn.forward(model.forward(x.clone(), &ctx), y.clone());
         let loss_v: f32 = loss.clone().into_scalar().elem();
@@ -354,7 +351,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
         let mut mismatch: Vec<(&str, f64, bool)> = Vec::new();
         let mut mismatch_metrics = serde_json::Map::new();
         if (due("shadow_cosine") || due("finite_difference")) && !model.binary_layers.is_empty() {
-            let g_ste: Vec<Tensor<Inner, 2>> = model
+            let g_ste: Vec<Tensor<B::InnerBackend, 2>> = model
                 .binary_layers
                 .iter()
                 .map(|l| {
@@ -551,11 +548,11 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 /// seeded random ±1 directions `u` over its latent weights, compares the central difference
 /// `[L(w + εu) − L(w − εu)] / 2ε` through the real binarized forward with `⟨g_STE, u⟩`
 /// ([`crate::monitor::fd_agreement`]). Returns (sign agreement, Spearman rank correlation).
-fn finite_difference(
-    model: &ClassifyMlp<Ad>,
-    g_ste: &[Tensor<Inner, 2>],
-    x: &Tensor<Ad, 2>,
-    y: &Tensor<Ad, 1, Int>,
+fn finite_difference<B: AutodiffBackend>(
+    model: &ClassifyMlp<B>,
+    g_ste: &[Tensor<B::InnerBackend, 2>],
+    x: &Tensor<B, 2>,
+    y: &Tensor<B, 1, Int>,
     ctx: &Ctx,
     k: usize,
     seed: u64,
@@ -563,7 +560,7 @@ fn finite_difference(
     let base = model.valid();
     let (x, y) = (x.clone().inner(), y.clone().inner());
     let loss_fn = CrossEntropyLossConfig::new().init(&Default::default());
-    let latents: Vec<Tensor<Inner, 2>> =
+    let latents: Vec<Tensor<B::InnerBackend, 2>> =
         base.binary_layers.iter().map(|l| l.weight.val()).collect();
     let (agree, rho, _) = crate::monitor::fd_agreement(&latents, g_ste, k, seed, |li, w| {
         let mut m = base.clone();
@@ -579,7 +576,11 @@ fn finite_difference(
 
 /// Writes each binary layer's weights as a codes directory (`binary<i>/codes.bcodes` +
 /// `manifest.json`, one row per output channel) and its scales (`binary<i>/scales.json`).
-fn export_weights(model: &ClassifyMlp<Ad>, recipe: &Recipe, dir: &Path) -> Result<()> {
+fn export_weights<B: AutodiffBackend>(
+    model: &ClassifyMlp<B>,
+    recipe: &Recipe,
+    dir: &Path,
+) -> Result<()> {
     for (i, layer) in model.binary_layers.iter().enumerate() {
         let out = dir.join(format!("binary{i}"));
         let w = match layer.binary_weights() {
@@ -622,7 +623,7 @@ struct Named {
     out: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
-impl ModuleVisitor<Ad> for Named {
+impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for Named {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_owned());
     }
@@ -631,8 +632,8 @@ impl ModuleVisitor<Ad> for Named {
         self.path.pop();
     }
 
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
-        let t = p.val().inner();
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let t = p.val();
         self.out
             .push((self.path.join("."), t.dims().to_vec(), to_vec(t)));
     }
@@ -640,7 +641,10 @@ impl ModuleVisitor<Ad> for Named {
 
 /// The model's tensors as safetensors (f32, named by module path), for inspection with any
 /// safetensors reader; resume uses the exact Burn records beside it.
-pub fn write_safetensors<M: Module<Ad>>(model: &M, path: &Path) -> Result<()> {
+pub fn write_safetensors<B: burn::tensor::backend::Backend, M: Module<B>>(
+    model: &M,
+    path: &Path,
+) -> Result<()> {
     let mut named = Named {
         path: Vec::new(),
         out: Vec::new(),

@@ -21,6 +21,7 @@
 //! the CPU, reproduces an uninterrupted run bit for bit.
 
 mod adapter;
+mod backend;
 mod classify;
 mod error;
 mod lm;

@@ -20,6 +20,7 @@ use bllm_recipe::{LmModelSection, LmTask, Recipe};
 use bllm_ste::{Ctx, Estimator, Shadow};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -27,9 +28,7 @@ use serde_json::json;
 
 use crate::classify::{RunOptions, write_safetensors};
 use crate::monitor::{LoopState, Verdict, Watch, fd_agreement};
-use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
-};
+use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -183,12 +182,17 @@ pub(crate) fn lm_loss<B: Backend>(
 }
 
 /// Held-out loss in nats per byte over non-overlapping windows of `bytes`.
-pub(crate) fn evaluate(model: &ByteLm<Inner>, bytes: &[u8], context: usize, ctx: &Ctx) -> f64 {
+pub(crate) fn evaluate<B: burn::tensor::backend::Backend>(
+    model: &ByteLm<B>,
+    bytes: &[u8],
+    context: usize,
+    ctx: &Ctx,
+) -> f64 {
     let count = (bytes.len() - 1) / context;
     let starts: Vec<usize> = (0..count).map(|i| i * context).collect();
     let (mut sum, mut n) = (0.0f64, 0usize);
     for chunk in starts.chunks(64) {
-        let (x, y) = windows::<Inner>(bytes, chunk, context, &Default::default());
+        let (x, y) = windows::<B>(bytes, chunk, context, &Default::default());
         let l: f32 = lm_loss(model.forward(x, ctx), y).into_scalar().elem();
         sum += f64::from(l) * (chunk.len() * context) as f64;
         n += chunk.len() * context;
@@ -223,7 +227,7 @@ pub(crate) fn load_corpus(d: &bllm_recipe::TextSection, context: usize) -> Resul
 
 /// The quantised level of every weight of every quantised layer: sign of the latent weight
 /// for 1-bit layers, the ternary level for BitNet layers.
-fn levels(model: &ByteLm<Ad>) -> Vec<Vec<i8>> {
+fn levels<B: AutodiffBackend>(model: &ByteLm<B>) -> Vec<Vec<i8>> {
     model
         .quantised()
         .iter()
@@ -251,12 +255,10 @@ fn levels(model: &ByteLm<Ad>) -> Vec<Vec<i8>> {
 
 /// Runs (or resumes) a `kind = "lm"` recipe into `opts.run_dir`.
 pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
-    if recipe.device != "cpu" {
-        return Err(TrainError::Unsupported(format!(
-            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
-            recipe.device
-        )));
-    }
+    crate::backend::dispatch_run!(recipe, opts, run_lm_on -> LmSummary)
+}
+
+fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     let t = task(recipe)?;
     let cfg = lm_config(recipe)?;
     let context = cfg.context;
@@ -264,7 +266,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     let unigram_bpb = corpus.unigram_bits_per_byte();
     let dev = Default::default();
     let run = RunDir::open(&opts.run_dir, opts.resume)?;
-    let mut model: ByteLm<Ad> = cfg.init(&dev, recipe.seed)?;
+    let mut model: ByteLm<B> = cfg.init(&dev, recipe.seed)?;
     let mut opt = Opt::new(recipe, &model);
     let mut state = TrainerState {
         step: 0,
@@ -290,12 +292,12 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
             &json!({"path": t.data.path, "train_bytes": corpus.train.len(), "eval_bytes": corpus.valid.len(), "unigram_bpb": unigram_bpb}),
         )?;
     }
-    let save = |name: &str, model: &ByteLm<Ad>, opt: &Opt<ByteLm<Ad>>, state: &TrainerState| {
+    let save = |name: &str, model: &ByteLm<B>, opt: &Opt<B, ByteLm<B>>, state: &TrainerState| {
         save_checkpoint(&run, name, model, opt, state, |dir| {
             write_safetensors(model, &dir.join("model.safetensors"))
         })
     };
-    let checkpoint = |model: &ByteLm<Ad>, opt: &Opt<ByteLm<Ad>>, state: &TrainerState, note| {
+    let checkpoint = |model: &ByteLm<B>, opt: &Opt<B, ByteLm<B>>, state: &TrainerState, note| {
         let p = save(&format!("checkpoint-{}", state.step), model, opt, state)?;
         run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
     };
@@ -307,7 +309,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
             .with_seed(recipe.seed ^ 0xE7A1)
             .for_eval()
     };
-    let eval = |model: &ByteLm<Ad>, step: usize| -> f64 {
+    let eval = |model: &ByteLm<B>, step: usize| -> f64 {
         evaluate(&model.valid(), &corpus.valid, context, &eval_ctx(step))
     };
     let span = corpus.train.len() - context;
@@ -319,7 +321,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
             .map(|_| (rng.next_u64() % span as u64) as usize)
             .collect();
         state.rng_state = rng.state();
-        let (x, y) = windows::<Ad>(&corpus.train, &starts, context, &dev);
+        let (x, y) = windows::<B>(&corpus.train, &starts, context, &dev);
         let loss = lm_loss(model.forward(x.clone(), &ctx), y.clone());
         let loss_v: f32 = loss.clone().into_scalar().elem();
         let loss_v = f64::from(loss_v);
@@ -330,7 +332,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
         let mut extra = serde_json::Map::new();
         let quantised = model.quantised();
         if (due("shadow_cosine") || due("finite_difference")) && !quantised.is_empty() {
-            let g_ste: Vec<Tensor<Inner, 2>> = quantised
+            let g_ste: Vec<Tensor<B::InnerBackend, 2>> = quantised
                 .iter()
                 .map(|(_, q)| {
                     let p = q.latent().val();
@@ -359,7 +361,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
             }
             if due("finite_difference") {
                 let base = model.valid();
-                let latents: Vec<Tensor<Inner, 2>> = quantised
+                let latents: Vec<Tensor<B::InnerBackend, 2>> = quantised
                     .iter()
                     .map(|(_, q)| q.latent().val().inner())
                     .collect();
@@ -550,7 +552,7 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
 }
 
 /// `‖W − Q(W)‖ / ‖W‖` of one quantised layer.
-fn quant_error(q: &QuantRef<'_, Ad>, ctx: &Ctx) -> f64 {
+fn quant_error<B: AutodiffBackend>(q: &QuantRef<'_, B>, ctx: &Ctx) -> f64 {
     let w = q.latent().val().inner();
     let e = q.effective_weight(ctx).inner();
     let num: f32 = (w.clone() - e).square().sum().sqrt().into_scalar().elem();
@@ -575,7 +577,11 @@ fn estimator_label(cfg: &ByteLmConfig) -> String {
 /// Writes every quantised layer in the code contract layout under `dir/<layer>/`: 1-bit layers
 /// as one codes directory (one row per output channel) + `scales.json`; BitNet layers as two
 /// bit-planes `sign/` and `nonzero/` + `scales.json` with γ.
-fn export_weights(model: &ByteLm<Ad>, recipe: &Recipe, dir: &Path) -> Result<()> {
+fn export_weights<B: AutodiffBackend>(
+    model: &ByteLm<B>,
+    recipe: &Recipe,
+    dir: &Path,
+) -> Result<()> {
     let info = |name: &str, what: &str| bllm_codes::io::ManifestInfo {
         source: None,
         encoder: Some(format!("ByteLm layer {name}: {what}")),

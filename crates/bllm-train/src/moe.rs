@@ -20,6 +20,7 @@ use bllm_ste::{Ctx, Estimator};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,7 @@ use serde_json::json;
 use crate::classify::{RunOptions, write_safetensors};
 use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx};
+use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -185,29 +186,29 @@ fn clusters(seed: u64, c: &ClustersSection) -> TaskData {
 type LayerRouting = (Vec<usize>, Vec<usize>, usize);
 
 /// A model with MoE layers that the loop can train.
-trait Routed: AutodiffModule<Ad> + Summarize + Clone {
+trait Routed<B: AutodiffBackend>: AutodiffModule<B> + Summarize + Clone {
     /// Task loss, auxiliary loss and each MoE layer's routing on a training batch.
     fn losses(
         &self,
         data: &TaskData,
         batch: &[usize],
         ctx: &Ctx,
-    ) -> (Tensor<Ad, 1>, Tensor<Ad, 1>, Vec<LayerRouting>);
+    ) -> (Tensor<B, 1>, Tensor<B, 1>, Vec<LayerRouting>);
     /// Held-out (loss, metric).
     fn evaluate(&self, data: &TaskData, ctx: &Ctx) -> (f64, f64);
     /// First choices of every MoE layer on the probe set.
     fn probe(&self, data: &TaskData, ctx: &Ctx) -> Vec<Vec<usize>>;
     /// The MoE layers.
-    fn moes_mut(&mut self) -> Vec<&mut Moe<Ad>>;
+    fn moes_mut(&mut self) -> Vec<&mut Moe<B>>;
 }
 
-impl Routed for MoeClassifier<Ad> {
+impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
     fn losses(
         &self,
         data: &TaskData,
         batch: &[usize],
         ctx: &Ctx,
-    ) -> (Tensor<Ad, 1>, Tensor<Ad, 1>, Vec<LayerRouting>) {
+    ) -> (Tensor<B, 1>, Tensor<B, 1>, Vec<LayerRouting>) {
         let TaskData::Clusters { c, xt, yt, .. } = data else {
             unreachable!("the classifier trains on clusters")
         };
@@ -218,8 +219,8 @@ impl Routed for MoeClassifier<Ad> {
             .collect();
         let y: Vec<i64> = batch.iter().map(|&i| yt[i]).collect();
         let keys: Vec<u64> = batch.iter().map(|&i| i as u64).collect();
-        let x = Tensor::<Ad, 2>::from_data(TensorData::new(x, [batch.len(), c.dim]), &dev);
-        let y = Tensor::<Ad, 1, Int>::from_data(TensorData::new(y, [batch.len()]), &dev);
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [batch.len(), c.dim]), &dev);
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [batch.len()]), &dev);
         let (logits, out) = self.forward(x, &keys, ctx);
         let loss = CrossEntropyLossConfig::new().init(&dev).forward(logits, y);
         (
@@ -236,8 +237,10 @@ impl Routed for MoeClassifier<Ad> {
         let m = self.valid();
         let dev = Default::default();
         let n = c.eval_size;
-        let x = Tensor::<Inner, 2>::from_data(TensorData::new(xe.clone(), [n, c.dim]), &dev);
-        let y = Tensor::<Inner, 1, Int>::from_data(TensorData::new(ye.clone(), [n]), &dev);
+        let x =
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(xe.clone(), [n, c.dim]), &dev);
+        let y =
+            Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(ye.clone(), [n]), &dev);
         let keys: Vec<u64> = (0..n).map(|i| (c.train_size + i) as u64).collect();
         let (logits, _) = m.forward(x, &keys, ctx);
         let loss: f32 = CrossEntropyLossConfig::new()
@@ -255,7 +258,7 @@ impl Routed for MoeClassifier<Ad> {
             unreachable!("the classifier trains on clusters")
         };
         let n = PROBE.min(c.eval_size);
-        let x = Tensor::<Inner, 2>::from_data(
+        let x = Tensor::<B::InnerBackend, 2>::from_data(
             TensorData::new(xe[..n * c.dim].to_vec(), [n, c.dim]),
             &Default::default(),
         );
@@ -263,23 +266,23 @@ impl Routed for MoeClassifier<Ad> {
         vec![self.valid().forward(x, &keys, ctx).1.first_choice]
     }
 
-    fn moes_mut(&mut self) -> Vec<&mut Moe<Ad>> {
+    fn moes_mut(&mut self) -> Vec<&mut Moe<B>> {
         vec![&mut self.moe]
     }
 }
 
-impl Routed for ByteLm<Ad> {
+impl<B: AutodiffBackend> Routed<B> for ByteLm<B> {
     fn losses(
         &self,
         data: &TaskData,
         batch: &[usize],
         ctx: &Ctx,
-    ) -> (Tensor<Ad, 1>, Tensor<Ad, 1>, Vec<LayerRouting>) {
+    ) -> (Tensor<B, 1>, Tensor<B, 1>, Vec<LayerRouting>) {
         let TaskData::Text { corpus, context } = data else {
             unreachable!("the LM trains on text")
         };
         let dev = Default::default();
-        let (x, y) = windows::<Ad>(&corpus.train, batch, *context, &dev);
+        let (x, y) = windows::<B>(&corpus.train, batch, *context, &dev);
         let mut trace = MoeTrace {
             aux_loss: Tensor::zeros([1], &dev),
             layers: Vec::new(),
@@ -304,7 +307,8 @@ impl Routed for ByteLm<Ad> {
             .max(1)
             .min((corpus.valid.len() - 1) / context);
         let starts: Vec<usize> = (0..windows_n).map(|i| i * context).collect();
-        let (x, _) = windows::<Inner>(&corpus.valid, &starts, *context, &Default::default());
+        let (x, _) =
+            windows::<B::InnerBackend>(&corpus.valid, &starts, *context, &Default::default());
         let mut trace = MoeTrace {
             aux_loss: Tensor::zeros([1], &Default::default()),
             layers: Vec::new(),
@@ -313,7 +317,7 @@ impl Routed for ByteLm<Ad> {
         trace.layers.into_iter().map(|(_, f, _)| f).collect()
     }
 
-    fn moes_mut(&mut self) -> Vec<&mut Moe<Ad>> {
+    fn moes_mut(&mut self) -> Vec<&mut Moe<B>> {
         self.blocks
             .iter_mut()
             .filter_map(|b| b.moe.as_mut())
@@ -453,12 +457,10 @@ fn moe_config(s: &MoeSection, d_model: usize, estimator: Estimator) -> MoeConfig
 
 /// Runs (or resumes) a `kind = "moe"` recipe into `opts.run_dir`.
 pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
-    if recipe.device != "cpu" {
-        return Err(TrainError::Unsupported(format!(
-            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
-            recipe.device
-        )));
-    }
+    crate::backend::dispatch_run!(recipe, opts, run_moe_on -> MoeSummary)
+}
+
+fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
     let t = task(recipe)?;
     let est = estimator(recipe)?;
     let dev = Default::default();
@@ -467,7 +469,7 @@ pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
             let cfg = moe_config(&t.moe, t.d_model, est);
             let s = recipe.seed;
             let linear = |din, dout, i: u64| Linear {
-                weight: Param::from_tensor(bllm_nn::kaiming_uniform::<Ad>(
+                weight: Param::from_tensor(bllm_nn::kaiming_uniform::<B>(
                     din,
                     dout,
                     s.wrapping_mul(1000).wrapping_add(i),
@@ -492,7 +494,7 @@ pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
             let mut cfg = lm_config_from(m, est.clone())?;
             cfg.moe = Some(moe_config(&t.moe, m.d_model, est));
             let corpus = load_corpus(d, m.context)?;
-            let model: ByteLm<Ad> = cfg.init(&dev, recipe.seed)?;
+            let model: ByteLm<B> = cfg.init(&dev, recipe.seed)?;
             let data = TaskData::Text {
                 corpus,
                 context: m.context,
@@ -503,7 +505,7 @@ pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
 }
 
 /// The training loop shared by both tasks.
-fn train<M: Routed>(
+fn train<B: AutodiffBackend, M: Routed<B>>(
     recipe: &Recipe,
     t: &MoeTask,
     mut model: M,
@@ -552,12 +554,12 @@ fn train<M: Routed>(
         (model, opt, state),
         |s: &TrainerState| s.step,
     )?;
-    let save = |name: &str, model: &M, opt: &Opt<M>, state: &TrainerState| {
+    let save = |name: &str, model: &M, opt: &Opt<B, M>, state: &TrainerState| {
         save_checkpoint(&run, name, model, opt, state, |dir| {
             write_safetensors(model, &dir.join("model.safetensors"))
         })
     };
-    let checkpoint = |model: &M, opt: &Opt<M>, state: &TrainerState, note| -> Result<()> {
+    let checkpoint = |model: &M, opt: &Opt<B, M>, state: &TrainerState, note| -> Result<()> {
         let p = save(&format!("checkpoint-{}", state.step), model, opt, state)?;
         run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
     };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use bllm_codes::rng::SplitMix64;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use crate::optim::{Inner, to_vec};
+use crate::optim::to_vec;
 use crate::rundir::RunDir;
 use crate::{Result, TrainError};
 
@@ -334,12 +334,12 @@ impl Watch<'_> {
 /// `⟨g_STE, u⟩`. `ε` is the 5th percentile of `|w|`, so a perturbation flips about 2.5 % of
 /// the signs. Returns (sign agreement, Spearman rank correlation) over all layers and
 /// directions, and the sign agreement of each layer.
-pub(crate) fn fd_agreement(
-    latents: &[Tensor<Inner, 2>],
-    grads: &[Tensor<Inner, 2>],
+pub(crate) fn fd_agreement<B: burn::tensor::backend::Backend>(
+    latents: &[Tensor<B, 2>],
+    grads: &[Tensor<B, 2>],
     k: usize,
     seed: u64,
-    mut loss_at: impl FnMut(usize, Tensor<Inner, 2>) -> f64,
+    mut loss_at: impl FnMut(usize, Tensor<B, 2>) -> f64,
 ) -> (f64, f64, Vec<f64>) {
     let mut rng = SplitMix64::new(seed ^ 0xFD);
     let (mut fd, mut lin) = (Vec::new(), Vec::new());
@@ -354,7 +354,7 @@ pub(crate) fn fd_agreement(
             let u: Vec<f32> = (0..dims[0] * dims[1])
                 .map(|_| if rng.next_u64() & 1 == 1 { 1.0 } else { -1.0 })
                 .collect();
-            let u = Tensor::<Inner, 2>::from_data(TensorData::new(u, dims), &Default::default());
+            let u = Tensor::<B, 2>::from_data(TensorData::new(u, dims), &Default::default());
             let plus = loss_at(li, w.clone() + u.clone().mul_scalar(eps));
             let minus = loss_at(li, w.clone() - u.clone().mul_scalar(eps));
             let f = (plus - minus) / (2.0 * eps);

@@ -18,30 +18,27 @@ use burn::tensor::{ElementConversion, Tensor};
 use crate::rundir::RunDir;
 use crate::{Result, TrainError};
 
-pub(crate) type Ad = burn::backend::Autodiff<burn::backend::NdArray>;
-pub(crate) type Inner = burn::backend::NdArray;
-
 /// The optimizer chosen by the recipe.
-pub(crate) enum Opt<M: AutodiffModule<Ad>> {
-    Adam(OptimizerAdaptor<Adam, M, Ad>),
-    AdamW(OptimizerAdaptor<AdamW, M, Ad>),
-    Sgd(OptimizerAdaptor<Sgd<Inner>, M, Ad>),
-    BopAdam(MixedOptimizer<M, Ad, OptimizerAdaptor<Adam, M, Ad>>),
+pub(crate) enum Opt<B: AutodiffBackend, M: AutodiffModule<B>> {
+    Adam(OptimizerAdaptor<Adam, M, B>),
+    AdamW(OptimizerAdaptor<AdamW, M, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
+    BopAdam(MixedOptimizer<M, B, OptimizerAdaptor<Adam, M, B>>),
 }
 
 pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
 }
 
-pub(crate) fn save_rec<R: Record<Ad>>(rec: R, path: &Path) -> Result<()> {
-    Recorder::<Ad>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
+pub(crate) fn save_rec<B: Backend, R: Record<B>>(rec: R, path: &Path) -> Result<()> {
+    Recorder::<B>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
         path: path.to_owned(),
         message: e.to_string(),
     })
 }
 
-pub(crate) fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
-    Recorder::<Ad>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
+pub(crate) fn load_rec<B: Backend, R: Record<B>>(path: &Path) -> Result<R> {
+    Recorder::<B>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
         TrainError::Checkpoint {
             path: path.to_owned(),
             message: e.to_string(),
@@ -49,7 +46,7 @@ pub(crate) fn load_rec<R: Record<Ad>>(path: &Path) -> Result<R> {
     })
 }
 
-impl<M: AutodiffModule<Ad>> Opt<M> {
+impl<B: AutodiffBackend, M: AutodiffModule<B>> Opt<B, M> {
     pub(crate) fn new(recipe: &Recipe, model: &M) -> Self {
         let o = &recipe.optimizer;
         let adam = || {
@@ -62,7 +59,7 @@ impl<M: AutodiffModule<Ad>> Opt<M> {
                     o.weight_decay as f32,
                 )));
             }
-            c.init::<Ad, M>()
+            c.init::<B, M>()
         };
         match o.kind {
             OptimizerKind::Adam => Self::Adam(adam()),
@@ -72,7 +69,7 @@ impl<M: AutodiffModule<Ad>> Opt<M> {
                     .with_beta_2(o.beta2 as f32)
                     .with_epsilon(o.eps as f32)
                     .with_weight_decay(o.weight_decay as f32)
-                    .init::<Ad, M>(),
+                    .init::<B, M>(),
             ),
             OptimizerKind::Sgd => Self::Sgd(
                 SgdConfig::new()
@@ -81,7 +78,7 @@ impl<M: AutodiffModule<Ad>> Opt<M> {
                             .with_momentum(o.beta1)
                             .with_dampening(0.0),
                     ))
-                    .init::<Ad, M>(),
+                    .init::<B, M>(),
             ),
             OptimizerKind::BopAdam => Self::BopAdam(MixedOptimizer::new(
                 Bop {
@@ -94,12 +91,7 @@ impl<M: AutodiffModule<Ad>> Opt<M> {
         }
     }
 
-    pub(crate) fn step(
-        &mut self,
-        lr: f64,
-        model: M,
-        grads: <Ad as AutodiffBackend>::Gradients,
-    ) -> M {
+    pub(crate) fn step(&mut self, lr: f64, model: M, grads: B::Gradients) -> M {
         match self {
             Self::Adam(o) => {
                 let g = GradientsParams::from_grads(grads, &model);
@@ -144,13 +136,13 @@ impl<M: AutodiffModule<Ad>> Opt<M> {
 }
 
 /// Global gradient norm over every parameter, and its finiteness.
-pub(crate) struct GradNorm<'a> {
-    pub(crate) grads: &'a <Ad as AutodiffBackend>::Gradients,
+pub(crate) struct GradNorm<'a, B: AutodiffBackend> {
+    pub(crate) grads: &'a B::Gradients,
     pub(crate) sum: f64,
 }
 
-impl ModuleVisitor<Ad> for GradNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         if let Some(g) = p.val().grad(self.grads) {
             let s: f32 = g.square().sum().into_scalar().elem();
             self.sum += f64::from(s);
@@ -159,13 +151,13 @@ impl ModuleVisitor<Ad> for GradNorm<'_> {
 }
 
 /// Scales every gradient by `factor` (global-norm clipping).
-pub(crate) struct ScaleGrads<'a> {
-    pub(crate) grads: &'a mut <Ad as AutodiffBackend>::Gradients,
+pub(crate) struct ScaleGrads<'a, B: AutodiffBackend> {
+    pub(crate) grads: &'a mut B::Gradients,
     pub(crate) factor: f64,
 }
 
-impl ModuleVisitor<Ad> for ScaleGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         let v = p.val();
         if let Some(g) = v.grad(self.grads) {
             v.grad_replace(self.grads, g.mul_scalar(self.factor));
@@ -183,11 +175,11 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// Writes checkpoint `name` of `run` (a temp directory renamed into place): the model record
 /// (`model.mpk`), the optimizer record(s), `trainer.json` from `state`, and what `extra(dir)`
 /// adds (a safetensors copy, an encoder). Returns the checkpoint directory.
-pub(crate) fn save_checkpoint<M: AutodiffModule<Ad>, S: serde::Serialize>(
+pub(crate) fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, S: serde::Serialize>(
     run: &RunDir,
     name: &str,
     model: &M,
-    opt: &Opt<M>,
+    opt: &Opt<B, M>,
     state: &S,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
@@ -209,11 +201,11 @@ pub(crate) fn save_checkpoint<M: AutodiffModule<Ad>, S: serde::Serialize>(
 
 /// The model and optimizer of checkpoint `dir`; the optimizer is rebuilt for the loaded
 /// model's parameter ids before its state is loaded.
-pub(crate) fn load_checkpoint<M: AutodiffModule<Ad>>(
+pub(crate) fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     recipe: &Recipe,
     model: M,
     dir: &Path,
-) -> Result<(M, Opt<M>)> {
+) -> Result<(M, Opt<B, M>)> {
     let model = model
         .load_file(dir.join("model"), &recorder(), &Default::default())
         .map_err(|e| TrainError::Checkpoint {
@@ -225,9 +217,9 @@ pub(crate) fn load_checkpoint<M: AutodiffModule<Ad>>(
 }
 
 /// The global gradient norm of `model`'s parameters.
-pub(crate) fn grad_norm<M: AutodiffModule<Ad>>(
+pub(crate) fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
-    grads: &<Ad as AutodiffBackend>::Gradients,
+    grads: &B::Gradients,
 ) -> f64 {
     let mut gn = GradNorm { grads, sum: 0.0 };
     model.visit(&mut gn);
@@ -236,11 +228,11 @@ pub(crate) fn grad_norm<M: AutodiffModule<Ad>>(
 
 /// Clips the gradients to `train.grad_clip` (global norm, when set and exceeded), then takes
 /// one optimizer step at `lr`.
-pub(crate) fn clip_and_step<M: AutodiffModule<Ad>>(
+pub(crate) fn clip_and_step<B: AutodiffBackend, M: AutodiffModule<B>>(
     recipe: &Recipe,
-    opt: &mut Opt<M>,
+    opt: &mut Opt<B, M>,
     model: M,
-    mut grads: <Ad as AutodiffBackend>::Gradients,
+    mut grads: B::Gradients,
     grad_norm: f64,
     lr: f64,
 ) -> M {
@@ -266,13 +258,17 @@ pub(crate) fn step_ctx(recipe: &Recipe, step: usize, total: usize) -> bllm_ste::
 
 /// Starts a run (saving the resolved recipe) or, with `resume`, loads the model, optimizer and
 /// trainer state of the newest complete checkpoint (`step_of` reads the state's step).
-pub(crate) fn start_or_resume<M: AutodiffModule<Ad>, S: serde::de::DeserializeOwned>(
+pub(crate) fn start_or_resume<
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    S: serde::de::DeserializeOwned,
+>(
     recipe: &Recipe,
     run: &RunDir,
     resume: bool,
-    fresh: (M, Opt<M>, S),
+    fresh: (M, Opt<B, M>, S),
     step_of: impl Fn(&S) -> usize,
-) -> Result<(M, Opt<M>, S)> {
+) -> Result<(M, Opt<B, M>, S)> {
     if !resume {
         run.start(&recipe.resolved_toml())?;
         return Ok(fresh);

@@ -28,15 +28,14 @@ use bllm_nn::{
 use bllm_recipe::{Recipe, RetrievalTask};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::classify::RunOptions;
 use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{
-    Ad, Inner, Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec,
-};
+use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx, to_vec};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -219,7 +218,12 @@ fn tensor<B: burn::tensor::backend::Backend>(m: &FloatMatrix) -> Tensor<B, 2> {
 }
 
 /// The estimator-free encoder of a head: `mean = μ`, `projection = P`, `thresholds = −b`.
-fn encoder_of(head: &HashHead<Ad>, mean: &[f32], method: &str, normalize: bool) -> LinearEncoder {
+fn encoder_of<B: AutodiffBackend>(
+    head: &HashHead<B>,
+    mean: &[f32],
+    method: &str,
+    normalize: bool,
+) -> LinearEncoder {
     let (projection, bias) = head.to_host();
     LinearEncoder {
         method: method.to_owned(),
@@ -234,6 +238,13 @@ fn encoder_of(head: &HashHead<Ad>, mean: &[f32], method: &str, normalize: bool) 
 
 /// Runs (or resumes) a retrieval recipe into `opts.run_dir`.
 pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<RetrievalSummary> {
+    crate::backend::dispatch_run!(recipe, opts, run_retrieval_on -> RetrievalSummary)
+}
+
+fn run_retrieval_on<B: AutodiffBackend>(
+    recipe: &Recipe,
+    opts: &mut RunOptions,
+) -> Result<RetrievalSummary> {
     let Some(t) = recipe.retrieval() else {
         return Err(TrainError::Unsupported(format!(
             "recipe {:?} is kind = {:?}; the retrieval trainer runs kind = \"retrieval\"",
@@ -241,12 +252,6 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
             recipe.kind.name()
         )));
     };
-    if recipe.device != "cpu" {
-        return Err(TrainError::Unsupported(format!(
-            "device = {:?}: this build runs on the CPU only (the CUDA backend arrives with the CUDA issue)",
-            recipe.device
-        )));
-    }
     let estimator: Estimator = toml::Value::Table(recipe.estimator.clone())
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
@@ -286,9 +291,9 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         bits,
         learn_bias: t.model.learn_bias,
     };
-    let fresh = || -> Result<HashHead<Ad>> {
+    let fresh = || -> Result<HashHead<B>> {
         Ok(with_deterministic_ids(
-            cfg.init_from::<Ad>(&init.projection, &neg_t, &dev)?,
+            cfg.init_from::<B>(&init.projection, &neg_t, &dev)?,
             0x4EAD,
         ))
     };
@@ -302,10 +307,10 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         .chunks(data.train.cols())
         .flat_map(|r| r.iter().zip(&init.mean).map(|(a, m)| a - m))
         .collect();
-    let xc = tensor::<Ad>(&FloatMatrix::new(n, data.train.cols(), centred)?);
-    let unit = tensor::<Inner>(&data.train_unit);
+    let xc = tensor::<B>(&FloatMatrix::new(n, data.train.cols(), centred)?);
+    let unit = tensor::<B::InnerBackend>(&data.train_unit);
     let probe = n.min(PROBE_ROWS);
-    let codes_of = |head: &HashHead<Ad>| -> Result<(Vec<f32>, PackedCodes)> {
+    let codes_of = |head: &HashHead<B>| -> Result<(Vec<f32>, PackedCodes)> {
         let z = to_vec(head.valid().logits(xc.clone().inner()));
         let packed = PackedCodes::from_f32_rows(&z[..probe * bits], bits, bits)?;
         Ok((z, packed))
@@ -332,8 +337,8 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
 
     let save = |run: &RunDir,
                 name: &str,
-                head: &HashHead<Ad>,
-                opt: &Opt<HashHead<Ad>>,
+                head: &HashHead<B>,
+                opt: &Opt<B, HashHead<B>>,
                 state: &State|
      -> Result<PathBuf> {
         save_checkpoint(run, name, head, opt, state, |dir| {
@@ -343,7 +348,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         })
     };
     let checkpoint =
-        |head: &HashHead<Ad>, opt: &Opt<HashHead<Ad>>, state: &State, note: &str| -> Result<()> {
+        |head: &HashHead<B>, opt: &Opt<B, HashHead<B>>, state: &State, note: &str| -> Result<()> {
             let p = save(
                 &run,
                 &format!("checkpoint-{}", state.step),
@@ -355,7 +360,7 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
         };
 
     let truth_nn = truth(&data.db_unit, &data.queries_unit, &t.eval.k)?;
-    let quick_eval = |head: &HashHead<Ad>| -> Result<f64> {
+    let quick_eval = |head: &HashHead<B>| -> Result<f64> {
         let enc = encoder_of(head, &init.mean, &method_name, t.data.normalize);
         let k = if t.eval.k.contains(&10) { 10 } else { kmax };
         let rows = evaluate_encoder(&enc, &data.db_raw, &data.queries_raw, &truth_nn, &[k], &[])?;
@@ -365,13 +370,13 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     let obj = &t.objective;
-    let loss_of = |head: &HashHead<Ad>,
-                   idx: &Tensor<Ad, 1, Int>,
-                   cos: &Tensor<Ad, 2>,
-                   excl: &Tensor<Ad, 2, Bool>,
+    let loss_of = |head: &HashHead<B>,
+                   idx: &Tensor<B, 1, Int>,
+                   cos: &Tensor<B, 2>,
+                   excl: &Tensor<B, 2, Bool>,
                    mode: HeadForward,
                    ctx: &Ctx|
-     -> Result<Tensor<Ad, 1>> {
+     -> Result<Tensor<B, 1>> {
         let h = HashHead::codes(head.logits(xc.clone()), &estimator, mode, ctx)?;
         let ha = h.clone().select(0, idx.clone());
         let mut loss = if obj.kind == "similarity" {
@@ -404,17 +409,17 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
             .collect();
         state.rng_state = rng.state();
         let idx_i: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-        let idx_t = Tensor::<Ad, 1, Int>::from_data(TensorData::new(idx_i.clone(), [bs]), &dev);
+        let idx_t = Tensor::<B, 1, Int>::from_data(TensorData::new(idx_i.clone(), [bs]), &dev);
         let anchors = unit.clone().select(
             0,
-            Tensor::<Inner, 1, Int>::from_data(TensorData::new(idx_i, [bs]), &dev),
+            Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(idx_i, [bs]), &dev),
         );
-        let cos = Tensor::<Ad, 2>::from_inner(anchors.matmul(unit.clone().transpose()));
+        let cos = Tensor::<B, 2>::from_inner(anchors.matmul(unit.clone().transpose()));
         let mut mask = vec![false; bs * n];
         for (a, &i) in idx.iter().enumerate() {
             mask[a * n + i] = true;
         }
-        let excl = Tensor::<Ad, 2, Bool>::from_data(TensorData::new(mask, [bs, n]), &dev);
+        let excl = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [bs, n]), &dev);
 
         let loss = loss_of(&head, &idx_t, &cos, &excl, mode, &ctx)?;
         let loss_v = f64::from(loss.clone().into_scalar().elem::<f32>());
@@ -440,9 +445,12 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 .val()
                 .grad(&gs)
                 .unwrap_or_else(|| g_used.zeros_like());
-            let dot = f64::from((g_used.clone() * g_other.clone()).sum().into_scalar());
-            let nu = f64::from(g_used.square().sum().sqrt().into_scalar());
-            let no = f64::from(g_other.square().sum().sqrt().into_scalar());
+            let dot = (g_used.clone() * g_other.clone())
+                .sum()
+                .into_scalar()
+                .elem::<f64>();
+            let nu = g_used.square().sum().sqrt().into_scalar().elem::<f64>();
+            let no = g_other.square().sum().sqrt().into_scalar().elem::<f64>();
             let c = dot / (nu * no).max(1e-30);
             metrics.insert("shadow_cosine".into(), json!(c));
             after.push(("shadow_cosine", c, false));
@@ -501,7 +509,8 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 after.push(("bit_balance", worst, true));
             }
             if every("pass_through") || every("quant_error") {
-                let zt = Tensor::<Inner, 2>::from_data(TensorData::new(z, [n, bits]), &dev);
+                let zt =
+                    Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(z, [n, bits]), &dev);
                 let s = bllm_ste::ops::mean_abs(zt.clone()).clamp_min(1e-12);
                 let u = zt / s;
                 let ctx_now = Ctx::at(state.step as f64 / total as f64);
@@ -512,10 +521,16 @@ pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<Retrieval
                 }
                 if every("quant_error") {
                     // How far the training codes are from the hard codes they stand for.
-                    let h = HashHead::<Inner>::codes(u.clone(), &estimator, mode, &ctx_now)?;
+                    let h =
+                        HashHead::<B::InnerBackend>::codes(u.clone(), &estimator, mode, &ctx_now)?;
                     let q = bllm_ste::ops::sign_pm1(u);
-                    let num = f64::from((h - q.clone()).square().sum().sqrt().into_scalar());
-                    let den = f64::from(q.square().sum().sqrt().into_scalar());
+                    let num = (h - q.clone())
+                        .square()
+                        .sum()
+                        .sqrt()
+                        .into_scalar()
+                        .elem::<f64>();
+                    let den = q.square().sum().sqrt().into_scalar().elem::<f64>();
                     let v = num / den.max(1e-12);
                     metrics.insert("quant_error".into(), json!(v));
                     after.push(("quant_error", v, true));
