@@ -430,7 +430,7 @@ fn device_f32_matmul(
         while times.len() < 4 || (start.elapsed().as_secs_f64() < min_secs && times.len() < 201) {
             let s = Instant::now();
             black_box(xt.clone().matmul(wt.clone()));
-            Cuda::sync(&dev).map_err(|e| anyhow::anyhow!("CUDA sync: {e:?}"))?;
+            <Cuda as Backend>::sync(&dev).map_err(|e| anyhow::anyhow!("CUDA sync: {e:?}"))?;
             times.push(s.elapsed());
         }
         times.remove(0);
