@@ -4,8 +4,6 @@
 //! `libcuda.so` is loaded at run time, so a binary built with `cuda` starts anywhere). [`open`]
 //! catches that, runs a one-word probe kernel, and reports what to do.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use bllm_codes::PackedCodes;
 use bllm_codes::hamming::Neighbors;
 
@@ -52,36 +50,6 @@ pub fn compiled(kind: DeviceKind) -> bool {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown panic".to_owned())
-}
-
-/// Runs `f` with the panic message silenced, turning a panic into an error message.
-fn quietly<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, String> {
-    // Silence panic messages while probing, but keep them: the runtime often panics on its
-    // own thread first (the root cause), and the caller then sees only a channel error.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let hook = std::panic::take_hook();
-    let sink = seen.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut v) = sink.lock() {
-            v.push(info.to_string());
-        }
-    }));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    r.map_err(|p| {
-        seen.lock()
-            .ok()
-            .and_then(|v| v.first().cloned())
-            .map(|m| shorten(&m.replace('\n', " ")))
-            .unwrap_or_else(|| panic_text(&*p))
-    })
-}
-
 /// Opens `kind` and checks it with a probe kernel (packs two values and reads them back).
 pub fn open(kind: DeviceKind) -> Result<AnyGpu> {
     if !compiled(kind) {
@@ -94,7 +62,7 @@ pub fn open(kind: DeviceKind) -> Result<AnyGpu> {
              `cargo build --release -p bllm-cli --features {feature}`"
         )));
     }
-    let opened = quietly(|| {
+    let opened = crate::probe::quietly(|| {
         let gpu = match kind {
             #[cfg(feature = "wgpu")]
             DeviceKind::Wgpu => AnyGpu::Wgpu(Gpu::new(&Default::default())),
@@ -196,13 +164,5 @@ impl AnyGpu {
         min_secs: f64,
     ) -> Result<Vec<std::time::Duration>> {
         each!(self, g => g.time_linear(layer, x, batch, min_secs))
-    }
-}
-
-/// At most 240 characters of a panic message (the driver-loading panic lists 34 file names).
-fn shorten(m: &str) -> String {
-    match m.char_indices().nth(240) {
-        Some((i, _)) => format!("{}…", &m[..i]),
-        None => m.to_owned(),
     }
 }

@@ -36,6 +36,7 @@ pub mod cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod device;
 mod error;
+pub mod probe;
 
 pub use cpu::{Epilogue, PackedInput, PackedLinear};
 pub use error::{KernelError, Result};

@@ -38,7 +38,7 @@ pub(crate) fn dispatch<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
 fn cuda<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
     use burn::backend::Cuda;
     use burn::tensor::Tensor;
-    let probe = quietly(|| {
+    let probe = bllm_kernels::probe::quietly(|| {
         let dev = burn::backend::cuda::CudaDevice::default();
         Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &dev)
             .sum()
@@ -69,41 +69,6 @@ fn cuda<J: Job>(recipe: &Recipe, _job: J) -> Result<J::Output> {
     )))
 }
 
-/// Runs `f` with panic messages silenced, turning a panic into its message.
-#[cfg(feature = "cuda")]
-fn quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    // Silence panic messages while probing, but keep them: the runtime often panics on its
-    // own thread first (the root cause), and the caller then sees only a channel error.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let hook = std::panic::take_hook();
-    let sink = seen.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut v) = sink.lock() {
-            v.push(info.to_string());
-        }
-    }));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    r.map_err(|p| {
-        let own = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        first_cause(&seen, own)
-    })
-}
-
-/// The first panic recorded during a probe (often on a runtime thread), else `own`.
-#[cfg(feature = "cuda")]
-fn first_cause(seen: &std::sync::Mutex<Vec<String>>, own: String) -> String {
-    seen.lock()
-        .ok()
-        .and_then(|v| v.first().cloned())
-        .map(|m| shorten(&m.replace('\n', " ")))
-        .unwrap_or(own)
-}
-
 /// `dispatch_run!(recipe, opts, f -> Out)`: runs `f::<B>(recipe, opts)` on the recipe's
 /// backend.
 macro_rules! dispatch_run {
@@ -119,12 +84,3 @@ macro_rules! dispatch_run {
     }};
 }
 pub(crate) use dispatch_run;
-
-/// At most 240 characters of a panic message (the driver-loading panic lists 34 file names).
-#[cfg(feature = "cuda")]
-fn shorten(m: &str) -> String {
-    match m.char_indices().nth(240) {
-        Some((i, _)) => format!("{}…", &m[..i]),
-        None => m.to_owned(),
-    }
-}

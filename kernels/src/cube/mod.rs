@@ -442,54 +442,58 @@ impl<R: Runtime> Gpu<R> {
     }
 
     fn launch_xnor(&self, layer: &GpuLinear, a: &Handle, batch: usize) -> Result<Handle> {
-        let (k, out) = (layer.layer.d_input(), layer.layer.d_output());
-        let words = 2 * words_per_row(k);
-        check_u32("outputs", batch * out)?;
-        let y = self.empty(batch * out);
-        let (count, cube) = matmul_grid(batch, out)?;
-        // SAFETY: lengths are those of the buffers.
-        unsafe {
-            kernels::xnor_matmul::launch::<R>(
-                &self.client,
-                count,
-                cube,
-                ArrayArg::from_raw_parts(a.clone(), batch * words),
-                ArrayArg::from_raw_parts(layer.weights.handle.clone(), out * words),
-                ArrayArg::from_raw_parts(layer.scale.clone(), out),
-                ArrayArg::from_raw_parts(layer.bias.clone(), out),
-                ArrayArg::from_raw_parts(y.clone(), batch * out),
-                batch as u32,
-                out as u32,
-                words as u32,
-                k as u32,
-            )
-        };
-        Ok(y)
+        self.launch_matmul(layer, a, batch, true)
     }
 
     fn launch_binary_float(&self, layer: &GpuLinear, x: &Handle, batch: usize) -> Result<Handle> {
+        self.launch_matmul(layer, x, batch, false)
+    }
+
+    /// Launches the XNOR (`input` = packed signs, `batch × words`) or the binary × float
+    /// (`input` = floats, `batch × d_input`) matmul of `layer`; returns the output handle.
+    fn launch_matmul(
+        &self,
+        layer: &GpuLinear,
+        input: &Handle,
+        batch: usize,
+        xnor: bool,
+    ) -> Result<Handle> {
         let (k, out) = (layer.layer.d_input(), layer.layer.d_output());
         let words = 2 * words_per_row(k);
         check_u32("outputs", batch * out)?;
         let y = self.empty(batch * out);
         let (count, cube) = matmul_grid(batch, out)?;
+        let in_len = if xnor { batch * words } else { batch * k };
         // SAFETY: lengths are those of the buffers.
-        unsafe {
-            kernels::binary_float_matmul::launch::<R>(
-                &self.client,
-                count,
-                cube,
-                ArrayArg::from_raw_parts(x.clone(), batch * k),
+        let args = unsafe {
+            (
+                ArrayArg::from_raw_parts(input.clone(), in_len),
                 ArrayArg::from_raw_parts(layer.weights.handle.clone(), out * words),
                 ArrayArg::from_raw_parts(layer.scale.clone(), out),
                 ArrayArg::from_raw_parts(layer.bias.clone(), out),
                 ArrayArg::from_raw_parts(y.clone(), batch * out),
-                batch as u32,
-                out as u32,
-                words as u32,
-                k as u32,
             )
         };
+        let dims = (batch as u32, out as u32, words as u32, k as u32);
+        let launch = if xnor {
+            kernels::xnor_matmul::launch::<R>
+        } else {
+            kernels::binary_float_matmul::launch::<R>
+        };
+        launch(
+            &self.client,
+            count,
+            cube,
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            args.4,
+            dims.0,
+            dims.1,
+            dims.2,
+            dims.3,
+        );
         Ok(y)
     }
 
