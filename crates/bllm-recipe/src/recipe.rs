@@ -642,7 +642,7 @@ pub struct Recipe {
     pub kind: Kind,
     /// Seed of everything.
     pub seed: u64,
-    /// `cpu` or `cuda`.
+    /// `cpu`, `cuda` or `wgpu` (the backend a run trains on).
     pub device: String,
     /// The kind-specific sections (`[data]`, `[model]`, …).
     pub task: Task,
@@ -754,7 +754,7 @@ impl Recipe {
             .unwrap_or(Kind::Classify);
         let seed = root.int("seed", Some(0), 0, i64::MAX, r) as u64;
         let device = root
-            .choice("device", &["cpu", "cuda"], Some("cpu"), r)
+            .choice("device", &["cpu", "cuda", "wgpu"], Some("cpu"), r)
             .unwrap_or_else(|| "cpu".into());
 
         let mut task = match kind {

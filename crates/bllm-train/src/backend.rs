@@ -1,6 +1,9 @@
 //! Which Burn backend a run trains on, chosen by the recipe's `device`:
 //!
 //! * `"cpu"` — `Autodiff<NdArray>`: the embedded default, runs anywhere, bit-identical runs.
+//! * `"wgpu"` — `Autodiff<Wgpu>` (feature `wgpu`, on by default in `bllm-cli`): any
+//!   Vulkan/Metal/DX12 adapter, or Mesa's lavapipe on a CPU — which is how CI runs the generic
+//!   trainers on a CubeCL backend, the same `burn-cubecl` code that CUDA runs.
 //! * `"cuda"` — `Autodiff<Cuda>` on device 0, with the cargo feature `cuda`. Burn 0.21 loads
 //!   the CUDA driver and NVRTC at run time, so the build needs no GPU; before training, a probe
 //!   (a two-element sum read back) turns "no driver / no GPU" into a typed error instead of a
@@ -27,36 +30,65 @@ pub(crate) fn dispatch<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
     match recipe.device.as_str() {
         "cpu" => job.run::<Autodiff<NdArray>>(),
         "cuda" => cuda(recipe, job),
+        "wgpu" => wgpu(recipe, job),
         other => Err(TrainError::Unsupported(format!(
-            "recipe {:?}: device = {other:?}; expected \"cpu\" or \"cuda\"",
+            "recipe {:?}: device = {other:?}; expected \"cpu\", \"cuda\" or \"wgpu\"",
             recipe.name
         ))),
     }
 }
 
-#[cfg(feature = "cuda")]
-fn cuda<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
-    use burn::backend::Cuda;
-    use burn::tensor::Tensor;
+/// Runs `job` on `B` after checking that `B`'s default device computes 1 + 2 (a panic there —
+/// no driver, no adapter — becomes an error naming the recipe's `device`).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn probed<B: AutodiffBackend, J: Job>(recipe: &Recipe, job: J, needs: &str) -> Result<J::Output> {
+    use burn::tensor::{ElementConversion, Tensor};
     let probe = bllm_kernels::probe::quietly(|| {
-        let dev = burn::backend::cuda::CudaDevice::default();
-        Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &dev)
+        Tensor::<B, 1>::from_floats([1.0, 2.0], &Default::default())
             .sum()
             .into_scalar()
+            .elem::<f64>()
     });
     match probe {
-        Ok(v) if (v - 3.0).abs() < 1e-6 => job.run::<Autodiff<Cuda>>(),
+        Ok(v) if (v - 3.0).abs() < 1e-6 => job.run::<B>(),
         Ok(v) => Err(TrainError::Unsupported(format!(
-            "recipe {:?}: device = \"cuda\": the CUDA probe computed 1 + 2 = {v}",
-            recipe.name
+            "recipe {:?}: device = {:?}: the probe computed 1 + 2 = {v}",
+            recipe.name, recipe.device
         ))),
         Err(why) => Err(TrainError::Unsupported(format!(
-            "recipe {:?}: device = \"cuda\": no usable CUDA device ({why}); a CUDA run needs an \
-             NVIDIA GPU with its driver (libcuda.so) and NVRTC; use device = \"cpu\" on this \
-             machine",
-            recipe.name
+            "recipe {:?}: device = {:?}: no usable device ({why}); {needs}; use device = \"cpu\" \
+             on this machine",
+            recipe.name, recipe.device
         ))),
     }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
+    probed::<Autodiff<burn::backend::Wgpu>, J>(
+        recipe,
+        job,
+        "a wgpu run needs a Vulkan/Metal/DX12 adapter — on a machine without a GPU, Debian's \
+         `mesa-vulkan-drivers libvulkan1` (lavapipe) with XDG_RUNTIME_DIR set",
+    )
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu<J: Job>(recipe: &Recipe, _job: J) -> Result<J::Output> {
+    Err(TrainError::Unsupported(format!(
+        "recipe {:?}: device = \"wgpu\", but this binary was built without the `wgpu` feature; \
+         rebuild with `cargo build --release -p bllm-cli --features wgpu`, or use device = \"cpu\"",
+        recipe.name
+    )))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
+    probed::<Autodiff<burn::backend::Cuda>, J>(
+        recipe,
+        job,
+        "a CUDA run needs an NVIDIA GPU with its driver (libcuda.so) and NVRTC",
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
