@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::classify::RunOptions;
 use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
-use crate::optim::{Opt, clip_and_step, grad_norm, recorder, step_ctx};
+use crate::optim::{Opt, clip_and_step, grad_norm, recorder, save_model, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{Result, TrainError};
@@ -120,13 +120,7 @@ fn base_model<B: AutodiffBackend>(
         std::process::id()
     ));
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    model
-        .clone()
-        .save_file(tmp.join("model"), &recorder())
-        .map_err(|e| TrainError::Checkpoint {
-            path: tmp.clone(),
-            message: e.to_string(),
-        })?;
+    save_model(&model, &tmp)?;
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another run cached the same base meanwhile: keep theirs.
         let _ = std::fs::remove_dir_all(&tmp);

@@ -172,6 +172,20 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
+/// Writes `model`'s record as `dir/model.mpk` (full precision).
+pub(crate) fn save_model<B: Backend, M: burn::module::Module<B>>(
+    model: &M,
+    dir: &Path,
+) -> Result<()> {
+    model
+        .clone()
+        .save_file(dir.join("model"), &recorder())
+        .map_err(|e| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Writes checkpoint `name` of `run` (a temp directory renamed into place): the model record
 /// (`model.mpk`), the optimizer record(s), `trainer.json` from `state`, and what `extra(dir)`
 /// adds (a safetensors copy, an encoder). Returns the checkpoint directory.
@@ -184,13 +198,7 @@ pub(crate) fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, S: serde
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     run.write_checkpoint(name, |dir| {
-        model
-            .clone()
-            .save_file(dir.join("model"), &recorder())
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.to_owned(),
-                message: e.to_string(),
-            })?;
+        save_model(model, dir)?;
         opt.save(dir)?;
         extra(dir)?;
         let json = serde_json::to_vec_pretty(state).unwrap_or_default();
