@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use bllm_codes::FloatMatrix;
+use bllm_codes::io::{MAX_DATA_FILE, MAX_TEXT_FILE, read_regular};
 use half::f16;
 
 use crate::{DataError, Result};
@@ -59,8 +60,13 @@ fn finite(path: &Path, rows: usize, cols: usize, data: Vec<f32>) -> Result<Float
     })
 }
 
+/// Reads a regular file of at most `max` bytes whole ([`read_regular`]), naming it in the error.
+pub(crate) fn read_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    read_regular(path, max).map_err(|e| DataError::file(path, e.to_string()))
+}
+
 fn read_fvecs(path: &Path) -> Result<FloatMatrix> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::file(path, e.to_string()))?;
+    let bytes = read_file(path, MAX_DATA_FILE)?;
     let mut data = Vec::new();
     let (mut pos, mut dim, mut rows) = (0usize, None, 0usize);
     while pos < bytes.len() {
@@ -78,6 +84,10 @@ fn read_fvecs(path: &Path) -> Result<FloatMatrix> {
             ));
         }
         let d = d as usize;
+        if dim.is_none() {
+            // Sized by the file, never by the declared dimension.
+            data.reserve_exact(bytes.len() / (4 + 4 * d) * d);
+        }
         if *dim.get_or_insert(d) != d {
             return Err(DataError::file(
                 path,
@@ -114,7 +124,7 @@ pub fn write_fvecs(path: &Path, m: &FloatMatrix) -> Result<()> {
 }
 
 fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<(FloatMatrix, &'static str)> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::file(path, e.to_string()))?;
+    let bytes = read_file(path, MAX_DATA_FILE)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| DataError::file(path, format!("not a safetensors file: {e}")))?;
     let is_float_2d = |t: &safetensors::tensor::TensorView<'_>| {
@@ -182,10 +192,10 @@ fn read_safetensors(path: &Path, tensor: Option<&str>) -> Result<(FloatMatrix, &
 }
 
 /// Verifies every file listed in `dir/MANIFEST.json` against its sha256, and that the manifest
-/// names a source and a licence.
+/// names a source and a licence. Listed names must be plain file names inside `dir`.
 pub fn check_manifest(dir: &Path) -> Result<()> {
     let mpath = dir.join("MANIFEST.json");
-    let text = std::fs::read(&mpath).map_err(|e| DataError::file(&mpath, e.to_string()))?;
+    let text = read_file(&mpath, MAX_TEXT_FILE)?;
     let m: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| DataError::file(&mpath, format!("invalid JSON: {e}")))?;
     for key in ["source", "licence"] {
@@ -203,6 +213,13 @@ pub fn check_manifest(dir: &Path) -> Result<()> {
         let want = meta["sha256"]
             .as_str()
             .ok_or_else(|| DataError::file(&mpath, format!("files.{name}.sha256 is missing")))?;
+        let plain = Path::new(name);
+        if plain.components().count() != 1 || plain.file_name().is_none() {
+            return Err(DataError::file(
+                &mpath,
+                format!("files.{name:?} must be a plain file name inside the directory"),
+            ));
+        }
         let got = bllm_codes::io::sha256_file(&dir.join(name))?;
         if got != want {
             return Err(DataError::file(
@@ -217,7 +234,7 @@ pub fn check_manifest(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sample() -> FloatMatrix {
@@ -299,6 +316,91 @@ mod tests {
                 .to_string()
                 .contains("no tensor named")
         );
+    }
+
+    /// Runs `f` on a thread; fails if it takes more than 10 s (a FIFO would block forever).
+    pub(crate) fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the reader hung (more than 10 s)")
+    }
+
+    /// Makes `dir/name` a symlink to `/dev/zero`, `/dev/urandom`, a FIFO or (when `dirs`) a
+    /// directory in turn, and checks that `read` fails at once naming `name` and saying why.
+    #[cfg(unix)]
+    pub(crate) fn refuses_non_regular(
+        dir: &Path,
+        name: &str,
+        dirs: bool,
+        read: impl Fn(&Path) -> String + Send + Sync + Clone + 'static,
+    ) {
+        let fifo = dir.join(format!(".fifo-{name}"));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(made, "mkfifo failed");
+        let sub = dir.join(format!(".dir-{name}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let p = dir.join(name);
+        let targets = [
+            Path::new("/dev/zero"),
+            Path::new("/dev/urandom"),
+            &fifo,
+            &sub,
+        ];
+        for target in &targets[..if dirs { 4 } else { 3 }] {
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(target, &p).unwrap();
+            let (read, d) = (read.clone(), dir.to_owned());
+            let e = within_10s(move || read(&d));
+            assert!(
+                e.contains(name) && e.contains("not a regular file"),
+                "{name} -> {}: {e}",
+                target.display()
+            );
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// Defects 4 and 5 of issue 15: every embedding format and MANIFEST.json.
+    #[cfg(unix)]
+    #[test]
+    fn non_regular_inputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["x.npy", "x.fvecs", "x.safetensors"] {
+            refuses_non_regular(dir.path(), name, true, move |d| {
+                load_embeddings(&d.join(name), None)
+                    .unwrap_err()
+                    .to_string()
+            });
+        }
+        refuses_non_regular(dir.path(), "MANIFEST.json", true, |d| {
+            check_manifest(d).unwrap_err().to_string()
+        });
+        // A listed file that is a device.
+        let m = serde_json::json!({"source": "t", "licence": "CC0", "files": {"d.bin": {"sha256": "00"}}});
+        std::fs::write(dir.path().join("MANIFEST.json"), m.to_string()).unwrap();
+        refuses_non_regular(dir.path(), "d.bin", true, |d| {
+            check_manifest(d).unwrap_err().to_string()
+        });
+    }
+
+    #[test]
+    fn manifest_names_must_stay_inside_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["../d.bin", "/etc/hostname", "a/b", ""] {
+            let m = serde_json::json!({"source": "t", "licence": "CC0", "files": {name: {"sha256": "00"}}});
+            std::fs::write(dir.path().join("MANIFEST.json"), m.to_string()).unwrap();
+            let e = check_manifest(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("MANIFEST.json") && e.contains("plain file name"),
+                "{name}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,12 @@
 
 use std::path::Path;
 
+use crate::load::read_file;
 use crate::{DataError, Result, check_manifest};
+
+/// The largest text corpus file read (train, held-out or a single file): corpora are held in
+/// memory whole, and anything larger is refused before reading.
+pub const MAX_CORPUS_FILE: u64 = 4 << 30;
 
 /// A byte-level corpus: training bytes and held-out bytes (vocabulary 256, no tokenizer).
 #[derive(Clone, Debug, PartialEq)]
@@ -19,14 +24,17 @@ impl TextCorpus {
     /// file whose last `valid_fraction` is held out (cut at a line start when there is one
     /// near).
     pub fn load(path: &Path, valid_fraction: f64) -> Result<Self> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| DataError::file(p, e.to_string()));
+        let read = |p: &Path| read_file(p, MAX_CORPUS_FILE);
+        // Present as a directory entry at all (a dangling or device symlink included, which
+        // the readers then refuse by name).
+        let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
         let corpus = if path.is_dir() {
-            if path.join("MANIFEST.json").is_file() {
+            if present(&path.join("MANIFEST.json")) {
                 check_manifest(path)?;
             }
             let (t, v) = (path.join("train.txt"), path.join("valid.txt"));
             for p in [&t, &v] {
-                if !p.is_file() {
+                if !present(p) {
                     return Err(DataError::file(
                         p,
                         "missing: a corpus directory holds train.txt and valid.txt",
@@ -123,6 +131,33 @@ mod tests {
         .unwrap();
         let e = TextCorpus::load(dir.path(), 0.1).unwrap_err().to_string();
         assert!(e.contains("sha256"), "{e}");
+    }
+
+    /// Defects 4 and 5 of issue 15 for corpora: a single file, `train.txt`, `valid.txt` or
+    /// `MANIFEST.json` that is a device, FIFO or directory is refused at once, by name.
+    #[cfg(unix)]
+    #[test]
+    fn non_regular_corpus_files_are_refused() {
+        use crate::load::tests::refuses_non_regular;
+        let dir = tempfile::tempdir().unwrap();
+        // (A directory there is a corpus directory, not an error.)
+        refuses_non_regular(dir.path(), "one.txt", false, |d| {
+            TextCorpus::load(&d.join("one.txt"), 0.1)
+                .unwrap_err()
+                .to_string()
+        });
+        std::fs::write(dir.path().join("train.txt"), b"abcabc").unwrap();
+        std::fs::write(dir.path().join("valid.txt"), b"cab").unwrap();
+        for name in ["train.txt", "valid.txt", "MANIFEST.json"] {
+            let keep = std::fs::read(dir.path().join(name)).ok();
+            refuses_non_regular(dir.path(), name, true, |d| {
+                TextCorpus::load(d, 0.1).unwrap_err().to_string()
+            });
+            if let Some(k) = keep {
+                std::fs::write(dir.path().join(name), k).unwrap();
+            }
+        }
+        assert!(TextCorpus::load(dir.path(), 0.1).is_ok());
     }
 
     #[test]

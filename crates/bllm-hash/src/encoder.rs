@@ -12,6 +12,19 @@ use crate::{HashError, Result};
 pub const ENCODER_TENSORS: &str = "encoder.safetensors";
 /// File name of the encoder's description (JSON).
 pub const ENCODER_JSON: &str = "encoder.json";
+/// Every [`LinearEncoder::method`] there is: the baselines (the names of
+/// [`Method::ALL`](crate::Method::ALL)) and the retrieval trainer's learned heads,
+/// `learned_<objective.kind>`. [`LinearEncoder::save`] and [`LinearEncoder::load`] refuse any
+/// other, so a writer cannot produce what the reader refuses.
+pub const ENCODER_METHODS: [&str; 7] = [
+    "lsh",
+    "lsh_centred",
+    "pca",
+    "itq",
+    "sign",
+    "learned_listwise",
+    "learned_similarity",
+];
 
 /// A linear binary encoder: `bit_j(x) = [((x̂ − μ) · P)_j − t_j ≥ 0]`, where `x̂ = x / ‖x‖`
 /// when [`normalize`](Self::normalize) is set and `x` otherwise.
@@ -47,8 +60,14 @@ struct EncoderJson {
 }
 
 impl LinearEncoder {
-    /// Checks the shapes.
+    /// Checks the method name ([`ENCODER_METHODS`]) and the shapes.
     pub fn validate(&self) -> Result<()> {
+        if !ENCODER_METHODS.contains(&self.method.as_str()) {
+            return Err(HashError::InvalidArgument(format!(
+                "encoder method {:?} is not one of {ENCODER_METHODS:?}",
+                self.method
+            )));
+        }
         let ok = self.dim > 0
             && self.bits > 0
             && self.mean.len() == self.dim
@@ -166,7 +185,9 @@ impl LinearEncoder {
             path: p.to_owned(),
             reason,
         };
-        let text = std::fs::read(&jpath).map_err(|e| bad(&jpath, e.to_string()))?;
+        let read =
+            |p: &Path, max| bllm_codes::io::read_regular(p, max).map_err(|e| bad(p, e.to_string()));
+        let text = read(&jpath, bllm_codes::io::MAX_TEXT_FILE)?;
         let j: EncoderJson = serde_json::from_slice(&text)
             .map_err(|e| bad(&jpath, format!("invalid encoder description: {e}")))?;
         if j.format != "bllm-linear-encoder" {
@@ -175,8 +196,32 @@ impl LinearEncoder {
                 format!("format is {:?}, expected \"bllm-linear-encoder\"", j.format),
             ));
         }
-        let tpath = dir.join(&j.tensors);
-        let raw = std::fs::read(&tpath).map_err(|e| bad(&tpath, e.to_string()))?;
+        let name = Path::new(&j.tensors);
+        if name.components().count() != 1 || name.file_name().is_none() {
+            return Err(bad(
+                &jpath,
+                format!(
+                    "tensors {:?} must be a plain file name inside the encoder directory",
+                    j.tensors
+                ),
+            ));
+        }
+        if !ENCODER_METHODS.contains(&j.method.as_str()) {
+            return Err(bad(
+                &jpath,
+                format!(
+                    "method is {:?}, expected one of {ENCODER_METHODS:?}",
+                    j.method
+                ),
+            ));
+        }
+        for (key, v) in [("dim", j.dim), ("bits", j.bits)] {
+            if v == 0 {
+                return Err(bad(&jpath, format!("{key} is 0, expected at least 1")));
+            }
+        }
+        let tpath = dir.join(name);
+        let raw = read(&tpath, bllm_codes::io::MAX_DATA_FILE)?;
         let st =
             safetensors::SafeTensors::deserialize(&raw).map_err(|e| bad(&tpath, e.to_string()))?;
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -272,5 +317,134 @@ unsafe fn matrixmultiply_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32
             n as isize,
             1,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Method;
+
+    fn saved() -> (tempfile::TempDir, LinearEncoder) {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = LinearEncoder {
+            method: "lsh".into(),
+            dim: 2,
+            bits: 3,
+            mean: vec![0.0; 2],
+            projection: vec![1.0, 0.0, -1.0, 0.5, 1.0, 0.25],
+            thresholds: vec![0.0; 3],
+            normalize: false,
+        };
+        enc.save(dir.path()).unwrap();
+        (dir, enc)
+    }
+
+    fn edit_json(dir: &Path, key: &str, value: serde_json::Value) -> String {
+        let p = dir.join(ENCODER_JSON);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        LinearEncoder::load(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_baseline_method_is_a_known_encoder_method() {
+        for (_, name) in Method::ALL {
+            assert!(ENCODER_METHODS.contains(&name), "{name}");
+        }
+        let (_, mut enc) = saved();
+        enc.method = "umap".into();
+        let dir = tempfile::tempdir().unwrap();
+        let e = enc.save(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("\"umap\""), "{e}");
+    }
+
+    /// Defect 8 of issue 15: `tensors` is a plain file name in the directory, `method` a known
+    /// name, `dim` and `bits` at least 1; each refused naming encoder.json and the key.
+    #[test]
+    fn encoder_json_fields_are_checked() {
+        let (dir, enc) = saved();
+        assert_eq!(LinearEncoder::load(dir.path()).unwrap(), enc);
+        // Another encoder's tensors, by absolute or relative path, are refused.
+        let (other, _) = saved();
+        let abs = other.path().join(ENCODER_TENSORS).display().to_string();
+        for t in [
+            abs.as_str(),
+            "../x/encoder.safetensors",
+            "/dev/zero",
+            "a/b",
+            "",
+            "..",
+        ] {
+            let (dir, _) = saved();
+            let e = edit_json(dir.path(), "tensors", t.into());
+            assert!(
+                e.contains("encoder.json") && e.contains("plain file name"),
+                "{t}: {e}"
+            );
+        }
+        for m in ["", "bogus", "LSH", "learned_"] {
+            let (dir, _) = saved();
+            let e = edit_json(dir.path(), "method", m.into());
+            assert!(
+                e.contains("encoder.json") && e.contains("method is"),
+                "{m}: {e}"
+            );
+        }
+        for key in ["dim", "bits"] {
+            let (dir, _) = saved();
+            let e = edit_json(dir.path(), key, 0.into());
+            assert!(
+                e.contains("encoder.json") && e.contains(&format!("{key} is 0")),
+                "{e}"
+            );
+        }
+        // A renamed tensors file inside the directory is fine.
+        let (dir, enc) = saved();
+        std::fs::rename(dir.path().join(ENCODER_TENSORS), dir.path().join("t.st")).unwrap();
+        let p = dir.path().join(ENCODER_JSON);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["tensors"] = "t.st".into();
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(LinearEncoder::load(dir.path()).unwrap(), enc);
+    }
+
+    /// Defects 4 and 5 of issue 15 for encoders: encoder.json or encoder.safetensors that is a
+    /// device, FIFO or directory is refused at once, by name.
+    #[cfg(unix)]
+    #[test]
+    fn non_regular_encoder_files_are_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let fifo = scratch.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success())
+        );
+        for target in [
+            Path::new("/dev/zero"),
+            Path::new("/dev/urandom"),
+            &fifo,
+            scratch.path(),
+        ] {
+            for name in [ENCODER_JSON, ENCODER_TENSORS] {
+                let (dir, _) = saved();
+                let p = dir.path().join(name);
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink(target, &p).unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let d = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let _ = tx.send(LinearEncoder::load(&d).map(drop).map_err(|e| e.to_string()));
+                });
+                let e = rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("LinearEncoder::load hung")
+                    .unwrap_err();
+                assert!(e.contains(name) && e.contains("not a regular file"), "{e}");
+            }
+        }
     }
 }

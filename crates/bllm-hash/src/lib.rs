@@ -17,6 +17,8 @@ mod error;
 mod fit;
 
 pub use compare::ResultRow;
-pub use encoder::{ENCODER_JSON, ENCODER_TENSORS, LinearEncoder, l2_norm, normalize_rows};
+pub use encoder::{
+    ENCODER_JSON, ENCODER_METHODS, ENCODER_TENSORS, LinearEncoder, l2_norm, normalize_rows,
+};
 pub use error::{HashError, Result};
 pub use fit::{ItqReport, Method, centred_sign, fit, itq, pca, pca_sign, random_hyperplanes};

@@ -74,5 +74,86 @@ fn format_issues(issues: &[Issue]) -> String {
     s
 }
 
+/// Reads a recipe file as text: a regular file (devices and FIFOs are refused without
+/// blocking) of at most [`bllm_codes::io::MAX_TEXT_FILE`] bytes, in UTF-8.
+pub(crate) fn read_recipe_text(path: &std::path::Path) -> Result<String> {
+    let io = |source| RecipeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = bllm_codes::io::read_regular(path, bllm_codes::io::MAX_TEXT_FILE).map_err(io)?;
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is not UTF-8 text: {e}"),
+        ))
+    })
+}
+
 /// `Result` with [`RecipeError`].
 pub type Result<T, E = RecipeError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{Recipe, expand_sweep};
+
+    /// Defects 4 and 5 of issue 15 for recipes: a recipe path that is a device, a FIFO or a
+    /// directory (also behind a symlink) is refused at once by `Recipe::load` and
+    /// `expand_sweep`, naming the file; so is one over the text cap or not UTF-8.
+    #[cfg(unix)]
+    #[test]
+    fn recipe_files_must_be_regular_bounded_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success())
+        );
+        let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/smoke.toml");
+        let base = Recipe::load(&good, &[], &()).unwrap();
+        for (i, target) in [
+            Path::new("/dev/zero"),
+            Path::new("/dev/urandom"),
+            &fifo,
+            dir.path(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let link = dir.path().join(format!("link{i}.toml"));
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            for p in [target.to_path_buf(), link] {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (q, b) = (p.clone(), base.clone());
+                std::thread::spawn(move || {
+                    let load = Recipe::load(&q, &[], &()).map(drop);
+                    let sweep = expand_sweep(&q, &[], &b, &()).map(drop);
+                    let _ = tx.send((load, sweep));
+                });
+                let (load, sweep) = rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("reading the recipe hung");
+                for e in [load.unwrap_err(), sweep.unwrap_err()] {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains(&p.display().to_string()) && e.contains("not a regular file"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        let latin1 = dir.path().join("latin1.toml");
+        std::fs::write(&latin1, b"name = \"caf\xe9\"\n").unwrap();
+        let e = Recipe::load(&latin1, &[], &()).unwrap_err().to_string();
+        assert!(e.contains("latin1.toml") && e.contains("UTF-8"), "{e}");
+        let big = dir.path().join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(bllm_codes::io::MAX_TEXT_FILE + 1).unwrap();
+        let e = Recipe::load(&big, &[], &()).unwrap_err().to_string();
+        assert!(e.contains("big.toml") && e.contains("more than"), "{e}");
+    }
+}

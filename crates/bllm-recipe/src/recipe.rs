@@ -685,10 +685,7 @@ impl ComponentCheck for () {
 impl Recipe {
     /// Reads, overrides and validates a recipe file; on failure returns every problem found.
     pub fn load(path: &Path, overrides: &[Override], check: &dyn ComponentCheck) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::error::read_recipe_text(path)?;
         Self::parse(&text, &path.display().to_string(), overrides, check)
     }
 

@@ -38,10 +38,7 @@ pub fn expand_sweep(
             })
             .collect();
     }
-    let text = std::fs::read_to_string(path).map_err(|source| crate::RecipeError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = crate::error::read_recipe_text(path)?;
     combos
         .into_iter()
         .map(|assignments| {

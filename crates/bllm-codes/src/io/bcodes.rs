@@ -18,7 +18,7 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Reader, read_all, write_atomic};
+use super::{MAX_DATA_FILE, Reader, read_all, write_atomic};
 use crate::{CodesError, PackedCodes, Result, words_per_row};
 
 /// Magic bytes at the start of every `.bcodes` file.
@@ -57,7 +57,7 @@ pub fn write_bcodes(path: &Path, codes: &PackedCodes) -> Result<()> {
 /// Reads and fully validates a `.bcodes` file: magic, version, header length, bits, words per
 /// row, reserved flags, exact payload length, checksum, and zero unused high bits.
 pub fn read_bcodes(path: &Path) -> Result<PackedCodes> {
-    let bytes = read_all(path)?;
+    let bytes = read_all(path, MAX_DATA_FILE)?;
     let bad = |reason: String| CodesError::format(path, reason);
     let mut r = Reader::new(&bytes, path);
     let magic: [u8; 8] = r.array("the magic")?;

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::{Reader, read_all, write_atomic};
+use super::{MAX_DATA_FILE, Reader, read_all, write_atomic};
 use crate::{CodesError, PackedCodes, Result};
 
 const FOURCC: &[u8; 4] = b"IBxF";
@@ -41,7 +41,7 @@ pub fn write_faiss_binary_flat(path: &Path, codes: &PackedCodes) -> Result<()> {
 
 /// Reads a FAISS `IndexBinaryFlat` file into codes of `d` bits, validating every field.
 pub fn read_faiss_binary_flat(path: &Path) -> Result<PackedCodes> {
-    let bytes = read_all(path)?;
+    let bytes = read_all(path, MAX_DATA_FILE)?;
     let bad = |reason: String| CodesError::format(path, reason);
     let mut r = Reader::new(&bytes, path);
     let fourcc: [u8; 4] = r.array("the index type")?;

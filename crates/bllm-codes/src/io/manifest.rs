@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bcodes::{payload_checksum, read_bcodes, write_bcodes};
-use super::{read_all, write_atomic};
+use super::{MAX_TEXT_FILE, open_regular, read_all, write_atomic};
 use crate::{CodesError, LAYOUT_NAME, PackedCodes, Result};
 
 /// File name of the codes inside a codes directory.
@@ -17,10 +17,25 @@ pub const MANIFEST_FILE_NAME: &str = "manifest.json";
 const FORMAT: &str = "bllm-codes";
 /// Current manifest version.
 const MANIFEST_VERSION: u32 = 1;
-/// Value of [`Manifest::bit_semantics`].
-const BIT_SEMANTICS: &str = "1 = value >= 0 (sign(0) = +1)";
+/// Value of [`Manifest::bit_semantics`]: the contract's meaning of a set bit. Readers refuse any
+/// other value.
+pub const BIT_SEMANTICS: &str = "1 = value >= 0 (sign(0) = +1)";
+/// The values [`SourceInfo::dtype`] may take: the element types of float embeddings that the
+/// writers read (`npy::Dtype::name` of float32/float16 inputs, and `bllm-data`'s loaders).
+pub const SOURCE_DTYPES: [&str; 2] = ["float32", "float16"];
+/// Prefix of [`SourceInfo::path`] for generated data (the retrieval trainer's
+/// `[data.synthetic]`), which has no file and so an empty `sha256`.
+pub const SYNTHETIC_SOURCE_PREFIX: &str = "synthetic:";
 
 /// Where the codes came from: the input file and its checksum.
+///
+/// Readers check it against the codes: `rows` equals the codes' rows (every writer — `bllm
+/// codes pack`/`encode` and the retrieval trainer, whose codes are the database rows — records
+/// the rows it encoded); `dim ≥ 1`; `dtype` is one of [`SOURCE_DTYPES`]; `sha256` is 64 lowercase
+/// hex digits, or empty for generated data (`path` starting with [`SYNTHETIC_SOURCE_PREFIX`]);
+/// `path` is not empty. `bits ≤ dim` is not a rule in general — random hyperplanes and learned
+/// heads may have more bits than input dimensions — but codes whose `encoder` is sign
+/// binarization, `sign(x[:B])`, must have `B = bits ≤ dim`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceInfo {
@@ -131,7 +146,7 @@ pub fn read_codes_dir(dir: &Path) -> Result<(PackedCodes, Manifest)> {
             "not a codes directory (expected a directory holding manifest.json and codes.bcodes)",
         ));
     }
-    let text = read_all(&mpath)?;
+    let text = read_all(&mpath, MAX_TEXT_FILE)?;
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| CodesError::format(&mpath, format!("invalid manifest: {e}")))?;
     let bad = |reason: String| CodesError::format(&mpath, reason);
@@ -152,6 +167,17 @@ pub fn read_codes_dir(dir: &Path) -> Result<(PackedCodes, Manifest)> {
             "layout is {:?}, expected {LAYOUT_NAME:?}",
             manifest.layout
         )));
+    }
+    if manifest.bit_semantics != BIT_SEMANTICS {
+        return Err(bad(format!(
+            "bit_semantics is {:?}, expected {BIT_SEMANTICS:?} (the contract's meaning of a set bit)",
+            manifest.bit_semantics
+        )));
+    }
+    if manifest.tool.trim().is_empty() {
+        return Err(bad(
+            "tool is empty; it names the program that wrote the codes".into(),
+        ));
     }
     let name = Path::new(&manifest.codes_file);
     if name.components().count() != 1 || name.file_name().is_none() {
@@ -185,13 +211,97 @@ pub fn read_codes_dir(dir: &Path) -> Result<(PackedCodes, Manifest)> {
             manifest.payload_checksum, manifest.codes_file
         )));
     }
+    if let Some(source) = &manifest.source {
+        check_source(source, &manifest, &codes).map_err(bad)?;
+    }
     Ok((codes, manifest))
 }
 
-/// SHA-256 of a file, lowercase hex.
+/// The rules of [`SourceInfo`], against the codes read; the error names the key.
+fn check_source(
+    s: &SourceInfo,
+    m: &Manifest,
+    codes: &PackedCodes,
+) -> std::result::Result<(), String> {
+    if s.rows != codes.rows() {
+        return Err(format!(
+            "source.rows is {} but {} holds {} rows (the codes are the encoded source rows)",
+            s.rows,
+            m.codes_file,
+            codes.rows()
+        ));
+    }
+    if s.dim == 0 {
+        return Err("source.dim is 0, expected at least 1".into());
+    }
+    if !SOURCE_DTYPES.contains(&s.dtype.as_str()) {
+        return Err(format!(
+            "source.dtype is {:?}, expected one of {SOURCE_DTYPES:?}",
+            s.dtype
+        ));
+    }
+    if s.path.is_empty() {
+        return Err("source.path is empty".into());
+    }
+    let hex = s.sha256.len() == 64
+        && s.sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let synthetic = s.path.starts_with(SYNTHETIC_SOURCE_PREFIX) && s.sha256.is_empty();
+    if !hex && !synthetic {
+        return Err(format!(
+            "source.sha256 is {:?}, expected 64 lowercase hex digits (empty only for a {SYNTHETIC_SOURCE_PREFIX}… source)",
+            s.sha256
+        ));
+    }
+    if let Some(rest) = m
+        .encoder
+        .as_deref()
+        .and_then(|e| e.strip_prefix("sign(x[:"))
+    {
+        let b = rest
+            .strip_suffix("])")
+            .and_then(|b| b.parse::<usize>().ok());
+        if b != Some(m.bits) || m.bits > s.dim {
+            return Err(format!(
+                "encoder is {:?} with {} bits from source.dim {}: sign codes take bits = B ≤ dim",
+                m.encoder.as_deref().unwrap_or(""),
+                m.bits,
+                s.dim
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of a regular file, lowercase hex, streamed (never held in memory whole). Devices and
+/// FIFOs are refused; a file that grows while being hashed is an error.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = read_all(path)?;
-    Ok(Sha256::digest(&bytes)
+    use std::io::Read;
+    let io_err = |e| CodesError::io(path, e);
+    let (file, len) = open_regular(path, u64::MAX).map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    let mut reader = file.take(len.saturating_add(1));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    if total > len {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("grew while being hashed (it was {len} bytes)"),
+        )));
+    }
+    Ok(hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
@@ -238,6 +348,131 @@ mod tests {
         assert!(edit_manifest(|v| v["codes_file"] = "../x".into()).contains("plain file name"));
         assert!(edit_manifest(|v| v["surprise"] = 1.into()).contains("unknown field"));
         assert!(edit_manifest(|v| v["bits"] = "many".into()).contains("invalid manifest"));
+    }
+
+    /// Defect 6 of issue 15: any bit semantics but the contract's is refused; and `tool` must
+    /// name a program.
+    #[test]
+    fn bit_semantics_and_tool_are_checked() {
+        for bad in [
+            "1 = value < 0",
+            "",
+            "inverted",
+            " 1 = value >= 0 (sign(0) = +1)",
+        ] {
+            let e = edit_manifest(|v| v["bit_semantics"] = bad.into());
+            assert!(
+                e.contains("bit_semantics")
+                    && e.contains(&format!("{bad:?}"))
+                    && e.contains(BIT_SEMANTICS),
+                "{e}"
+            );
+        }
+        for bad in ["", "  "] {
+            let e = edit_manifest(|v| v["tool"] = bad.into());
+            assert!(e.contains("tool is empty"), "{e}");
+        }
+    }
+
+    fn source() -> serde_json::Value {
+        serde_json::json!({
+            "path": "x.npy", "sha256": "0123456789abcdef".repeat(4), "dtype": "float32",
+            "rows": 2, "dim": 3,
+        })
+    }
+
+    /// Defect 7 of issue 15: `source.*` is checked against the codes and for well-formedness.
+    #[test]
+    fn source_fields_are_checked() {
+        let (dir, c) = setup();
+        let p = dir.path().join(MANIFEST_FILE_NAME);
+        let with = |src: serde_json::Value, encoder: Option<&str>| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            v["source"] = src;
+            v["encoder"] = encoder.into();
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            read_codes_dir(dir.path()).map(|(codes, _)| codes)
+        };
+        let edit = |key: &str, value: serde_json::Value| {
+            let mut s = source();
+            s[key] = value;
+            s
+        };
+        assert_eq!(with(source(), None).unwrap(), c);
+        assert_eq!(with(source(), Some("sign(x[:3])")).unwrap(), c);
+        assert_eq!(
+            with(edit("dtype", "float16".into()), Some("lsh")).unwrap(),
+            c
+        );
+        // Random hyperplanes and learned heads may have more bits than dimensions.
+        assert_eq!(with(edit("dim", 1.into()), Some("lsh (enc)")).unwrap(), c);
+        let synthetic = serde_json::json!({
+            "path": "synthetic:HardCase { rows: 2 }", "sha256": "", "dtype": "float32",
+            "rows": 2, "dim": 3,
+        });
+        assert_eq!(with(synthetic, None).unwrap(), c);
+        let cases = [
+            (
+                edit("rows", 0.into()),
+                None,
+                "source.rows is 0 but codes.bcodes holds 2 rows",
+            ),
+            (
+                edit("rows", 1_000_000_000.into()),
+                None,
+                "source.rows is 1000000000",
+            ),
+            (edit("dim", 0.into()), None, "source.dim is 0"),
+            (
+                edit("dtype", "bogus".into()),
+                None,
+                "source.dtype is \"bogus\"",
+            ),
+            (edit("dtype", "uint8".into()), None, "source.dtype"),
+            (edit("sha256", "abc".into()), None, "source.sha256"),
+            (
+                edit("sha256", "0123456789ABCDEF".repeat(4).into()),
+                None,
+                "source.sha256",
+            ),
+            (edit("sha256", "".into()), None, "source.sha256"),
+            (edit("path", "".into()), None, "source.path is empty"),
+            (source(), Some("sign(x[:4])"), "sign codes take bits"),
+            (
+                edit("dim", 2.into()),
+                Some("sign(x[:3])"),
+                "sign codes take bits",
+            ),
+        ];
+        for (src, encoder, needle) in cases {
+            let e = with(src, encoder).unwrap_err().to_string();
+            assert!(
+                e.contains("manifest.json") && e.contains(needle),
+                "{needle}: {e}"
+            );
+        }
+    }
+
+    /// Defects 4 and 5 of issue 15 for a codes directory: a manifest or codes file that is a
+    /// device or a FIFO is refused at once, naming it.
+    #[cfg(unix)]
+    #[test]
+    fn non_regular_manifest_or_codes_are_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        for target in crate::io::tests::non_regular_files(scratch.path()) {
+            for name in [MANIFEST_FILE_NAME, CODES_FILE_NAME] {
+                let (dir, _) = setup();
+                let p = dir.path().join(name);
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink(&target, &p).unwrap();
+                let d = dir.path().to_owned();
+                let e = crate::io::tests::within_10s(move || read_codes_dir(&d).map(drop))
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(name) && e.contains("not a regular file"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -8,10 +8,12 @@ use std::path::Path;
 
 use half::f16;
 
-use super::{Reader, read_all, write_atomic};
+use super::{MAX_DATA_FILE, Reader, read_all, write_atomic};
 use crate::{CodesError, FloatMatrix, PackedCodes, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
+/// numpy's default `max_header_size`: longer headers are refused (`numpy.load` refuses them too).
+const MAX_HEADER_LEN: usize = 10_000;
 
 /// Element types this crate reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +107,7 @@ impl NpyMatrix {
 /// row-major order. Everything is checked: magic, version, header syntax, dtype, shape and the
 /// exact data length.
 pub fn read_npy(path: &Path) -> Result<NpyMatrix> {
-    let bytes = read_all(path)?;
+    let bytes = read_all(path, MAX_DATA_FILE)?;
     let bad = |reason: String| CodesError::format(path, reason);
     let mut r = Reader::new(&bytes, path);
     let magic: [u8; 6] = r.array("the .npy magic")?;
@@ -113,14 +115,33 @@ pub fn read_npy(path: &Path) -> Result<NpyMatrix> {
         return Err(bad("not a .npy file (magic \\x93NUMPY missing)".into()));
     }
     let [major, minor]: [u8; 2] = r.array("the .npy version")?;
-    let header_len = match major {
-        1 => u16::from_le_bytes(r.array("the header length")?) as usize,
-        2 | 3 => r.u32("the header length")? as usize,
-        _ => return Err(bad(format!("unsupported .npy version {major}.{minor}"))),
+    // Exactly the versions numpy writes and reads (`numpy.lib.format`): 1.0, 2.0, 3.0.
+    let header_len = match (major, minor) {
+        (1, 0) => u16::from_le_bytes(r.array("the header length")?) as usize,
+        (2 | 3, 0) => r.u32("the header length")? as usize,
+        _ => {
+            return Err(bad(format!(
+                "unsupported .npy version {major}.{minor}; expected 1.0, 2.0 or 3.0"
+            )));
+        }
     };
+    if header_len > MAX_HEADER_LEN {
+        return Err(bad(format!(
+            "header length is {header_len} bytes, more than numpy's limit of {MAX_HEADER_LEN}"
+        )));
+    }
     let header = r.take(header_len, "the header")?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("header is not valid text".into()))?;
-    let h = parse_header(header).map_err(|e| bad(format!("malformed header {header:?}: {e}")))?;
+    // Version 3.0 headers are UTF-8; 1.0 and 2.0 are Latin-1, where any byte is a character
+    // (the parser works on bytes, and only ASCII can be part of a valid header outside strings).
+    if major == 3 && std::str::from_utf8(header).is_err() {
+        return Err(bad("a version 3.0 header must be UTF-8".into()));
+    }
+    let h = parse_header(header, major < 3).map_err(|e| {
+        bad(format!(
+            "malformed header {:?}: {e}",
+            String::from_utf8_lossy(header)
+        ))
+    })?;
     let dtype = Dtype::parse(&h.descr).ok_or_else(|| {
         bad(format!(
             "dtype {:?} is not supported; expected '<f4' (float32), '<f2' (float16), '|u1' (uint8) or '<u8' (uint64)",
@@ -315,12 +336,15 @@ struct Header {
 }
 
 /// Parses the Python dict literal of a `.npy` header: exactly the keys `descr`,
-/// `fortran_order` and `shape`.
-fn parse_header(s: &str) -> std::result::Result<Header, String> {
-    let mut p = Parser {
-        s: s.trim_end().as_bytes(),
-        i: 0,
-    };
+/// `fortran_order` and `shape`, with the Python literal syntax numpy's `ast.literal_eval`
+/// accepts in a header that numpy itself could have written: whitespace (space, tab, form feed,
+/// newlines) and `#` comments between tokens, `'` or `"` strings with an optional `u`/`r`
+/// prefix (a backslash escape is refused, not interpreted), decimal integers with `_`
+/// separators and one optional sign, a trailing comma. `py2_long` (versions 1.0 and 2.0) also
+/// accepts Python 2's `L` suffix on integers, as numpy's `_filter_header` does.
+fn parse_header(s: &[u8], py2_long: bool) -> std::result::Result<Header, String> {
+    let mut p = Parser { s, i: 0, py2_long };
+    p.ws();
     p.expect(b'{')?;
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     loop {
@@ -359,17 +383,32 @@ fn parse_header(s: &str) -> std::result::Result<Header, String> {
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
+    py2_long: bool,
 }
 
 impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    /// Skips whitespace and comments (Python's tokenizer: space, tab, form feed; newlines
+    /// inside brackets; `#` to the end of the line).
     fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
+        while let Some(c) = self.peek() {
+            match c {
+                b' ' | b'\t' | b'\x0c' | b'\n' | b'\r' => self.i += 1,
+                b'#' => {
+                    while self.peek().is_some_and(|c| c != b'\n' && c != b'\r') {
+                        self.i += 1;
+                    }
+                }
+                _ => break,
+            }
         }
     }
 
     fn eat(&mut self, c: u8) -> bool {
-        let hit = self.s.get(self.i) == Some(&c);
+        let hit = self.peek() == Some(c);
         self.i += usize::from(hit);
         hit
     }
@@ -383,14 +422,24 @@ impl Parser<'_> {
     }
 
     fn string(&mut self) -> std::result::Result<String, String> {
-        let q = match self.s.get(self.i) {
-            Some(&q @ (b'\'' | b'"')) => q,
+        if matches!(self.peek(), Some(b'u' | b'U' | b'r' | b'R'))
+            && matches!(self.s.get(self.i + 1), Some(b'\'' | b'"'))
+        {
+            self.i += 1;
+        }
+        let q = match self.peek() {
+            Some(q @ (b'\'' | b'"')) => q,
             _ => return Err(format!("expected a quoted string at character {}", self.i)),
         };
         self.i += 1;
         let start = self.i;
-        while self.i < self.s.len() && self.s[self.i] != q {
-            self.i += 1;
+        while let Some(c) = self.peek() {
+            match c {
+                c if c == q => break,
+                b'\\' => return Err(format!("escape sequence at character {}", self.i)),
+                b'\n' | b'\r' => return Err(format!("unterminated string at character {start}")),
+                _ => self.i += 1,
+            }
         }
         let out = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
         self.expect(q)?;
@@ -399,7 +448,12 @@ impl Parser<'_> {
 
     fn boolean(&mut self) -> std::result::Result<bool, String> {
         for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
-            if self.s[self.i..].starts_with(word) {
+            if self.s[self.i..].starts_with(word)
+                && !self
+                    .s
+                    .get(self.i + word.len())
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            {
                 self.i += word.len();
                 return Ok(v);
             }
@@ -407,27 +461,86 @@ impl Parser<'_> {
         Err(format!("expected True or False at character {}", self.i))
     }
 
+    /// A Python integer literal with an optional sign: `0+` or `[1-9]` digits, `_` allowed
+    /// between digits. Negative values are refused (they are not dimensions).
+    fn dimension(&mut self) -> std::result::Result<usize, String> {
+        let at = self.i;
+        let negative = match self.peek() {
+            Some(b'-') => true,
+            Some(b'+') => false,
+            _ => {
+                return self.unsigned(at);
+            }
+        };
+        self.i += 1;
+        self.ws();
+        let n = self.unsigned(at)?;
+        if negative && n != 0 {
+            return Err(format!("negative dimension at character {at}"));
+        }
+        Ok(n)
+    }
+
+    fn unsigned(&mut self, at: usize) -> std::result::Result<usize, String> {
+        let bad = || format!("expected a dimension at character {at}");
+        let mut digits = String::new();
+        while let Some(c) = self.peek() {
+            if c.is_ascii_digit() {
+                digits.push(c as char);
+                self.i += 1;
+            } else if c == b'_'
+                && !digits.is_empty()
+                && self.s.get(self.i + 1).is_some_and(u8::is_ascii_digit)
+            {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+        // Python 3 has no leading zeros on decimal integers, except in zero itself.
+        if digits.is_empty() || (digits.starts_with('0') && digits.bytes().any(|d| d != b'0')) {
+            return Err(bad());
+        }
+        if self.py2_long {
+            // numpy's `_filter_header` drops a name token `L` right after a number token.
+            let mut j = self.i;
+            while matches!(self.s.get(j), Some(b' ' | b'\t' | b'\x0c')) {
+                j += 1;
+            }
+            let after = self.s.get(j + 1);
+            if self.s.get(j) == Some(&b'L')
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            {
+                self.i = j + 1;
+            }
+        }
+        // An identifier character right after the number is a syntax error in Python.
+        if self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            return Err(bad());
+        }
+        digits.parse().map_err(|_| bad())
+    }
+
     fn tuple(&mut self) -> std::result::Result<Vec<usize>, String> {
         self.expect(b'(')?;
         let mut out = Vec::new();
         loop {
             self.ws();
+            // Reached at the start or after a comma: `()` and `(n,)` are tuples.
             if self.eat(b')') {
                 return Ok(out);
             }
-            let start = self.i;
-            while self.i < self.s.len() && self.s[self.i].is_ascii_digit() {
-                self.i += 1;
-            }
-            let n = std::str::from_utf8(&self.s[start..self.i])
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| format!("expected a dimension at character {start}"))?;
-            out.push(n);
+            out.push(self.dimension()?);
             self.ws();
             if !self.eat(b',') {
                 self.ws();
                 self.expect(b')')?;
+                if out.len() == 1 {
+                    return Err("shape (n) is an integer, expected a tuple (n,)".into());
+                }
                 return Ok(out);
             }
         }
@@ -443,23 +556,26 @@ mod tests {
         let b = encode(Dtype::U8, 3, 5, &[0; 15]);
         assert_eq!((b.len() - 15) % 64, 0);
         assert_eq!(b[b.len() - 16], b'\n');
-        let h = parse_header(std::str::from_utf8(&b[10..b.len() - 15]).unwrap()).unwrap();
+        let h = parse_header(&b[10..b.len() - 15], false).unwrap();
         assert_eq!(
             (h.descr.as_str(), h.fortran_order, h.shape),
             ("|u1", false, vec![3, 5])
         );
     }
 
+    fn parse(s: &str) -> std::result::Result<Header, String> {
+        parse_header(s.as_bytes(), true)
+    }
+
     #[test]
     fn header_variants() {
-        let h =
-            parse_header("{\"descr\": \"<f2\", \"shape\": (7,), \"fortran_order\": True}").unwrap();
+        let h = parse("{\"descr\": \"<f2\", \"shape\": (7,), \"fortran_order\": True}").unwrap();
         assert_eq!(
             (h.descr.as_str(), h.fortran_order, h.shape),
             ("<f2", true, vec![7])
         );
         assert_eq!(
-            parse_header("{'descr':'<f4','fortran_order':False,'shape':()}")
+            parse("{'descr':'<f4','fortran_order':False,'shape':()}")
                 .unwrap()
                 .shape,
             Vec::<usize>::new()
@@ -472,7 +588,95 @@ mod tests {
             "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'extra': 1}",
             "{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} junk",
         ] {
-            assert!(parse_header(bad).is_err(), "{bad}");
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// What Python's `ast.literal_eval` (numpy's header parser) accepts and refuses, each
+    /// checked against numpy 2.4 by the fuzz suite (`tests/tests/fuzz.rs`).
+    #[test]
+    fn header_syntax_follows_python_literals() {
+        let shape = |t: &str| {
+            parse(&format!(
+                "{{'descr': '<f4', 'fortran_order': False, 'shape': {t}}}"
+            ))
+            .map(|h| h.shape)
+        };
+        assert_eq!(shape("(2, 3)"), Ok(vec![2, 3]));
+        assert_eq!(shape("(+2,3,)"), Ok(vec![2, 3]));
+        assert_eq!(shape("(- 0, 1_0)"), Ok(vec![0, 10]));
+        assert_eq!(shape("(2L, 3 L)"), Ok(vec![2, 3]));
+        assert_eq!(shape("(00, 3)"), Ok(vec![0, 3]));
+        assert_eq!(shape("(2, # rows\n 3)"), Ok(vec![2, 3]));
+        for bad in [
+            "(02, 3)",
+            "(-2, 3)",
+            "(2_, 3)",
+            "(1__0, 3)",
+            "(2l, 3)",
+            "(2x, 3)",
+            "(2)",
+            "(2.0, 3)",
+            "(+-2, 3)",
+            "[2, 3]",
+        ] {
+            assert!(shape(bad).is_err(), "{bad}");
+        }
+        // Python 3 headers (version 3.0) have no `L` suffix.
+        let v3 = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3)}";
+        assert!(parse_header(v3.as_bytes(), false).is_err());
+        let h =
+            parse("{u'descr': r'<f4', 'fortran_order': False, 'shape': (1, 1), } # pad\n").unwrap();
+        assert_eq!(h.descr, "<f4");
+        for bad in [
+            "{b'descr': '<f4', 'fortran_order': False, 'shape': (1, 1)}",
+            "{'descr': '<\\x66', 'fortran_order': False, 'shape': (1, 1)}",
+            "{'descr': '<f4', 'fortran_order': Falsey, 'shape': (1, 1)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1)}\x0b",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Defect 9 of issue 15: numpy reads exactly versions 1.0, 2.0 and 3.0.
+    #[test]
+    fn only_numpy_versions_are_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = FloatMatrix::new(1, 2, vec![1.0, 2.0]).unwrap();
+        let good = dir.path().join("v.npy");
+        write_f32_npy(&good, &m).unwrap();
+        let v1 = std::fs::read(&good).unwrap();
+        // The same array with a 4-byte header length (versions 2.0 and 3.0).
+        let mut v2 = v1[..6].to_vec();
+        v2.extend_from_slice(&[2, 0]);
+        v2.extend_from_slice(&(u32::from(u16::from_le_bytes([v1[8], v1[9]]))).to_le_bytes());
+        v2.extend_from_slice(&v1[10..]);
+        for (major, minor, base, ok) in [
+            (1, 0, &v1, true),
+            (2, 0, &v2, true),
+            (3, 0, &v2, true),
+            (1, 1, &v1, false),
+            (2, 1, &v2, false),
+            (3, 7, &v2, false),
+            (0, 0, &v1, false),
+            (4, 0, &v2, false),
+        ] {
+            let mut b = base.clone();
+            b[6] = major;
+            b[7] = minor;
+            let p = write_raw(dir.path(), "v.npy", &b);
+            match read_float_matrix(&p) {
+                Ok(got) => assert!(ok && got == m, "{major}.{minor} loaded"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok, "{major}.{minor}: {e}");
+                    assert!(
+                        e.contains("v.npy")
+                            && e.contains(&format!("unsupported .npy version {major}.{minor}")),
+                        "{e}"
+                    );
+                }
+            }
         }
     }
 
