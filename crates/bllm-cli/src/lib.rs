@@ -19,6 +19,11 @@ pub struct Cli {
     /// Worker threads for parallel work (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Memory limit for `validate`, `run` and `sweep`: a recipe whose estimated memory exceeds
+    /// it is refused before anything is allocated (e.g. 8GiB, 512MiB, bytes; `none` disables
+    /// the check; default: BLLM_MEMORY_LIMIT, else the machine's available memory).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = memory_size)]
+    pub memory_limit: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -64,22 +69,39 @@ where
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
-            pool.install(|| dispatch(cli.command))
+            pool.install(|| dispatch(cli.command, cli.memory_limit.as_deref()))
         }
-        None => dispatch(cli.command),
+        None => dispatch(cli.command, cli.memory_limit.as_deref()),
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Checks the syntax of `--memory-limit` while parsing (a usage error otherwise).
+fn memory_size(s: &str) -> Result<String, String> {
+    bllm_recipe::parse_size(s).map(|_| s.to_owned())
+}
+
+/// The memory limit: `--memory-limit` (`flag`), else `BLLM_MEMORY_LIMIT`, else the machine's
+/// available memory (none where unknown).
+pub(crate) fn memory_limit(flag: Option<&str>) -> anyhow::Result<bllm_recipe::MemoryLimit> {
+    let env = match std::env::var_os("BLLM_MEMORY_LIMIT") {
+        None => None,
+        Some(v) => Some(v.into_string().map_err(|v| {
+            anyhow::anyhow!("BLLM_MEMORY_LIMIT: expected a size such as 8GiB, 512MiB or none; got the non-UTF-8 {v:?}")
+        })?),
+    };
+    bllm_recipe::MemoryLimit::resolve(flag, env.as_deref()).map_err(anyhow::Error::msg)
+}
+
+fn dispatch(command: Command, memory: Option<&str>) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
         Command::Ste(c) => ste::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Encode(a) => codes::encode(a),
-        Command::Validate(a) => recipes::validate(a),
-        Command::Run(a) => train::run(a),
+        Command::Validate(a) => recipes::validate(a, &memory_limit(memory)?),
+        Command::Run(a) => train::run(a, &memory_limit(memory)?),
         Command::Report(a) => report::report(a),
-        Command::Sweep(a) => train::sweep(a),
+        Command::Sweep(a) => train::sweep(a, &memory_limit(memory)?),
         Command::Ls(a) => recipes::ls(a),
     }
 }

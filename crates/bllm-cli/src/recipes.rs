@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use bllm_recipe::{ComponentCheck, Recipe, parse_override};
+use bllm_recipe::{
+    ComponentCheck, MemoryLimit, Recipe, expand_sweep, format_bytes, parse_override,
+};
 use bllm_ste::Estimator;
 use clap::Args;
 
@@ -56,15 +58,45 @@ pub fn load(recipe: &Path, overrides: &[String]) -> Result<Recipe> {
     Ok(Recipe::load(recipe, &ovs, &Components)?)
 }
 
-/// `bllm validate`: prints the resolved recipe, or every problem.
-pub fn validate(a: ValidateArgs) -> Result<()> {
+/// `bllm validate`: prints the resolved recipe and its estimated memory, or every problem;
+/// fails when the estimate (of any sweep run) exceeds `limit`.
+pub fn validate(a: ValidateArgs, limit: &MemoryLimit) -> Result<()> {
     let r = load(&a.recipe, &a.overrides)?;
-    print!("{}", r.resolved_toml());
     let runs = if r.sweep.is_empty() {
-        1
+        limit.check(&r.name, &r)?;
+        vec![(r.name.clone(), r.clone())]
     } else {
-        r.sweep.iter().map(|(_, v)| v.len()).product()
+        let ovs = a
+            .overrides
+            .iter()
+            .map(|o| parse_override(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let runs = expand_sweep(&a.recipe, &ovs, &r, &Components)?;
+        let mut out = Vec::new();
+        for run in runs {
+            let label = format!("{}/{}", r.name, run.name);
+            limit.check(&label, &run.recipe)?;
+            out.push((label, run.recipe));
+        }
+        out
     };
+    print!("{}", r.resolved_toml());
+    let largest = runs
+        .iter()
+        .map(|(label, recipe)| (label, bllm_recipe::estimate(recipe)))
+        .max_by_key(|(_, e)| e.total());
+    if let Some((label, e)) = largest {
+        let which = if runs.len() == 1 {
+            String::new()
+        } else {
+            format!(" (largest of {} runs: {label})", runs.len())
+        };
+        eprintln!(
+            "memory: an estimated {}{which}: {e}; limit {limit}",
+            format_bytes(e.total())
+        );
+    }
+    let runs = runs.len();
     eprintln!(
         "ok: {} is valid ({} kind, {} run{})",
         a.recipe.display(),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_recipe::{Kind, expand_sweep, parse_override};
+use bllm_recipe::{Kind, MemoryLimit, expand_sweep, parse_override};
 use bllm_train::{
     AdapterSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc,
 };
@@ -81,8 +81,9 @@ fn print_summary(s: &RunSummary, dir: &Path) {
     );
 }
 
-/// `bllm run`.
-pub fn run(a: RunArgs) -> Result<()> {
+/// `bllm run`: refuses a recipe whose estimated memory exceeds `limit` before the trainer
+/// allocates anything or writes the run directory.
+pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
     let recipe = load(&a.recipe, &with_device(&a.overrides, a.device.as_deref()))?;
     if !recipe.sweep.is_empty() {
         bail!(
@@ -91,6 +92,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             a.recipe.display()
         );
     }
+    limit.check(&recipe.name, &recipe)?;
     let run_dir = match (&a.run_dir, a.resume) {
         (Some(d), _) => d.clone(),
         (None, true) => newest_run(&recipe.name)?,
@@ -279,8 +281,9 @@ pub struct SweepArgs {
 }
 
 /// `bllm sweep`: every combination into its own run directory, then `summary.csv` and
-/// `summary.md` with mean ± std across seeds per combination of the other swept keys.
-pub fn sweep(a: SweepArgs) -> Result<()> {
+/// `summary.md` with mean ± std across seeds per combination of the other swept keys. Every
+/// run's estimated memory is checked against `limit` before the first one starts.
+pub fn sweep(a: SweepArgs, limit: &MemoryLimit) -> Result<()> {
     let overrides = with_device(&a.overrides, a.device.as_deref());
     let base = load(&a.recipe, &overrides)?;
     let ovs = overrides
@@ -288,6 +291,9 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         .map(|o| parse_override(o))
         .collect::<Result<Vec<_>, _>>()?;
     let runs = expand_sweep(&a.recipe, &ovs, &base, &Components)?;
+    for r in &runs {
+        limit.check(&format!("{}/{}", base.name, r.name), &r.recipe)?;
+    }
     let dir = a.run_dir.unwrap_or_else(|| {
         PathBuf::from("checkpoints").join(format!("{}-sweep-{}", base.name, timestamp_utc()))
     });

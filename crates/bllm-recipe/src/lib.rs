@@ -7,19 +7,26 @@
 //! * validates it against the schema and reports **every** problem at once, each naming the
 //!   file (or the override), the dotted key, what was expected and what was found — unknown
 //!   keys included, with a "did you mean" for typos;
-//! * expands `[sweep]` tables (dotted path → list of values) into the cross product of runs.
+//! * expands `[sweep]` tables (dotted path → list of values) into the cross product of runs;
+//! * estimates a run's memory from its shapes ([`estimate`]) and checks it against a
+//!   [`MemoryLimit`] before anything is allocated.
 //!
 //! Sections whose schema belongs to another crate (the `estimator` table is a
 //! `bllm_ste::Estimator`) are kept as raw tables and checked through [`ComponentCheck`], so the
 //! same report holds their errors too.
 
 mod error;
+mod memory;
 mod overrides;
 mod recipe;
 mod sweep;
 mod walk;
 
 pub use error::{Issue, RecipeError, Result};
+pub use memory::{
+    LimitSource, MemoryEstimate, MemoryExceeded, MemoryLimit, available_memory, estimate,
+    format_bytes, parse_size,
+};
 pub use overrides::{Override, parse_override};
 pub use recipe::{
     AdapterSection, AdapterTask, BASELINES, CheckpointSection, ClustersSection, CollapseSection,
