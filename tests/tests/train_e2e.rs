@@ -349,3 +349,269 @@ fn sweep_tabulates_a_2x2() {
     let e = bllm(&["report", s(dir.path())]).unwrap_err();
     assert!(e.contains("neither a run directory"), "{e}");
 }
+
+/// Every file below `dir` as (relative path, bytes), sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, read(&p)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_refuses_a_directory_it_did_not_write_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r");
+    std::fs::create_dir_all(r.join("final")).unwrap();
+    std::fs::write(r.join("final/important.txt"), "keep").unwrap();
+    std::fs::write(r.join("summary.json"), "mine").unwrap();
+    let sm = smoke();
+    for extra in [&[][..], &["--resume"][..]] {
+        let mut args = vec!["run", sm.as_str(), "train.steps=20", "--run-dir", s(&r)];
+        args.extend_from_slice(extra);
+        let e = bllm(&args).unwrap_err();
+        assert!(
+            e.contains("not a bllm run directory") && e.contains("summary.json"),
+            "{e}"
+        );
+    }
+    assert_eq!(read(&r.join("final/important.txt")), b"keep");
+    assert_eq!(read(&r.join("summary.json")), b"mine");
+    // A file where the directory should be, and --resume of a directory that does not exist.
+    let f = dir.path().join("file");
+    std::fs::write(&f, "x").unwrap();
+    let e = bllm(&["run", &smoke(), "--run-dir", s(&f)]).unwrap_err();
+    assert!(e.contains("not a directory"), "{e}");
+    let e = bllm(&[
+        "run",
+        &smoke(),
+        "--resume",
+        "--run-dir",
+        s(&dir.path().join("nope")),
+    ])
+    .unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    // An empty directory is a fine place for a new run.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    bllm_ok(&["run", &smoke(), "train.steps=20", "--run-dir", s(&empty)]);
+}
+
+#[test]
+fn files_a_user_put_into_final_are_moved_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "checkpoint.every=10",
+        "--run-dir",
+        s(&r),
+    ]);
+    std::fs::write(r.join("final/notes.txt"), "mine").unwrap();
+    // Resuming a finished run rewrites final/: the user's file survives, moved aside with it.
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "--resume",
+        "--run-dir",
+        s(&r),
+    ]);
+    assert_eq!(read(&r.join("final.kept-1/notes.txt")), b"mine");
+    assert!(r.join("final/model.mpk").is_file() && !r.join("final/notes.txt").exists());
+}
+
+#[test]
+fn resume_refuses_a_changed_recipe_and_accepts_the_safe_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "checkpoint.every=10",
+        "--run-dir",
+        s(&r),
+    ]);
+    let saved = read(&r.join("recipe.resolved.toml"));
+    let e = bllm(&[
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "model.hidden=[128]",
+        "optimizer.lr=0.5",
+        "--resume",
+        "--run-dir",
+        s(&r),
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("model.hidden: saved [64], now [128]")
+            && e.contains("optimizer.lr: saved")
+            && e.contains("train.steps"),
+        "{e}"
+    );
+    assert_eq!(
+        read(&r.join("recipe.resolved.toml")),
+        saved,
+        "recipe changed"
+    );
+    // A new run of another recipe into the directory is refused the same way.
+    let e = bllm(&["run", &smoke(), "model.hidden=[128]", "--run-dir", s(&r)]).unwrap_err();
+    assert!(
+        e.contains("different recipe") && e.contains("model.hidden"),
+        "{e}"
+    );
+    // Extending the run is safe: it continues to 40 steps and records the new recipe.
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=40",
+        "eval.every=10",
+        "--resume",
+        "--run-dir",
+        s(&r),
+    ]);
+    let resolved = String::from_utf8(read(&r.join("recipe.resolved.toml"))).unwrap();
+    assert!(resolved.contains("steps = 40"), "{resolved}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&read(&r.join("summary.json"))).unwrap();
+    assert_eq!(summary["steps"], 40);
+    let events = String::from_utf8(read(&r.join("events.jsonl"))).unwrap();
+    assert!(
+        events.contains("\"event\":\"recipe\"") && events.contains("train.steps: saved 20, now 40"),
+        "{events}"
+    );
+}
+
+#[test]
+fn resume_before_the_first_checkpoint_starts_again_from_step_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    bllm_ok(&["run", &smoke(), "train.steps=30", "--run-dir", s(&a)]);
+    // What a run killed before its first checkpoint leaves: its recipe and some log lines.
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "--max-steps",
+        "25",
+        "checkpoint.every=100",
+        "--run-dir",
+        s(&b),
+    ]);
+    assert!(b.join("metrics.jsonl").is_file());
+    for entry in std::fs::read_dir(&b).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    let e = bllm(&["run", &smoke(), "train.steps=30", "--run-dir", s(&b)]).unwrap_err();
+    assert!(e.contains("--resume"), "{e}");
+    bllm_ok(&[
+        "run",
+        &smoke(),
+        "train.steps=30",
+        "--resume",
+        "--run-dir",
+        s(&b),
+    ]);
+    for f in [
+        "final/model.mpk",
+        "final/optimizer.mpk",
+        "metrics.jsonl",
+        "summary.json",
+    ] {
+        assert_eq!(read(&a.join(f)), read(&b.join(f)), "{f} differs");
+    }
+    let events = String::from_utf8(read(&b.join("events.jsonl"))).unwrap();
+    assert!(events.contains("\"event\":\"restart\""), "{events}");
+}
+
+#[test]
+fn identical_runs_write_identical_directories_also_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for opt in ["adam", "bop_adam"] {
+        for p in [&a, &b, &c] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        let kind = format!("optimizer.kind={opt}");
+        let base = [
+            "run",
+            &smoke(),
+            "train.steps=40",
+            "checkpoint.every=10",
+            kind.as_str(),
+        ];
+        let with = |p: &Path, extra: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.extend_from_slice(&["--run-dir", s(p)]);
+            v.extend_from_slice(extra);
+            bllm_ok(&v.iter().map(|x| &**x).collect::<Vec<_>>());
+        };
+        with(&a, &[]);
+        with(&b, &[]);
+        assert!(tree(&a) == tree(&b), "{opt}: two identical runs differ");
+        // Stopped at 25 and resumed: same model and optimizer records, byte for byte.
+        with(&c, &["--max-steps", "25"]);
+        with(&c, &["--resume"]);
+        for f in [
+            "final/model.mpk",
+            "final/optimizer.mpk",
+            "checkpoint-30/optimizer.mpk",
+        ] {
+            assert_eq!(
+                read(&a.join(f)),
+                read(&c.join(f)),
+                "{opt}: {f} differs after resume"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r");
+    let args = [
+        "run",
+        &smoke(),
+        "train.steps=20",
+        "checkpoint.every=10",
+        "--run-dir",
+        s(&r),
+    ];
+    bllm_ok(&[&args[..], &["--max-steps", "10"]].concat());
+    let opt = r.join("checkpoint-10/optimizer.mpk");
+    let mut bytes = read(&opt);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&opt, &bytes).unwrap();
+    let e = bllm(&[&args[..], &["--resume"]].concat()).unwrap_err();
+    assert!(
+        e.contains("checkpoint-10") && e.contains("optimizer.mpk does not match the checksum"),
+        "{e}"
+    );
+    std::fs::remove_file(&opt).unwrap();
+    let e = bllm(&[&args[..], &["--resume"]].concat()).unwrap_err();
+    assert!(e.contains("optimizer.mpk is missing"), "{e}");
+}

@@ -15,6 +15,7 @@
 //! `bllm_ste::Estimator`) are kept as raw tables and checked through [`ComponentCheck`], so the
 //! same report holds their errors too.
 
+mod diff;
 mod error;
 mod memory;
 mod overrides;
@@ -22,6 +23,7 @@ mod recipe;
 mod sweep;
 mod walk;
 
+pub use diff::{KeyChange, RESUME_SAFE_KEYS, changed_keys, resume_changes};
 pub use error::{Issue, RecipeError, Result};
 pub use memory::{
     LimitSource, MemoryEstimate, MemoryExceeded, MemoryLimit, available_memory, estimate,

@@ -217,8 +217,8 @@ fn run_adapter_on<B: AutodiffBackend>(
     let context = cfg.context;
     let target = load_corpus(&t.data, context)?;
     let source = load_corpus(&t.source.text, context)?;
-    let run = RunDir::open(&opts.run_dir, false)?;
-    run.start(&recipe.resolved_toml())?;
+    let run = RunDir::open(&opts.run_dir, recipe, false)?;
+    run.start(recipe)?;
     if opts.verbose {
         eprintln!(
             "base model: pretraining on {} or loading it from the cache",

@@ -245,7 +245,7 @@ fn run_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<
         .map_err(|e: toml::de::Error| TrainError::Unsupported(format!("estimator: {e}")))?;
     let (data_s, _) = sections(recipe)?;
     let dev = Default::default();
-    let run = RunDir::open(&opts.run_dir, opts.resume)?;
+    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
     let (xt, yt, xe, ye) = make_data(recipe, data_s);
     let dim = data_s.dim;
     let x_eval = Tensor::<B, 2>::from_data(TensorData::new(xe, [data_s.eval_size, dim]), &dev);

@@ -21,6 +21,15 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// A run directory cannot be used for this run (it holds something else, or a run of
+    /// another recipe).
+    #[error("run directory {}: {message}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The recipe asks for something this build cannot do.
     #[error("{0}")]
     Unsupported(String),

@@ -39,5 +39,7 @@ pub use lm::{LmSummary, lm_config, run_lm};
 pub use moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
 pub use monitor::{MonitorEvent, SpikeDetector};
 pub use retrieval::{RetrievalSummary, run_retrieval};
-pub use rundir::{RunDir, newest_checkpoint, timestamp_utc};
+pub use rundir::{
+    CRASH_IN_CHECKPOINT_ENV, OWNED_FILE, RECIPE_FILE, RunDir, newest_checkpoint, timestamp_utc,
+};
 pub use schedule::learning_rate;

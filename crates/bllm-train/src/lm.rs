@@ -265,7 +265,7 @@ fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Resu
     let corpus = load_corpus(&t.data, context)?;
     let unigram_bpb = corpus.unigram_bits_per_byte();
     let dev = Default::default();
-    let run = RunDir::open(&opts.run_dir, opts.resume)?;
+    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
     let mut model: ByteLm<B> = cfg.init(&dev, recipe.seed)?;
     let mut opt = Opt::new(recipe, &model);
     let mut state = TrainerState {
@@ -286,12 +286,11 @@ fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Resu
         (model, opt, state),
         |s: &TrainerState| s.step,
     )?;
-    if !opts.resume {
-        run.write_json(
-            "data.json",
-            &json!({"path": t.data.path, "train_bytes": corpus.train.len(), "eval_bytes": corpus.valid.len(), "unigram_bpb": unigram_bpb}),
-        )?;
-    }
+    // Written on every start and resume (the same bytes), so a run restarted from step 0 has it.
+    run.write_json(
+        "data.json",
+        &json!({"path": t.data.path, "train_bytes": corpus.train.len(), "eval_bytes": corpus.valid.len(), "unigram_bpb": unigram_bpb}),
+    )?;
     let save = |name: &str, model: &ByteLm<B>, opt: &Opt<B, ByteLm<B>>, state: &TrainerState| {
         save_checkpoint(&run, name, model, opt, state, |dir| {
             write_safetensors(model, &dir.join("model.safetensors"))

@@ -513,7 +513,7 @@ fn train<B: AutodiffBackend, M: Routed<B>>(
     layers: usize,
     opts: &mut RunOptions,
 ) -> Result<MoeSummary> {
-    let run = RunDir::open(&opts.run_dir, opts.resume)?;
+    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
     let cs = &t.moe.collapse;
     let thresholds = CollapseThresholds {
         min_entropy: cs.min_entropy,

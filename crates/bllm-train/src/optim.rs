@@ -30,17 +30,82 @@ pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
 }
 
+/// Writes record `rec` as `path.mpk` in canonical form ([`canonicalize_mpk`]), so the same
+/// state always gives the same bytes.
 pub(crate) fn save_rec<B: Backend, R: Record<B>>(rec: R, path: &Path) -> Result<()> {
-    Recorder::<B>::record(&recorder(), rec, path.to_owned()).map_err(|e| TrainError::Checkpoint {
+    let err = |message: String| TrainError::Checkpoint {
         path: path.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    Recorder::<B>::record(&recorder(), rec, path.to_owned()).map_err(|e| err(e.to_string()))?;
+    let file = path.with_extension("mpk");
+    let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
+    let canonical =
+        canonicalize_mpk(&bytes).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    std::fs::write(&file, canonical).map_err(|e| TrainError::io(&file, e))
+}
+
+/// Re-encodes a MessagePack document with every map's entries sorted by their encoded keys.
+///
+/// Burn keeps optimizer state in a `HashMap<ParamId, _>`, whose iteration order (and so the
+/// order in which `NamedMpkFileRecorder` writes it) changes from process to process: two runs
+/// with identical state wrote different `optimizer.mpk` bytes. Map order carries no meaning
+/// for Burn's readers (maps and named structs are read by key), so sorting makes the bytes a
+/// function of the state alone. Everything else (integers, floats, binary tensor data) is
+/// re-encoded unchanged.
+pub(crate) fn canonicalize_mpk(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    fn sort(v: &mut rmpv::Value) -> std::result::Result<(), String> {
+        match v {
+            rmpv::Value::Array(a) => a.iter_mut().try_for_each(sort),
+            rmpv::Value::Map(m) => {
+                let mut keyed = Vec::with_capacity(m.len());
+                for (mut k, mut val) in std::mem::take(m) {
+                    sort(&mut k)?;
+                    sort(&mut val)?;
+                    let mut enc = Vec::new();
+                    rmpv::encode::write_value(&mut enc, &k).map_err(|e| e.to_string())?;
+                    keyed.push((enc, k, val));
+                }
+                keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                *m = keyed.into_iter().map(|(_, k, v)| (k, v)).collect();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    let mut reader = bytes;
+    let mut value = rmpv::decode::read_value(&mut reader).map_err(|e| e.to_string())?;
+    if !reader.is_empty() {
+        return Err(format!(
+            "{} bytes after the MessagePack document",
+            reader.len()
+        ));
+    }
+    sort(&mut value)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    rmpv::encode::write_value(&mut out, &value).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Refuses a record file that is not a regular file (a FIFO would block Burn's reader, a
+/// device would be read until memory runs out), naming it.
+fn ensure_regular_record(path: &Path) -> Result<()> {
+    let file = path.with_extension("mpk");
+    match std::fs::metadata(&file) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(TrainError::Checkpoint {
+            path: file,
+            message: "is not a regular file (a device, FIFO, socket or directory)".into(),
+        }),
+        Err(e) => Err(TrainError::io(&file, e)),
+    }
 }
 
 pub(crate) fn load_rec<B: Backend, R: Record<B>>(path: &Path) -> Result<R> {
+    ensure_regular_record(path)?;
     Recorder::<B>::load(&recorder(), path.to_owned(), &Default::default()).map_err(|e| {
         TrainError::Checkpoint {
-            path: path.to_owned(),
+            path: path.with_extension("mpk"),
             message: e.to_string(),
         }
     })
@@ -214,6 +279,7 @@ pub(crate) fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: M,
     dir: &Path,
 ) -> Result<(M, Opt<B, M>)> {
+    ensure_regular_record(&dir.join("model"))?;
     let model = model
         .load_file(dir.join("model"), &recorder(), &Default::default())
         .map_err(|e| TrainError::Checkpoint {
@@ -265,7 +331,8 @@ pub(crate) fn step_ctx(recipe: &Recipe, step: usize, total: usize) -> bllm_ste::
 }
 
 /// Starts a run (saving the resolved recipe) or, with `resume`, loads the model, optimizer and
-/// trainer state of the newest complete checkpoint (`step_of` reads the state's step).
+/// trainer state of the newest complete checkpoint (`step_of` reads the state's step). A resume
+/// with no complete checkpoint yet starts again from step 0 ([`RunDir::restart`]).
 pub(crate) fn start_or_resume<
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -278,11 +345,16 @@ pub(crate) fn start_or_resume<
     step_of: impl Fn(&S) -> usize,
 ) -> Result<(M, Opt<B, M>, S)> {
     if !resume {
-        run.start(&recipe.resolved_toml())?;
+        run.start(recipe)?;
         return Ok(fresh);
     }
-    let (step, dir) = run.resume_point()?;
+    let Some((step, dir)) = run.resume_point()? else {
+        run.restart(recipe)?;
+        return Ok(fresh);
+    };
+    crate::rundir::verify_checkpoint(&dir)?;
     let (model, opt) = load_checkpoint(recipe, fresh.0, &dir)?;
     let state = run.resume_state(&dir, step, step_of)?;
+    run.adopt_recipe(recipe, step)?;
     Ok((model, opt, state))
 }

@@ -260,7 +260,7 @@ fn run_retrieval_on<B: AutodiffBackend>(
     } else {
         HeadForward::Surrogate
     };
-    RunDir::refuse_existing(&opts.run_dir, opts.resume)?;
+    RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
     let data = load_data(t, recipe.seed)?;
     let bits = t.model.bits;
     let n = data.train.rows();
@@ -279,7 +279,7 @@ fn run_retrieval_on<B: AutodiffBackend>(
             data.name
         )));
     }
-    let run = RunDir::create(&opts.run_dir)?;
+    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
     let dev = Default::default();
 
     // Initialise from a baseline (which also fixes the centring vector μ).
