@@ -357,7 +357,22 @@ impl RunDir {
     /// not write is ever deleted.
     fn retire(&self, dir: &Path) -> Result<()> {
         match unowned(dir)? {
-            None => fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e)),
+            // Renamed first (atomic), then deleted: a kill during the deletion leaves a
+            // temporary name that the next open removes, never a half-deleted checkpoint.
+            None => {
+                static TRASH: AtomicUsize = AtomicUsize::new(0);
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let trash = self.path.join(format!(
+                    ".{name}.tmp-{}-{}",
+                    std::process::id(),
+                    TRASH.fetch_add(1, Ordering::Relaxed)
+                ));
+                fs::rename(dir, &trash).map_err(|e| TrainError::io(dir, e))?;
+                fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))
+            }
             Some(reason) => {
                 let name = dir
                     .file_name()
@@ -553,6 +568,9 @@ pub(crate) fn verify_checkpoint(dir: &Path) -> Result<()> {
 /// `None` when every entry below `dir` is a regular file on its [`OWNED_FILE`] list (or a
 /// directory holding such files); otherwise why not.
 fn unowned(dir: &Path) -> Result<Option<String>> {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(Some("it is not a directory".into()));
+    }
     let list = dir.join(OWNED_FILE);
     if !fs::symlink_metadata(&list).is_ok_and(|m| m.is_file()) {
         let files = files_below(dir)?;
@@ -740,6 +758,11 @@ mod tests {
         write("final");
         assert!(dir.path().join("final.kept-1/extra").is_file());
         assert!(!dir.path().join("final/extra").exists());
+        // A file where the directory goes is moved aside too.
+        fs::write(dir.path().join("checkpoint-7"), "a file").unwrap();
+        write("checkpoint-7");
+        assert!(dir.path().join("checkpoint-7.kept-1").is_file());
+        assert!(dir.path().join("checkpoint-7").is_dir());
     }
 
     #[test]
