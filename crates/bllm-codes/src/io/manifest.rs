@@ -254,20 +254,12 @@ fn check_source(
             s.sha256
         ));
     }
-    if let Some(rest) = m
-        .encoder
-        .as_deref()
-        .and_then(|e| e.strip_prefix("sign(x[:"))
-    {
-        let b = rest
-            .strip_suffix("])")
-            .and_then(|b| b.parse::<usize>().ok());
-        if b != Some(m.bits) || m.bits > s.dim {
+    if let Some(e) = m.encoder.as_deref().filter(|e| e.starts_with("sign(x[:")) {
+        // Exactly what `bllm codes pack` writes (`064` or `+64` is not B = 64).
+        if e != format!("sign(x[:{}])", m.bits) || m.bits > s.dim {
             return Err(format!(
-                "encoder is {:?} with {} bits from source.dim {}: sign codes take bits = B ≤ dim",
-                m.encoder.as_deref().unwrap_or(""),
-                m.bits,
-                s.dim
+                "encoder is {e:?} with {} bits from source.dim {}: sign codes take bits = B ≤ dim",
+                m.bits, s.dim
             ));
         }
     }
@@ -439,6 +431,8 @@ mod tests {
             (edit("sha256", "".into()), None, "source.sha256"),
             (edit("path", "".into()), None, "source.path is empty"),
             (source(), Some("sign(x[:4])"), "sign codes take bits"),
+            (source(), Some("sign(x[:03])"), "sign codes take bits"),
+            (source(), Some("sign(x[:+3])"), "sign codes take bits"),
             (
                 edit("dim", 2.into()),
                 Some("sign(x[:3])"),
