@@ -11,7 +11,9 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
     Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
 };
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::record::{
+    FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder,
+};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
@@ -37,9 +39,15 @@ pub(crate) fn save_rec<B: Backend, R: Record<B>>(rec: R, path: &Path) -> Result<
         path: path.to_owned(),
         message,
     };
-    Recorder::<B>::record(&recorder(), rec, path.to_owned()).map_err(|e| err(e.to_string()))?;
+    // The same named MessagePack as `NamedMpkFileRecorder` writes (its loader reads it),
+    // encoded in memory so it is canonicalised before it is written once.
+    let bytes = Recorder::<B>::record(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        rec,
+        (),
+    )
+    .map_err(|e| err(e.to_string()))?;
     let file = path.with_extension("mpk");
-    let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
     let canonical =
         canonicalize_mpk(&bytes).map_err(|e| err(format!("{}: {e}", file.display())))?;
     std::fs::write(&file, canonical).map_err(|e| TrainError::io(&file, e))

@@ -279,7 +279,7 @@ fn run_retrieval_on<B: AutodiffBackend>(
             data.name
         )));
     }
-    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
+    let run = RunDir::prepare(&opts.run_dir)?;
     let dev = Default::default();
 
     // Initialise from a baseline (which also fixes the centring vector μ).

@@ -89,6 +89,13 @@ impl RunDir {
     /// creating it when needed and removing temporary files an interrupted run left behind.
     pub fn open(path: &Path, recipe: &Recipe, resume: bool) -> Result<Self> {
         Self::refuse_existing(path, recipe, resume)?;
+        Self::prepare(path)
+    }
+
+    /// The second half of [`RunDir::open`], for trainers that ran
+    /// [`RunDir::refuse_existing`] before validating their inputs: creates the directory and
+    /// removes temporary files an interrupted run left behind.
+    pub fn prepare(path: &Path) -> Result<Self> {
         let run = Self::create(path)?;
         run.remove_stale_temps(&run.path)?;
         Ok(run)
@@ -356,15 +363,15 @@ impl RunDir {
     /// file); otherwise moves it aside to `<name>.kept-<k>` and says so, so nothing bllm did
     /// not write is ever deleted.
     fn retire(&self, dir: &Path) -> Result<()> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match unowned(dir)? {
             // Renamed first (atomic), then deleted: a kill during the deletion leaves a
             // temporary name that the next open removes, never a half-deleted checkpoint.
             None => {
                 static TRASH: AtomicUsize = AtomicUsize::new(0);
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let trash = self.path.join(format!(
                     ".{name}.tmp-{}-{}",
                     std::process::id(),
@@ -374,10 +381,6 @@ impl RunDir {
                 fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))
             }
             Some(reason) => {
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let aside = (1..)
                     .map(|k| self.path.join(format!("{name}.kept-{k}")))
                     .find(|p| fs::symlink_metadata(p).is_err())
