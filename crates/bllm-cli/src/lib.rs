@@ -3,6 +3,7 @@
 
 mod bench;
 mod codes;
+pub mod log;
 mod plot;
 pub mod recipes;
 mod report;
@@ -24,6 +25,10 @@ pub struct Cli {
     /// the check; default: BLLM_MEMORY_LIMIT, else the machine's available memory).
     #[arg(long, global = true, value_name = "SIZE", value_parser = memory_size)]
     pub memory_limit: Option<String>,
+    /// Log lines on stderr: `text` (human-readable) or `json` (one object per line). Filter
+    /// with BLLM_LOG or RUST_LOG (e.g. `debug`, `warn,bllm_train=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = log::LogFormat::Text)]
+    pub log_format: log::LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -65,6 +70,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
+    log::init(cli.log_format)?;
     match cli.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => {

@@ -119,7 +119,8 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
         bar
     });
     if let Some(bar) = bar.clone() {
-        opts.verbose = false;
+        // Log lines (evaluations, monitor warnings) print above the bar.
+        crate::log::show_bar(&bar);
         opts.progress = Some(Box::new(move |done, _, loss| {
             bar.set_position(done as u64);
             bar.set_message(format!("{loss:.4}"));
@@ -129,6 +130,7 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
     let mut go = |train: &dyn Fn(&mut RunOptions) -> bllm_train::Result<()>| -> Result<()> {
         let result = train(&mut opts);
         if let Some(bar) = &bar {
+            crate::log::hide_bar();
             bar.finish_and_clear();
         }
         result.with_context(|| format!("run {} failed", run_dir.display()))

@@ -20,26 +20,32 @@
 //! half-written `checkpoint-<step>/`; `resume` continues from the newest complete one and, on
 //! the CPU, reproduces an uninterrupted run bit for bit.
 
-mod adapter;
 mod backend;
-mod classify;
+pub mod data;
 mod error;
-mod lm;
-mod moe;
+mod kinds;
 mod monitor;
 mod optim;
-mod retrieval;
+pub mod rng;
 mod rundir;
 mod schedule;
+pub mod sites;
+mod trainer;
 
-pub use adapter::{AdapterSummary, run_adapter};
-pub use classify::{ClassifyMlp, ProgressFn, RunOptions, RunSummary, run, write_safetensors};
 pub use error::{Result, TrainError};
-pub use lm::{LmSummary, lm_config, run_lm};
-pub use moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
+pub use kinds::adapter::{AdapterSummary, run_adapter};
+pub use kinds::classify::{ClassifyMlp, RunSummary, run};
+pub use kinds::lm::{LmSummary, lm_config, run_lm};
+pub use kinds::moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
+pub use kinds::retrieval::{RetrievalSummary, run_retrieval};
 pub use monitor::{MonitorEvent, SpikeDetector};
-pub use retrieval::{RetrievalSummary, run_retrieval};
+pub use optim::write_safetensors;
 pub use rundir::{
     CRASH_IN_CHECKPOINT_ENV, OWNED_FILE, RECIPE_FILE, RunDir, newest_checkpoint, timestamp_utc,
 };
 pub use schedule::learning_rate;
+pub use sites::Site;
+pub use trainer::{
+    After, Before, Inner, Kind, Loss, Metrics, Monitor, Outcome, ProgressFn, Readings, RunOptions,
+    train,
+};

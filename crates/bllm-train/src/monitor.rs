@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use bllm_recipe::{MonitorAction, MonitorSection, Recipe};
 use serde::{Deserialize, Serialize};
 
-use bllm_codes::rng::SplitMix64;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::optim::to_vec;
 use crate::rundir::RunDir;
@@ -118,15 +119,12 @@ impl LoopState {
         self.recent_losses.iter().sum::<f64>() / self.recent_losses.len().max(1) as f64
     }
 
-    /// Adds the values of `keys` present in `metrics` to the running sums.
-    pub(crate) fn accumulate(
-        &mut self,
-        metrics: &serde_json::Map<String, serde_json::Value>,
-        keys: &[&str],
-    ) {
-        for k in keys {
-            if let Some(v) = metrics.get(*k).and_then(serde_json::Value::as_f64) {
-                let e = self.monitor_sums.entry((*k).to_owned()).or_insert((0.0, 0));
+    /// Adds every numeric value of `metrics` whose key has no `/` (per-layer values are
+    /// logged, not averaged) to the running sums.
+    pub(crate) fn accumulate_all(&mut self, metrics: &serde_json::Map<String, serde_json::Value>) {
+        for (k, v) in metrics {
+            if let (false, Some(v)) = (k.contains('/'), v.as_f64()) {
+                let e = self.monitor_sums.entry(k.clone()).or_insert((0.0, 0));
                 e.0 += v;
                 e.1 += 1;
             }
@@ -163,6 +161,7 @@ impl Stop {
             ..Default::default()
         };
         run.append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
+        tracing::error!(step, monitor = %self.name, value = self.value, threshold = self.threshold, "run stopped by a monitor");
         Ok(TrainError::Stopped {
             step,
             monitor: self.name,
@@ -186,7 +185,6 @@ pub(crate) enum Verdict {
 pub(crate) struct Watch<'a> {
     pub(crate) recipe: &'a Recipe,
     pub(crate) run: &'a RunDir,
-    pub(crate) verbose: bool,
 }
 
 impl Watch<'_> {
@@ -231,9 +229,23 @@ impl Watch<'_> {
         };
         self.run
             .append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())?;
-        if self.verbose && action != MonitorAction::Log {
-            eprintln!(
-                "step {step}: monitor {name} fired ({value:.4} vs threshold {threshold}), action {act}"
+        if action == MonitorAction::Log {
+            tracing::debug!(
+                step,
+                monitor = name,
+                value,
+                threshold,
+                action = act,
+                "monitor fired"
+            );
+        } else {
+            tracing::warn!(
+                step,
+                monitor = name,
+                value,
+                threshold,
+                action = act,
+                "monitor fired"
             );
         }
         Ok(())
@@ -290,6 +302,7 @@ impl Watch<'_> {
     /// Records a skipped optimizer step.
     pub(crate) fn skipped(&self, state: &mut LoopState, step: usize, loss: f64) -> Result<()> {
         state.skipped_steps += 1;
+        tracing::warn!(step, loss, "optimizer step skipped");
         let e = MonitorEvent {
             step,
             event: "skip_step".into(),
@@ -332,16 +345,15 @@ impl Watch<'_> {
 /// compares the central difference `[L(w + εu) − L(w − εu)] / 2ε` — `loss_at(i, w')` evaluates
 /// the real binarized forward with layer `i`'s latent weights replaced by `w'` — with
 /// `⟨g_STE, u⟩`. `ε` is the 5th percentile of `|w|`, so a perturbation flips about 2.5 % of
-/// the signs. Returns (sign agreement, Spearman rank correlation) over all layers and
+/// the signs. `rng` draws the directions. Returns (sign agreement, Spearman rank correlation) over all layers and
 /// directions, and the sign agreement of each layer.
 pub(crate) fn fd_agreement<B: burn::tensor::backend::Backend>(
     latents: &[Tensor<B, 2>],
     grads: &[Tensor<B, 2>],
     k: usize,
-    seed: u64,
+    mut rng: ChaCha8Rng,
     mut loss_at: impl FnMut(usize, Tensor<B, 2>) -> f64,
 ) -> (f64, f64, Vec<f64>) {
-    let mut rng = SplitMix64::new(seed ^ 0xFD);
     let (mut fd, mut lin) = (Vec::new(), Vec::new());
     let mut per_layer = Vec::new();
     for (li, (w, g)) in latents.iter().zip(grads).enumerate() {
@@ -352,7 +364,7 @@ pub(crate) fn fd_agreement<B: burn::tensor::backend::Backend>(
         for _ in 0..k {
             let dims = w.dims();
             let u: Vec<f32> = (0..dims[0] * dims[1])
-                .map(|_| if rng.next_u64() & 1 == 1 { 1.0 } else { -1.0 })
+                .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
                 .collect();
             let u = Tensor::<B, 2>::from_data(TensorData::new(u, dims), &Default::default());
             let plus = loss_at(li, w.clone() + u.clone().mul_scalar(eps));

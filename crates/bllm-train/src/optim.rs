@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bllm_nn::{Bop, MixedOptimizer, binary_param_ids};
 use bllm_recipe::{OptimizerKind, Recipe};
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
@@ -365,4 +365,60 @@ pub(crate) fn start_or_resume<
     let state = run.resume_state(&dir, step, step_of)?;
     run.adopt_recipe(recipe, step)?;
     Ok((model, opt, state))
+}
+
+/// Collects every float parameter with its dotted path (`binary_layers.0.weight`).
+struct Named {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for Named {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let t = p.val();
+        self.out
+            .push((self.path.join("."), t.dims().to_vec(), to_vec(t)));
+    }
+}
+
+/// The model's tensors as safetensors (f32, named by module path), for inspection with any
+/// safetensors reader; resume uses the exact Burn records beside it.
+pub fn write_safetensors<B: burn::tensor::backend::Backend, M: Module<B>>(
+    model: &M,
+    path: &Path,
+) -> Result<()> {
+    let mut named = Named {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut named);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
+        .out
+        .into_iter()
+        .map(|(n, shape, v)| (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let data = safetensors::serialize(views, &None).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
 }

@@ -12,23 +12,24 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use bllm_codes::rng::SplitMix64;
 use bllm_data::TextCorpus;
 use bllm_nn::{AdapterConfig, AdapterKind, ByteLm, ByteLmConfig};
 use bllm_recipe::{AdapterTask, Recipe};
 use bllm_ste::Ctx;
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::classify::RunOptions;
-use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
+use crate::data::sample;
+use crate::kinds::lm::{evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::optim::{Opt, clip_and_step, grad_norm, recorder, save_model, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
-use crate::{Result, TrainError};
+use crate::trainer::{estimator, scalar, wrong_kind};
+use crate::{Result, RunOptions, TrainError};
 
 /// What a finished adapter run reports (also written as `summary.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,22 +96,16 @@ fn base_model<B: AutodiffBackend>(
             })?;
         return Ok((m, dir));
     }
-    let mut model = model;
-    let mut opt = Opt::new(recipe, &model);
     let steps = t.source.steps;
     // The base's own schedule (not the adaptation's): warmup, cosine to lr / 10.
     let schedule = bllm_recipe::LrSchedule::Cosine {
         warmup_steps: (steps / 10).min(30),
         min_lr: t.source.lr / 10.0,
     };
-    let mut rng = SplitMix64::new(recipe.seed ^ 0x5A5E);
-    for step in 0..steps {
-        let (loss, _) = lm_step(&model, source, &mut rng, recipe, step, steps);
-        let grads = loss.backward();
-        let gn = grad_norm(&model, &grads);
-        let lr = learning_rate(&schedule, t.source.lr, step, steps);
-        model = clip_and_step(recipe, &mut opt, model, grads, gn, lr);
-    }
+    let lr = |step| learning_rate(&schedule, t.source.lr, step, steps);
+    let model = phase(recipe, model, steps, 0, lr, "base", None, |m, rng, step| {
+        lm_batch_loss(m, source, rng, recipe, step, steps)
+    })?;
     // Atomic: write into a temp directory, then rename.
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
@@ -128,58 +123,64 @@ fn base_model<B: AutodiffBackend>(
     Ok((model, dir))
 }
 
-/// One training batch of next-byte windows and its loss.
-fn lm_step<B: AutodiffBackend>(
+/// The next-byte loss of one batch of `train.batch_size` windows drawn from `rng`.
+fn lm_batch_loss<B: AutodiffBackend>(
     model: &ByteLm<B>,
     corpus: &TextCorpus,
-    rng: &mut SplitMix64,
+    rng: &mut ChaCha8Rng,
     recipe: &Recipe,
     step: usize,
     total: usize,
-) -> (Tensor<B, 1>, Ctx) {
+) -> Tensor<B, 1> {
     let context = model.config.context;
-    let span = (corpus.train.len() - context) as u64;
-    let starts: Vec<usize> = (0..recipe.train.batch_size)
-        .map(|_| (rng.next_u64() % span) as usize)
-        .collect();
+    let starts = sample(rng, corpus.train.len() - context, recipe.train.batch_size);
     let (x, y) = windows::<B>(&corpus.train, &starts, context, &Default::default());
     let ctx = step_ctx(recipe, step, total);
-    (lm_loss(model.forward(x, &ctx), y), ctx)
+    lm_loss(model.forward(x, &ctx), y)
 }
 
-/// Trains `model` on `corpus` for `steps` steps (only parameters that require gradients move).
-fn fit<B: AutodiffBackend>(
+/// One phase of an adapter run: `steps` optimizer steps of `loss(model, batch stream, step)`
+/// at `lr(step)` (only parameters that require gradients move), batches from the
+/// [`crate::rng::ADAPT`] stream number `phase_index`. A non-finite loss or gradient norm stops
+/// the run with an error naming the phase; every `train.log_every` steps (and the first) a
+/// `metrics.jsonl` line with `"phase": label` is written when `run` is given.
+#[allow(clippy::too_many_arguments)]
+fn phase<B: AutodiffBackend>(
     recipe: &Recipe,
     mut model: ByteLm<B>,
-    corpus: &TextCorpus,
     steps: usize,
-    seed: u64,
-    run: &RunDir,
+    phase_index: u64,
+    lr: impl Fn(usize) -> f64,
     label: &str,
+    run: Option<&RunDir>,
+    loss: impl Fn(&ByteLm<B>, &mut ChaCha8Rng, usize) -> Tensor<B, 1>,
 ) -> Result<ByteLm<B>> {
     let mut opt = Opt::new(recipe, &model);
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = crate::rng::stream(recipe.seed, crate::rng::ADAPT, phase_index);
     for step in 0..steps {
-        let (loss, _) = lm_step(&model, corpus, &mut rng, recipe, step, steps);
-        let v: f32 = loss.clone().into_scalar().elem();
-        let grads = loss.backward();
+        let l = loss(&model, &mut rng, step);
+        let v = scalar(l.clone());
+        let grads = l.backward();
         let gn = grad_norm(&model, &grads);
-        if !(f64::from(v).is_finite() && gn.is_finite()) {
+        if !(v.is_finite() && gn.is_finite()) {
             return Err(TrainError::Stopped {
                 step,
                 monitor: "non_finite".into(),
                 reason: format!("{label}: loss {v}, gradient norm {gn}"),
             });
         }
-        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, steps);
+        let lr = lr(step);
         model = clip_and_step(recipe, &mut opt, model, grads, gn, lr);
-        if (step + 1) % recipe.train.log_every == 0 {
-            run.append(
-                "metrics.jsonl",
-                &json!({"step": step + 1, "split": "train", "phase": label, "loss": f64::from(v), "grad_norm": gn, "lr": lr}),
-            )?;
+        if let Some(run) = run {
+            if (step + 1) % recipe.train.log_every == 0 || step == 0 {
+                run.append(
+                    "metrics.jsonl",
+                    &json!({"step": step + 1, "split": "train", "phase": label, "loss": v, "grad_norm": gn, "lr": lr}),
+                )?;
+            }
         }
     }
+    tracing::info!(phase = label, steps, "phase done");
     Ok(model)
 }
 
@@ -199,19 +200,22 @@ fn run_adapter_on<B: AutodiffBackend>(
     recipe: &Recipe,
     opts: &mut RunOptions,
 ) -> Result<AdapterSummary> {
-    let t = recipe.adapter().ok_or_else(|| {
-        TrainError::Unsupported(format!(
-            "recipe {:?} is kind = {:?}; the adapter trainer runs kind = \"adapter\"",
-            recipe.name,
-            recipe.kind.name()
-        ))
-    })?;
+    let t = recipe
+        .adapter()
+        .ok_or_else(|| wrong_kind(recipe, "adapter"))?;
     if opts.resume {
         return Err(TrainError::Unsupported(
             "kind = \"adapter\" runs do not resume (the base model is cached; start the run again)"
                 .into(),
         ));
     }
+    let span = tracing::info_span!(
+        "run",
+        recipe = %recipe.name,
+        kind = "adapter",
+        dir = %opts.run_dir.display()
+    );
+    let _span = span.enter();
     let est = estimator(recipe)?;
     let cfg = lm_config_from(&t.model, est.clone())?;
     let context = cfg.context;
@@ -219,12 +223,10 @@ fn run_adapter_on<B: AutodiffBackend>(
     let source = load_corpus(&t.source.text, context)?;
     let run = RunDir::open(&opts.run_dir, recipe, false)?;
     run.start(recipe)?;
-    if opts.verbose {
-        eprintln!(
-            "base model: pretraining on {} or loading it from the cache",
-            t.source.text.path
-        );
-    }
+    tracing::info!(
+        source = %t.source.text.path,
+        "base model: pretraining on the source or loading it from the cache"
+    );
     let (base, base_dir) = base_model(recipe, t, &cfg, &source)?;
     let seed = recipe.seed;
     let target_bpb_base = bpb(&base, &target.valid, seed);
@@ -266,7 +268,17 @@ fn run_adapter_on<B: AutodiffBackend>(
                 Ok(())
             })?;
             let m = bllm_nn::with_deterministic_ids(m, 0);
-            fit(recipe, m, &target, steps, seed ^ 0xAD, &run, "adapt")?
+            let lr = |step| learning_rate(&recipe.schedule, recipe.optimizer.lr, step, steps);
+            phase(
+                recipe,
+                m,
+                steps,
+                1,
+                lr,
+                "adapt",
+                Some(&run),
+                |m, rng, step| lm_batch_loss(m, &target, rng, recipe, step, steps),
+            )?
         }
         AdapterKind::BitDelta => {
             // Fine-tune exactly the matrices BitDelta will carry (the other parameters stay
@@ -278,14 +290,16 @@ fn run_adapter_on<B: AutodiffBackend>(
                 }
                 Ok(())
             })?;
-            let ft = fit(
+            let lr = |step| learning_rate(&recipe.schedule, recipe.optimizer.lr, step, steps);
+            let ft = phase(
                 recipe,
                 trainable,
-                &target,
                 steps,
-                seed ^ 0xF7,
-                &run,
+                2,
+                lr,
                 "finetune",
+                Some(&run),
+                |m, rng, step| lm_batch_loss(m, &target, rng, recipe, step, steps),
             )?;
             finetune_target_bpb = Some(bpb(&ft, &target.valid, seed));
             // Deltas of the targeted projections.
@@ -308,15 +322,7 @@ fn run_adapter_on<B: AutodiffBackend>(
                 Ok(())
             })?;
             let m = bllm_nn::with_deterministic_ids(m, 0);
-            distill(
-                recipe,
-                m,
-                &ft.valid(),
-                &target,
-                a.distill_steps,
-                seed ^ 0xD1,
-                &run,
-            )?
+            distill(recipe, m, &ft.valid(), &target, a.distill_steps, &run)?
         }
     };
     let target_bpb = bpb(&adapted, &target.valid, seed);
@@ -385,40 +391,34 @@ fn run_adapter_on<B: AutodiffBackend>(
 }
 
 /// BitDelta's second stage: trains only the α values of `student` so that its logits match
-/// `teacher`'s (MSE) on target batches.
+/// `teacher`'s (MSE) on target batches, at the recipe's constant learning rate.
 fn distill<B: AutodiffBackend>(
     recipe: &Recipe,
-    mut student: ByteLm<B>,
+    student: ByteLm<B>,
     teacher: &ByteLm<B::InnerBackend>,
     corpus: &TextCorpus,
     steps: usize,
-    seed: u64,
     run: &RunDir,
 ) -> Result<ByteLm<B>> {
-    let mut opt = Opt::new(recipe, &student);
-    let mut rng = SplitMix64::new(seed);
     let context = student.config.context;
-    let span = (corpus.train.len() - context) as u64;
-    for step in 0..steps {
-        let starts: Vec<usize> = (0..recipe.train.batch_size)
-            .map(|_| (rng.next_u64() % span) as usize)
-            .collect();
-        let (x, _) = windows::<B>(&corpus.train, &starts, context, &Default::default());
-        let ctx = step_ctx(recipe, step, steps.max(1)).for_eval();
-        let want = Tensor::<B, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
-        let loss = (student.forward(x, &ctx) - want).square().mean();
-        let v: f32 = loss.clone().into_scalar().elem();
-        let grads = loss.backward();
-        let gn = grad_norm(&student, &grads);
-        student = clip_and_step(recipe, &mut opt, student, grads, gn, recipe.optimizer.lr);
-        if (step + 1) % recipe.train.log_every == 0 || step == 0 {
-            run.append(
-                "metrics.jsonl",
-                &json!({"step": step + 1, "split": "train", "phase": "distill", "logit_mse": f64::from(v)}),
-            )?;
-        }
-    }
-    Ok(student)
+    let span = corpus.train.len() - context;
+    let lr = |_| recipe.optimizer.lr;
+    phase(
+        recipe,
+        student,
+        steps,
+        3,
+        lr,
+        "distill",
+        Some(run),
+        |m, rng, step| {
+            let starts = sample(rng, span, recipe.train.batch_size);
+            let (x, _) = windows::<B>(&corpus.train, &starts, context, &Default::default());
+            let ctx = step_ctx(recipe, step, steps.max(1)).for_eval();
+            let want = Tensor::<B, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
+            (m.forward(x, &ctx) - want).square().mean()
+        },
+    )
 }
 
 /// Writes one adapter's bit-planes (codes directories) and `scales.json` under `dir`.

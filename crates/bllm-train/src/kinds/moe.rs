@@ -10,29 +10,33 @@
 //! each optimizer step.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
 
-use bllm_codes::rng::SplitMix64;
 use bllm_data::TextCorpus;
 use bllm_monitor::{CollapseThresholds, CollapseTracker, load_stats, routing_flip_rate};
 use bllm_nn::{Balancing, ByteLm, Moe, MoeConfig, MoeTrace, RouterKind, Summarize};
 use bllm_recipe::{ClustersSection, MoeData, MoeSection, MoeTask, Recipe};
 use bllm_ste::{Ctx, Estimator};
+use burn::data::dataset::Dataset;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::classify::{RunOptions, write_safetensors};
-use crate::lm::{estimator, evaluate, lm_config_from, lm_loss, load_corpus, windows};
-use crate::monitor::{LoopState, Verdict, Watch};
-use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx};
+use crate::data::{Clusters, TextWindows, normal, sample};
+use crate::kinds::lm::{evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::rundir::RunDir;
-use crate::schedule::learning_rate;
-use crate::{Result, TrainError};
+use crate::trainer::{
+    After, Kind, Loss, Metrics, Monitor, Outcome, Readings, estimator, train, wrong_kind,
+};
+use crate::{Result, RunOptions, TrainError};
 
 /// Probe tokens of the routing flip-rate monitor.
 const PROBE: usize = 256;
@@ -121,64 +125,49 @@ impl<B: Backend> Summarize for MoeClassifier<B> {
 enum TaskData {
     Clusters {
         c: ClustersSection,
-        xt: Vec<f32>,
-        yt: Vec<i64>,
-        xe: Vec<f32>,
-        ye: Vec<i64>,
+        train: Clusters,
+        eval: Clusters,
     },
     Text {
         corpus: TextCorpus,
+        windows: TextWindows,
         context: usize,
     },
 }
 
 impl TaskData {
     /// Examples (or window starts) of a training batch.
-    fn sample(&self, rng: &mut SplitMix64, bs: usize) -> Vec<usize> {
+    fn sample(&self, rng: &mut ChaCha8Rng, bs: usize) -> Vec<usize> {
         let n = match self {
-            Self::Clusters { c, .. } => c.train_size,
-            Self::Text { corpus, context } => corpus.train.len() - context,
+            Self::Clusters { train, .. } => train.len(),
+            Self::Text { windows, .. } => windows.len(),
         };
-        (0..bs)
-            .map(|_| (rng.next_u64() % n as u64) as usize)
-            .collect()
+        sample(rng, n, bs)
     }
 }
 
-/// Gaussian clusters in groups: group centres `N(0, spread²)`, cluster centres at unit spread
-/// around their group's (cluster `c` in group `c mod groups`), points at `noise`.
+/// Gaussian clusters in groups (from the [`crate::rng::DATA`] stream): group centres
+/// `N(0, spread²)`, cluster centres at unit spread around their group's (cluster `c` in group
+/// `c mod groups`), points at `noise`.
 fn clusters(seed: u64, c: &ClustersSection) -> TaskData {
-    let mut rng = SplitMix64::new(seed ^ 0xC1A5);
+    let mut rng = crate::rng::stream(seed, crate::rng::DATA, 0);
     let groups: Vec<f64> = (0..c.groups * c.dim)
-        .map(|_| c.spread * rng.next_gaussian())
+        .map(|_| c.spread * normal(&mut rng))
         .collect();
     let centres: Vec<f64> = (0..c.classes)
         .flat_map(|k| {
             let g = k % c.groups;
             (0..c.dim)
-                .map(|j| groups[g * c.dim + j] + rng.next_gaussian())
+                .map(|j| groups[g * c.dim + j] + normal(&mut rng))
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut sample = |n: usize| {
-        let (mut x, mut y) = (Vec::with_capacity(n * c.dim), Vec::with_capacity(n));
-        for _ in 0..n {
-            let k = (rng.next_u64() % c.classes as u64) as usize;
-            y.push(k as i64);
-            x.extend(
-                (0..c.dim).map(|j| (centres[k * c.dim + j] + c.noise * rng.next_gaussian()) as f32),
-            );
-        }
-        (x, y)
-    };
-    let (xt, yt) = sample(c.train_size);
-    let (xe, ye) = sample(c.eval_size);
+    let train = Clusters::draw(&mut rng, &centres, c.dim, c.noise, c.train_size);
+    let eval = Clusters::draw(&mut rng, &centres, c.dim, c.noise, c.eval_size);
     TaskData::Clusters {
         c: c.clone(),
-        xt,
-        yt,
-        xe,
-        ye,
+        train,
+        eval,
     }
 }
 
@@ -209,18 +198,12 @@ impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
         batch: &[usize],
         ctx: &Ctx,
     ) -> (Tensor<B, 1>, Tensor<B, 1>, Vec<LayerRouting>) {
-        let TaskData::Clusters { c, xt, yt, .. } = data else {
+        let TaskData::Clusters { train, .. } = data else {
             unreachable!("the classifier trains on clusters")
         };
-        let dev = Default::default();
-        let x: Vec<f32> = batch
-            .iter()
-            .flat_map(|&i| xt[i * c.dim..(i + 1) * c.dim].iter().copied())
-            .collect();
-        let y: Vec<i64> = batch.iter().map(|&i| yt[i]).collect();
+        let (x, y) = train.batch::<B>(batch, &Default::default());
         let keys: Vec<u64> = batch.iter().map(|&i| i as u64).collect();
-        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [batch.len(), c.dim]), &dev);
-        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [batch.len()]), &dev);
+        let dev = x.device();
         let (logits, out) = self.forward(x, &keys, ctx);
         let loss = CrossEntropyLossConfig::new().init(&dev).forward(logits, y);
         (
@@ -231,16 +214,14 @@ impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
     }
 
     fn evaluate(&self, data: &TaskData, ctx: &Ctx) -> (f64, f64) {
-        let TaskData::Clusters { c, xe, ye, .. } = data else {
+        let TaskData::Clusters { c, eval, .. } = data else {
             unreachable!("the classifier trains on clusters")
         };
         let m = self.valid();
-        let dev = Default::default();
-        let n = c.eval_size;
-        let x =
-            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(xe.clone(), [n, c.dim]), &dev);
-        let y =
-            Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(ye.clone(), [n]), &dev);
+        let n = eval.len();
+        let idx: Vec<usize> = (0..n).collect();
+        let (x, y) = eval.batch::<B::InnerBackend>(&idx, &Default::default());
+        let dev = x.device();
         let keys: Vec<u64> = (0..n).map(|i| (c.train_size + i) as u64).collect();
         let (logits, _) = m.forward(x, &keys, ctx);
         let loss: f32 = CrossEntropyLossConfig::new()
@@ -254,14 +235,12 @@ impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
     }
 
     fn probe(&self, data: &TaskData, ctx: &Ctx) -> Vec<Vec<usize>> {
-        let TaskData::Clusters { c, xe, .. } = data else {
+        let TaskData::Clusters { c, eval, .. } = data else {
             unreachable!("the classifier trains on clusters")
         };
-        let n = PROBE.min(c.eval_size);
-        let x = Tensor::<B::InnerBackend, 2>::from_data(
-            TensorData::new(xe[..n * c.dim].to_vec(), [n, c.dim]),
-            &Default::default(),
-        );
+        let n = PROBE.min(eval.len());
+        let idx: Vec<usize> = (0..n).collect();
+        let (x, _) = eval.batch::<B::InnerBackend>(&idx, &Default::default());
         let keys: Vec<u64> = (0..n).map(|i| (c.train_size + i) as u64).collect();
         vec![self.valid().forward(x, &keys, ctx).1.first_choice]
     }
@@ -278,11 +257,11 @@ impl<B: AutodiffBackend> Routed<B> for ByteLm<B> {
         batch: &[usize],
         ctx: &Ctx,
     ) -> (Tensor<B, 1>, Tensor<B, 1>, Vec<LayerRouting>) {
-        let TaskData::Text { corpus, context } = data else {
+        let TaskData::Text { windows, .. } = data else {
             unreachable!("the LM trains on text")
         };
         let dev = Default::default();
-        let (x, y) = windows::<B>(&corpus.train, batch, *context, &dev);
+        let (x, y) = windows.batch::<B>(batch, &dev);
         let mut trace = MoeTrace {
             aux_loss: Tensor::zeros([1], &dev),
             layers: Vec::new(),
@@ -292,7 +271,10 @@ impl<B: AutodiffBackend> Routed<B> for ByteLm<B> {
     }
 
     fn evaluate(&self, data: &TaskData, ctx: &Ctx) -> (f64, f64) {
-        let TaskData::Text { corpus, context } = data else {
+        let TaskData::Text {
+            corpus, context, ..
+        } = data
+        else {
             unreachable!("the LM trains on text")
         };
         let l = evaluate(&self.valid(), &corpus.valid, *context, ctx);
@@ -300,7 +282,10 @@ impl<B: AutodiffBackend> Routed<B> for ByteLm<B> {
     }
 
     fn probe(&self, data: &TaskData, ctx: &Ctx) -> Vec<Vec<usize>> {
-        let TaskData::Text { corpus, context } = data else {
+        let TaskData::Text {
+            corpus, context, ..
+        } = data
+        else {
             unreachable!("the LM trains on text")
         };
         let windows_n = (PROBE / context)
@@ -407,34 +392,8 @@ impl LoadWatch {
     }
 }
 
-/// State saved in `trainer.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct TrainerState {
-    step: usize,
-    rng_state: u64,
-    #[serde(flatten)]
-    watch: LoopState,
-    load: LoadWatch,
-    last_probe: Vec<Vec<usize>>,
-}
-
-/// Monitor values averaged into [`MoeSummary::monitor_means`].
-const SUMMARISED: [&str; 5] = [
-    "load_entropy",
-    "max_over_mean",
-    "dropped",
-    "routing_flip",
-    "aux_loss",
-];
-
 fn task(recipe: &Recipe) -> Result<&MoeTask> {
-    recipe.moe().ok_or_else(|| {
-        TrainError::Unsupported(format!(
-            "recipe {:?} is kind = {:?}; the MoE trainer runs kind = \"moe\"",
-            recipe.name,
-            recipe.kind.name()
-        ))
-    })
+    recipe.moe().ok_or_else(|| wrong_kind(recipe, "moe"))
 }
 
 /// The MoE layer configuration of `[moe]`.
@@ -455,6 +414,244 @@ fn moe_config(s: &MoeSection, d_model: usize, estimator: Estimator) -> MoeConfig
     }
 }
 
+/// `kind = "moe"` over model `M` (the clusters classifier or a byte LM with MoE blocks).
+struct MoeRun<'r, M> {
+    recipe: &'r Recipe,
+    task: &'r MoeTask,
+    data: TaskData,
+    layers: usize,
+    build: Box<dyn Fn() -> Result<M> + 'r>,
+    _model: PhantomData<fn() -> M>,
+}
+
+impl<M> MoeRun<'_, M> {
+    fn eval_ctx(&self, step: usize, total: usize) -> Ctx {
+        Ctx::at(step as f64 / total as f64)
+            .with_seed(self.recipe.seed ^ 0xE7A1)
+            .for_eval()
+    }
+}
+
+impl<B: AutodiffBackend, M: Routed<B>> Kind<B> for MoeRun<'_, M> {
+    type Model = M;
+    type Batch = Vec<usize>;
+    type Stats = Vec<LayerRouting>;
+    type Summary = MoeSummary;
+
+    fn name(&self) -> &'static str {
+        "moe"
+    }
+
+    fn model(&self, _device: &B::Device) -> Result<M> {
+        (self.build)()
+    }
+
+    fn batch(&self, order: &mut ChaCha8Rng, _step: usize) -> Result<Vec<usize>> {
+        Ok(self.data.sample(order, self.recipe.train.batch_size))
+    }
+
+    fn loss(&self, model: &M, batch: &Vec<usize>, ctx: &Ctx) -> Result<Loss<B, Self::Stats>> {
+        let (task, aux, routing) = model.losses(&self.data, batch, ctx);
+        Ok(Loss {
+            total: task.clone() + aux.clone(),
+            reported: Some(task),
+            parts: vec![("aux_loss", aux)],
+            stats: routing,
+        })
+    }
+
+    fn after_update(&self, model: &mut M, routing: &Self::Stats) {
+        for (m, (a, _, _)) in model.moes_mut().into_iter().zip(routing) {
+            m.update_bias(a);
+        }
+    }
+
+    fn monitors(&self, model: &M) -> Result<Vec<Box<dyn Monitor<B, Self>>>> {
+        let cs = &self.task.moe.collapse;
+        let thresholds = CollapseThresholds {
+            min_entropy: cs.min_entropy,
+            max_over_mean: cs.max_over_mean,
+            dead_fraction: cs.dead_fraction,
+            dead_window: cs.dead_window,
+            max_dropped: cs.max_dropped,
+        };
+        let load = LoadWatch::new(
+            self.layers,
+            self.task.moe.experts,
+            self.task.moe.capacity_factor,
+            cs.window,
+            thresholds,
+        );
+        let first = model.probe(&self.data, &self.eval_ctx(0, self.recipe.train.steps));
+        Ok(vec![
+            Box::new(LoadMonitor { watch: load }),
+            Box::new(RoutingFlip { last: first }),
+        ])
+    }
+
+    fn evaluate(&self, model: &M, step: usize, total: usize) -> Result<Metrics> {
+        let (l, metric) = model.evaluate(&self.data, &self.eval_ctx(step, total));
+        Ok(Metrics::from([
+            ("loss".to_owned(), l),
+            (metric_name(&self.data).to_owned(), metric),
+        ]))
+    }
+
+    fn finish(
+        &self,
+        model: &M,
+        run: &RunDir,
+        o: &Outcome,
+        final_dir: Option<&Path>,
+    ) -> Result<MoeSummary> {
+        let sum = bllm_nn::summary(model);
+        if final_dir.is_some() {
+            run.write_file("summary.txt", sum.to_string().as_bytes())?;
+        }
+        let means = &o.monitor_means;
+        let get = |k: &str| means.get(k).copied().unwrap_or(f64::NAN);
+        let total = |k: &str| o.monitor_totals.get(k).copied().unwrap_or(0.0) as usize;
+        let name = metric_name(&self.data);
+        Ok(MoeSummary {
+            name: self.recipe.name.clone(),
+            steps: o.steps,
+            complete: o.complete,
+            task: match self.data {
+                TaskData::Clusters { .. } => "clusters".into(),
+                TaskData::Text { .. } => "lm".into(),
+            },
+            router: self.task.moe.router.clone(),
+            balancing: self.task.moe.balancing.clone(),
+            metric_name: name.into(),
+            metric: o.eval.get(name).copied().unwrap_or(f64::NAN),
+            eval_loss: o.eval.get("loss").copied().unwrap_or(f64::NAN),
+            load_entropy: get("load_entropy"),
+            max_over_mean: get("max_over_mean"),
+            dropped_fraction: get("dropped"),
+            flip_rate: get("routing_flip"),
+            dead_experts: total("dead_experts"),
+            collapse_events: total("collapse_events"),
+            skipped_steps: o.skipped_steps,
+            monitor_events: o.monitor_events,
+            monitor_means: means.clone(),
+            model_bytes: sum.total_bytes(),
+            model_float32_bytes: sum.float32_equivalent_bytes(),
+        })
+    }
+}
+
+/// Load balance of every MoE layer, every step (the starvation window counts steps):
+/// [`LoadWatch`] statistics on the periodic log lines, a `collapse` event (with its reasons)
+/// and a `load_balance` check when a layer enters collapse.
+struct LoadMonitor {
+    watch: LoadWatch,
+}
+
+impl<B: AutodiffBackend, M: Routed<B>> Monitor<B, MoeRun<'_, M>> for LoadMonitor {
+    fn name(&self) -> &'static str {
+        "load"
+    }
+
+    fn after_update(&mut self, cx: &After<'_, B, MoeRun<'_, M>>, out: &mut Readings) -> Result<()> {
+        let assigned: Vec<&[usize]> = cx.stats.iter().map(|(a, _, _)| a.as_slice()).collect();
+        let loads = self.watch.update(&assigned);
+        for (l, ld) in loads.iter().enumerate() {
+            if !ld.entered.is_empty() {
+                out.events.push(
+                    json!({"step": cx.done, "event": "collapse", "layer": l, "reasons": ld.entered}),
+                );
+                tracing::warn!(step = cx.done, layer = l, reasons = ?ld.entered, "MoE layer collapsed");
+                out.checks.push(("load_balance", 1.0, true));
+            }
+        }
+        if cx.logged {
+            let n = loads.len().max(1) as f64;
+            for (l, ld) in loads.iter().enumerate() {
+                out.metric(format!("load_entropy/l{l}"), ld.stats.normalized_entropy);
+                out.metric(format!("max_over_mean/l{l}"), ld.stats.max_over_mean);
+                out.metric(format!("dropped/l{l}"), ld.stats.dropped_fraction);
+                out.metric(format!("loads/l{l}"), &ld.stats.fractions);
+            }
+            let mean = |f: fn(&LayerLoad) -> f64| loads.iter().map(f).sum::<f64>() / n;
+            out.metric("load_entropy", mean(|l| l.stats.normalized_entropy));
+            out.metric("max_over_mean", mean(|l| l.stats.max_over_mean));
+            out.metric("dropped", mean(|l| l.stats.dropped_fraction));
+            out.metric("dead_experts", loads.iter().map(|l| l.dead).sum::<usize>());
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        serde_json::to_value(&self.watch).unwrap_or(Value::Null)
+    }
+
+    fn restore(&mut self, state: Value) -> Result<()> {
+        self.watch = serde_json::from_value(state)
+            .map_err(|e| TrainError::Unsupported(format!("trainer.json: monitors.load: {e}")))?;
+        Ok(())
+    }
+
+    fn totals(&self) -> Metrics {
+        let dead: usize = self
+            .watch
+            .trackers
+            .iter()
+            .map(|t| t.dead_experts().len())
+            .sum();
+        Metrics::from([
+            ("dead_experts".to_owned(), dead as f64),
+            (
+                "collapse_events".to_owned(),
+                self.watch.collapse_events as f64,
+            ),
+        ])
+    }
+}
+
+/// `routing_flip`: the fraction of probe tokens whose first expert changed since the last
+/// check, mean over layers.
+struct RoutingFlip {
+    last: Vec<Vec<usize>>,
+}
+
+impl<B: AutodiffBackend, M: Routed<B>> Monitor<B, MoeRun<'_, M>> for RoutingFlip {
+    fn name(&self) -> &'static str {
+        "routing_flip"
+    }
+
+    fn after_update(&mut self, cx: &After<'_, B, MoeRun<'_, M>>, out: &mut Readings) -> Result<()> {
+        if !cx.due("routing_flip") {
+            return Ok(());
+        }
+        let now = cx
+            .model
+            .probe(&cx.kind.data, &cx.kind.eval_ctx(cx.done, cx.total));
+        let rates: Vec<f64> = now
+            .iter()
+            .zip(&self.last)
+            .map(|(a, b)| routing_flip_rate(b, a))
+            .collect();
+        out.check(
+            "routing_flip",
+            rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+            true,
+        );
+        self.last = now;
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        serde_json::to_value(&self.last).unwrap_or(Value::Null)
+    }
+
+    fn restore(&mut self, state: Value) -> Result<()> {
+        self.last = serde_json::from_value(state).map_err(|e| {
+            TrainError::Unsupported(format!("trainer.json: monitors.routing_flip: {e}"))
+        })?;
+        Ok(())
+    }
+}
+
 /// Runs (or resumes) a `kind = "moe"` recipe into `opts.run_dir`.
 pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
     crate::backend::dispatch_run!(recipe, opts, run_moe_on -> MoeSummary)
@@ -463,27 +660,38 @@ pub fn run_moe(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
 fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<MoeSummary> {
     let t = task(recipe)?;
     let est = estimator(recipe)?;
-    let dev = Default::default();
     match &t.data {
         MoeData::Clusters(c) => {
+            RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
             let cfg = moe_config(&t.moe, t.d_model, est);
             let s = recipe.seed;
-            let linear = |din, dout, i: u64| Linear {
-                weight: Param::from_tensor(bllm_nn::kaiming_uniform::<B>(
-                    din,
-                    dout,
-                    s.wrapping_mul(1000).wrapping_add(i),
-                    &dev,
-                )),
-                bias: Some(Param::from_tensor(Tensor::zeros([dout], &dev))),
+            let build = move || -> Result<MoeClassifier<B>> {
+                let dev = Default::default();
+                let linear = |din, dout, i: u64| Linear {
+                    weight: Param::from_tensor(bllm_nn::kaiming_uniform::<B>(
+                        din,
+                        dout,
+                        s.wrapping_mul(1000).wrapping_add(i),
+                        &dev,
+                    )),
+                    bias: Some(Param::from_tensor(Tensor::zeros([dout], &dev))),
+                };
+                let model = MoeClassifier {
+                    embed: linear(c.dim, t.d_model, 1),
+                    moe: cfg.init(&dev, s.wrapping_add(7))?,
+                    head: linear(t.d_model, c.classes, 2),
+                };
+                Ok(bllm_nn::with_deterministic_ids(model, 0))
             };
-            let model = MoeClassifier {
-                embed: linear(c.dim, t.d_model, 1),
-                moe: cfg.init(&dev, s.wrapping_add(7))?,
-                head: linear(t.d_model, c.classes, 2),
+            let kind = MoeRun {
+                recipe,
+                task: t,
+                data: clusters(recipe.seed, c),
+                layers: 1,
+                build: Box::new(build),
+                _model: PhantomData,
             };
-            let model = bllm_nn::with_deterministic_ids(model, 0);
-            train(recipe, t, model, clusters(recipe.seed, c), 1, opts)
+            train::<B, _>(recipe, opts, kind)
         }
         MoeData::Text(d) => {
             let Some(m) = &t.lm_model else {
@@ -493,234 +701,30 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
             };
             let mut cfg = lm_config_from(m, est.clone())?;
             cfg.moe = Some(moe_config(&t.moe, m.d_model, est));
+            RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
             let corpus = load_corpus(d, m.context)?;
-            let model: ByteLm<B> = cfg.init(&dev, recipe.seed)?;
             let data = TaskData::Text {
+                windows: TextWindows {
+                    bytes: Arc::new(corpus.train.clone()),
+                    context: m.context,
+                },
                 corpus,
                 context: m.context,
             };
-            train(recipe, t, model, data, m.layers, opts)
+            let seed = recipe.seed;
+            let kind = MoeRun {
+                recipe,
+                task: t,
+                data,
+                layers: m.layers,
+                build: Box::new(move || -> Result<ByteLm<B>> {
+                    Ok(cfg.init(&Default::default(), seed)?)
+                }),
+                _model: PhantomData,
+            };
+            train::<B, _>(recipe, opts, kind)
         }
     }
-}
-
-/// The training loop shared by both tasks.
-fn train<B: AutodiffBackend, M: Routed<B>>(
-    recipe: &Recipe,
-    t: &MoeTask,
-    mut model: M,
-    data: TaskData,
-    layers: usize,
-    opts: &mut RunOptions,
-) -> Result<MoeSummary> {
-    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
-    let cs = &t.moe.collapse;
-    let thresholds = CollapseThresholds {
-        min_entropy: cs.min_entropy,
-        max_over_mean: cs.max_over_mean,
-        dead_fraction: cs.dead_fraction,
-        dead_window: cs.dead_window,
-        max_dropped: cs.max_dropped,
-    };
-    let mut opt = Opt::new(recipe, &model);
-    let total = recipe.train.steps;
-    let eval_ctx = |step: usize| {
-        Ctx::at(step as f64 / total as f64)
-            .with_seed(recipe.seed ^ 0xE7A1)
-            .for_eval()
-    };
-    let mut state = TrainerState {
-        step: 0,
-        rng_state: recipe.seed ^ 0x3E,
-        watch: LoopState::new(recipe),
-        load: LoadWatch::new(
-            layers,
-            t.moe.experts,
-            t.moe.capacity_factor,
-            cs.window,
-            thresholds,
-        ),
-        last_probe: model.probe(&data, &eval_ctx(0)),
-    };
-    let watch = Watch {
-        recipe,
-        run: &run,
-        verbose: opts.verbose,
-    };
-    (model, opt, state) = start_or_resume(
-        recipe,
-        &run,
-        opts.resume,
-        (model, opt, state),
-        |s: &TrainerState| s.step,
-    )?;
-    let save = |name: &str, model: &M, opt: &Opt<B, M>, state: &TrainerState| {
-        save_checkpoint(&run, name, model, opt, state, |dir| {
-            write_safetensors(model, &dir.join("model.safetensors"))
-        })
-    };
-    let checkpoint = |model: &M, opt: &Opt<B, M>, state: &TrainerState, note| -> Result<()> {
-        let p = save(&format!("checkpoint-{}", state.step), model, opt, state)?;
-        run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
-    };
-    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
-    let bs = recipe.train.batch_size;
-    while state.step < stop_at {
-        let step = state.step;
-        let ctx = step_ctx(recipe, step, total);
-        let mut rng = SplitMix64::new(state.rng_state);
-        let batch = data.sample(&mut rng, bs);
-        state.rng_state = rng.state();
-        let (task_loss, aux, routing) = model.losses(&data, &batch, &ctx);
-        let task_v: f32 = task_loss.clone().into_scalar().elem();
-        let aux_v: f32 = aux.clone().into_scalar().elem();
-        let loss = task_loss + aux;
-        let loss_v = f64::from(task_v) + f64::from(aux_v);
-        let grads = loss.backward();
-        let grad_norm = crate::optim::grad_norm(&model, &grads);
-        let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
-        let skip = match verdict {
-            Verdict::Stop(stop) => {
-                save(&format!("checkpoint-{step}"), &model, &opt, &state)?;
-                return Err(stop.into_error(&run, step)?);
-            }
-            Verdict::Skip => true,
-            Verdict::Update => false,
-        };
-        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
-        if skip {
-            watch.skipped(&mut state.watch, step, loss_v)?;
-        } else {
-            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
-            for (m, (a, _, _)) in model.moes_mut().into_iter().zip(&routing) {
-                m.update_bias(a);
-            }
-        }
-        state.step += 1;
-        if let Some(p) = opts.progress.as_mut() {
-            p(state.step, total, loss_v);
-        }
-        state
-            .watch
-            .push_loss(f64::from(task_v), recipe.train.log_every);
-
-        // Load balance: every step (the starvation window counts steps).
-        let assigned: Vec<&[usize]> = routing.iter().map(|(a, _, _)| a.as_slice()).collect();
-        let loads = state.load.update(&assigned);
-        let mut after: Vec<(&str, f64, bool)> = Vec::new();
-        for (l, ld) in loads.iter().enumerate() {
-            if !ld.entered.is_empty() {
-                run.append(
-                    "events.jsonl",
-                    &json!({"step": state.step, "event": "collapse", "layer": l, "reasons": ld.entered}),
-                )?;
-                after.push(("load_balance", 1.0, true));
-            }
-        }
-        let done = state.step;
-        let logged = done % recipe.train.log_every == 0;
-        let mut metrics = json!({"step": done, "split": "train", "loss": f64::from(task_v), "aux_loss": f64::from(aux_v), "lr": lr, "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
-        if logged {
-            let n = loads.len().max(1) as f64;
-            for (l, ld) in loads.iter().enumerate() {
-                metrics[format!("load_entropy/l{l}")] = json!(ld.stats.normalized_entropy);
-                metrics[format!("max_over_mean/l{l}")] = json!(ld.stats.max_over_mean);
-                metrics[format!("dropped/l{l}")] = json!(ld.stats.dropped_fraction);
-                metrics[format!("loads/l{l}")] = json!(ld.stats.fractions);
-            }
-            let mean = |f: fn(&LayerLoad) -> f64| loads.iter().map(f).sum::<f64>() / n;
-            metrics["load_entropy"] = json!(mean(|l| l.stats.normalized_entropy));
-            metrics["max_over_mean"] = json!(mean(|l| l.stats.max_over_mean));
-            metrics["dropped"] = json!(mean(|l| l.stats.dropped_fraction));
-            metrics["dead_experts"] = json!(loads.iter().map(|l| l.dead).sum::<usize>());
-        }
-        if watch.due_after("routing_flip", done) {
-            let now = model.probe(&data, &eval_ctx(done));
-            let rates: Vec<f64> = now
-                .iter()
-                .zip(&state.last_probe)
-                .map(|(a, b)| routing_flip_rate(b, a))
-                .collect();
-            let v = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
-            metrics["routing_flip"] = json!(v);
-            after.push(("routing_flip", v, true));
-            state.last_probe = now;
-        }
-        if let Some(stop) = watch.after_update(&mut state.watch, done, &after)? {
-            save(&format!("checkpoint-{done}"), &model, &opt, &state)?;
-            return Err(stop.into_error(&run, done)?);
-        }
-        if let Some(m) = metrics.as_object() {
-            if logged || m.contains_key("routing_flip") {
-                state.watch.accumulate(m, &SUMMARISED);
-                run.append("metrics.jsonl", &metrics)?;
-            }
-        }
-        if recipe.eval.every > 0 && done % recipe.eval.every == 0 && done < total {
-            let (l, metric) = model.evaluate(&data, &eval_ctx(done));
-            let name = metric_name(&data);
-            run.append(
-                "metrics.jsonl",
-                &json!({"step": done, "split": "eval", "loss": l, name: metric}),
-            )?;
-            if opts.verbose {
-                eprintln!(
-                    "step {done}/{total}: train loss {task_v:.4}, held-out {name} {metric:.4}"
-                );
-            }
-        }
-        if recipe.checkpoint.every > 0 && done % recipe.checkpoint.every == 0 && done < total {
-            checkpoint(&model, &opt, &state, "")?;
-        }
-    }
-    let complete = state.step >= total;
-    if !complete {
-        checkpoint(&model, &opt, &state, " (stopped early by max_steps)")?;
-    }
-    let (eval_loss, metric) = model.evaluate(&data, &eval_ctx(state.step));
-    let sum = bllm_nn::summary(&model);
-    let means = state.watch.means();
-    let get = |k: &str| means.get(k).copied().unwrap_or(f64::NAN);
-    let summary = MoeSummary {
-        name: recipe.name.clone(),
-        steps: state.step,
-        complete,
-        task: match data {
-            TaskData::Clusters { .. } => "clusters".into(),
-            TaskData::Text { .. } => "lm".into(),
-        },
-        router: t.moe.router.clone(),
-        balancing: t.moe.balancing.clone(),
-        metric_name: metric_name(&data).into(),
-        metric,
-        eval_loss,
-        load_entropy: get("load_entropy"),
-        max_over_mean: get("max_over_mean"),
-        dropped_fraction: get("dropped"),
-        flip_rate: get("routing_flip"),
-        dead_experts: state
-            .load
-            .trackers
-            .iter()
-            .map(|t| t.dead_experts().len())
-            .sum(),
-        collapse_events: state.load.collapse_events,
-        skipped_steps: state.watch.skipped_steps,
-        monitor_events: state.watch.monitor_events,
-        monitor_means: means,
-        model_bytes: sum.total_bytes(),
-        model_float32_bytes: sum.float32_equivalent_bytes(),
-    };
-    if complete {
-        run.append(
-            "metrics.jsonl",
-            &json!({"step": state.step, "split": "eval", "loss": eval_loss, metric_name(&data): metric}),
-        )?;
-        save("final", &model, &opt, &state)?;
-        run.write_file("summary.txt", sum.to_string().as_bytes())?;
-        run.write_json("summary.json", &summary)?;
-    }
-    Ok(summary)
 }
 
 fn metric_name(data: &TaskData) -> &'static str {
@@ -733,6 +737,7 @@ fn metric_name(data: &TaskData) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bllm_codes::rng::SplitMix64;
 
     #[test]
     fn a_collapsed_router_raises_one_collapse_event_and_hash_routing_none() {

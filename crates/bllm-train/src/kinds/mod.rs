@@ -1,0 +1,9 @@
+//! The kinds of run, one file each: what is trained, on what data, and what it reports. Each
+//! implements [`crate::Kind`] (except `adapter`, a sequence of phases, see its docs) and
+//! exposes one `run_*` entry point that picks the backend and calls [`crate::train`].
+
+pub(crate) mod adapter;
+pub(crate) mod classify;
+pub(crate) mod lm;
+pub(crate) mod moe;
+pub(crate) mod retrieval;

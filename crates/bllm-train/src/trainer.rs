@@ -1,0 +1,655 @@
+//! The one training loop. A [`Kind`] says what is trained (model, batches, loss, quantised
+//! sites, evaluation, export, summary); [`train`] does everything that is the same for every
+//! kind:
+//!
+//! ```text
+//! open the run directory (refusal rules) → build the model and optimizer → start or resume
+//! for each step:
+//!   batch  = kind.batch(order stream)                 (stream position saved in trainer.json)
+//!   loss   = kind.loss(model, batch, ctx)             (+ the kind's statistics)
+//!   grads  = backward(loss)
+//!   monitors.before_update(…)                         shadow cosine, finite differences, …
+//!   verdict = non_finite → loss_spike → grad_spike    (log / warn / skip_step / stop)
+//!   clip to train.grad_clip, optimizer step at lr(step)   (unless skipped)
+//!   kind.after_update(model, stats)                   (e.g. MoE bias updates)
+//!   monitors.after_update(…)                          flips, pass-through, quant error, loads…
+//!   metrics.jsonl line; periodic evaluation; periodic checkpoint (pruned to keep_last)
+//! final evaluation → final/ (+ kind.export) → kind.finish → summary.json
+//! ```
+//!
+//! Monitors ([`Monitor`]) compose: the generic ones ([`crate::sites`]) read the sites a kind
+//! lists and work for every kind; a kind adds its own (MoE load balance, retrieval bit
+//! balance, LM attention) through [`Kind::monitors`]. Monitors return readings; the recipe's
+//! action decides what happens ([`crate::monitor::Watch`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bllm_recipe::Recipe;
+use bllm_ste::{Ctx, Shadow};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Result;
+use crate::monitor::{LoopState, Verdict, Watch};
+use crate::optim::{Opt, clip_and_step, save_checkpoint, start_or_resume, step_ctx};
+use crate::rng::{ORDER, StreamState};
+use crate::rundir::RunDir;
+use crate::schedule::learning_rate;
+use crate::sites::Site;
+
+/// Called after every step with (steps done, total steps, training loss).
+pub type ProgressFn = Box<dyn FnMut(usize, usize, f64)>;
+
+/// How to run.
+pub struct RunOptions {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Continue from the newest complete checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Stop after this many steps (the run stays resumable), e.g. to split a run.
+    pub max_steps: Option<usize>,
+    /// Report periodic evaluations at `info` level (otherwise `debug`).
+    pub verbose: bool,
+    /// Progress callback (a progress bar), if any.
+    pub progress: Option<ProgressFn>,
+}
+
+/// Named scalar metrics (a `metrics.jsonl` line's values, an evaluation's results).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// A model the trainer's inner (no-autodiff) backend runs.
+pub type Inner<B, K> = <<K as Kind<B>>::Model as AutodiffModule<B>>::InnerModule;
+
+/// What a kind's loss returns for one batch.
+pub struct Loss<B: AutodiffBackend, S> {
+    /// The scalar the backward pass starts from (and the spike monitors watch).
+    pub total: Tensor<B, 1>,
+    /// The value logged as `loss` when it is not `total` (MoE logs the task loss and its
+    /// auxiliary loss apart).
+    pub reported: Option<Tensor<B, 1>>,
+    /// Other scalars to log on the step's line (`aux_loss`).
+    pub parts: Vec<(&'static str, Tensor<B, 1>)>,
+    /// Statistics of this step the kind's monitors and [`Kind::after_update`] read.
+    pub stats: S,
+}
+
+impl<B: AutodiffBackend, S: Default> Loss<B, S> {
+    /// A loss with nothing else to report.
+    pub fn new(total: Tensor<B, 1>) -> Self {
+        Self {
+            total,
+            reported: None,
+            parts: Vec::new(),
+            stats: S::default(),
+        }
+    }
+}
+
+/// What the loop knows at the end of a run, for [`Kind::finish`].
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Steps completed.
+    pub steps: usize,
+    /// Whether the run reached `train.steps`.
+    pub complete: bool,
+    /// Mean training loss over the last `train.log_every` steps.
+    pub train_loss: f64,
+    /// The final evaluation ([`Kind::evaluate`]).
+    pub eval: Metrics,
+    /// Optimizer steps skipped by monitors.
+    pub skipped_steps: usize,
+    /// Monitor firings that warned, skipped or stopped.
+    pub monitor_events: usize,
+    /// Mean of each monitor value logged over the run (keys without `/`).
+    pub monitor_means: BTreeMap<String, f64>,
+    /// End-of-run values the monitors report ([`Monitor::totals`], e.g. `dead_experts`).
+    pub monitor_totals: Metrics,
+}
+
+/// One kind of training run. Implement it in one file under `kinds/` and add one arm to the
+/// CLI's dispatch; the loop, run directory, checkpoints, resume, logs, monitors and
+/// `summary.json` come from [`train`].
+pub trait Kind<B: AutodiffBackend>: Sized {
+    /// The trained module.
+    type Model: AutodiffModule<B> + Clone;
+    /// One training batch.
+    type Batch;
+    /// Per-step statistics of the loss (routing decisions, …), `()` when none.
+    type Stats: Default;
+    /// What a finished run reports (written as `summary.json`).
+    type Summary: Serialize;
+
+    /// The kind's recipe name (`"lm"`), for logs.
+    fn name(&self) -> &'static str;
+
+    /// The model with its initial weights (seeded from the recipe).
+    fn model(&self, device: &B::Device) -> Result<Self::Model>;
+
+    /// The batch of `step`, drawn from the run's order stream.
+    fn batch(&self, order: &mut ChaCha8Rng, step: usize) -> Result<Self::Batch>;
+
+    /// The training loss of `batch` under `ctx`.
+    fn loss(
+        &self,
+        model: &Self::Model,
+        batch: &Self::Batch,
+        ctx: &Ctx,
+    ) -> Result<Loss<B, Self::Stats>>;
+
+    /// The loss the shadow-cosine monitor differentiates: by default the same network with
+    /// every binarizer replaced by its smooth surrogate.
+    fn shadow_loss(
+        &self,
+        model: &Self::Model,
+        batch: &Self::Batch,
+        ctx: &Ctx,
+    ) -> Result<Tensor<B, 1>> {
+        Ok(self
+            .loss(model, batch, &ctx.with_shadow(Shadow::Surrogate))?
+            .total)
+    }
+
+    /// The model's quantised sites (binary / ternary weights, binary codes) the generic
+    /// monitors watch, in a fixed order. Default: none.
+    fn sites<'a>(&'a self, _model: &'a Self::Model) -> Vec<Site<'a, B>> {
+        Vec::new()
+    }
+
+    /// The training loss of `batch` on the inner model with the latent weights of site
+    /// `site` replaced by `w` (the finite-difference monitor). `None`: not supported.
+    fn perturbed_loss(
+        &self,
+        _model: &Inner<B, Self>,
+        _batch: &Self::Batch,
+        _ctx: &Ctx,
+        _site: usize,
+        _w: Tensor<B::InnerBackend, 2>,
+    ) -> Option<f64> {
+        None
+    }
+
+    /// Called after each optimizer step that was taken (not after skipped ones).
+    fn after_update(&self, _model: &mut Self::Model, _stats: &Self::Stats) {}
+
+    /// The kind's own monitors, besides the generic ones.
+    fn monitors(&self, _model: &Self::Model) -> Result<Vec<Box<dyn Monitor<B, Self>>>> {
+        Ok(Vec::new())
+    }
+
+    /// Held-out evaluation after `step` of `total` (periodic and final).
+    fn evaluate(&self, model: &Self::Model, step: usize, total: usize) -> Result<Metrics>;
+
+    /// Files besides the records every checkpoint holds (default: `model.safetensors`).
+    fn checkpoint_files(&self, model: &Self::Model, dir: &Path) -> Result<()> {
+        crate::write_safetensors(model, &dir.join("model.safetensors"))
+    }
+
+    /// Exports into `dir` (inside `final/`, when the recipe asks for weights). Default: none.
+    fn export(&self, _model: &Self::Model, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once the run directory is ready (after start or resume), e.g. to record the data.
+    fn on_start(&self, _run: &RunDir) -> Result<()> {
+        Ok(())
+    }
+
+    /// The run's summary; `final_dir` is the final checkpoint when the run completed (the
+    /// kind may add results and exports to the run directory then).
+    fn finish(
+        &self,
+        model: &Self::Model,
+        run: &RunDir,
+        outcome: &Outcome,
+        final_dir: Option<&Path>,
+    ) -> Result<Self::Summary>;
+}
+
+/// What a monitor sees before the update of step `step` (0-based): the batch, its loss
+/// statistics and gradients.
+pub struct Before<'a, B: AutodiffBackend, K: Kind<B>> {
+    /// The kind.
+    pub kind: &'a K,
+    /// The model before the update.
+    pub model: &'a K::Model,
+    /// The step's batch.
+    pub batch: &'a K::Batch,
+    /// The step's loss statistics.
+    pub stats: &'a K::Stats,
+    /// The step's context.
+    pub ctx: &'a Ctx,
+    /// Gradients of the step's loss.
+    pub grads: &'a B::Gradients,
+    /// The step (0-based).
+    pub step: usize,
+    /// The recipe.
+    pub recipe: &'a Recipe,
+    pub(crate) watch: &'a Watch<'a>,
+}
+
+impl<B: AutodiffBackend, K: Kind<B>> Before<'_, B, K> {
+    /// Whether monitor `name` is enabled and due on this step.
+    pub fn due(&self, name: &str) -> bool {
+        self.watch.due_before(name, self.step)
+    }
+}
+
+/// What a monitor sees after step `done` (1-based count of steps taken).
+pub struct After<'a, B: AutodiffBackend, K: Kind<B>> {
+    /// The kind.
+    pub kind: &'a K,
+    /// The model after the update.
+    pub model: &'a K::Model,
+    /// The step's batch.
+    pub batch: &'a K::Batch,
+    /// The step's loss statistics.
+    pub stats: &'a K::Stats,
+    /// The step's context.
+    pub ctx: &'a Ctx,
+    /// Steps done.
+    pub done: usize,
+    /// `train.steps`.
+    pub total: usize,
+    /// Whether this step's line is a periodic log line (`done % train.log_every == 0`).
+    pub logged: bool,
+    /// The recipe.
+    pub recipe: &'a Recipe,
+    pub(crate) watch: &'a Watch<'a>,
+}
+
+impl<B: AutodiffBackend, K: Kind<B>> After<'_, B, K> {
+    /// Whether monitor `name` is enabled and due after this step.
+    pub fn due(&self, name: &str) -> bool {
+        self.watch.due_after(name, self.done)
+    }
+}
+
+/// What monitors report for a step.
+#[derive(Debug, Default)]
+pub struct Readings {
+    /// Values for the step's `metrics.jsonl` line (keys without `/` are averaged into the
+    /// summary's `monitor_means`).
+    pub metrics: serde_json::Map<String, Value>,
+    /// `(recipe monitor name, value, fires when above the threshold)`: checked against the
+    /// recipe's threshold and action.
+    pub checks: Vec<(&'static str, f64, bool)>,
+    /// Extra `events.jsonl` lines (e.g. MoE `collapse` with its reasons).
+    pub events: Vec<Value>,
+}
+
+impl Readings {
+    /// Sets metric `key`.
+    pub fn metric(&mut self, key: impl Into<String>, value: impl Serialize) {
+        self.metrics.insert(
+            key.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+    }
+
+    /// Logs `value` under `name` and checks it against monitor `name`'s threshold.
+    pub fn check(&mut self, name: &'static str, value: f64, above: bool) {
+        self.metric(name, value);
+        self.checks.push((name, value, above));
+    }
+}
+
+/// A monitor: computes values from the model, batch and gradients; never acts.
+pub trait Monitor<B: AutodiffBackend, K: Kind<B>> {
+    /// Key of its state in `trainer.json`.
+    fn name(&self) -> &'static str;
+
+    /// Before the update (gradients available).
+    fn before_update(&mut self, _cx: &Before<'_, B, K>, _out: &mut Readings) -> Result<()> {
+        Ok(())
+    }
+
+    /// After the update.
+    fn after_update(&mut self, _cx: &After<'_, B, K>, _out: &mut Readings) -> Result<()> {
+        Ok(())
+    }
+
+    /// State a bit-exact resume needs (`null`: none).
+    fn state(&self) -> Value {
+        Value::Null
+    }
+
+    /// Restores [`Monitor::state`].
+    fn restore(&mut self, _state: Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// End-of-run values for [`Outcome::monitor_totals`].
+    fn totals(&self) -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Everything besides tensors a bit-exact resume needs (`trainer.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    order: StreamState,
+    #[serde(flatten)]
+    watch: LoopState,
+    monitors: BTreeMap<String, Value>,
+}
+
+/// The scalar value of a one-element tensor.
+pub(crate) fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f64 {
+    f64::from(t.into_scalar().elem::<f32>())
+}
+
+/// Runs (or resumes) `kind` under `recipe` into `opts.run_dir`: the one loop every kind uses.
+/// The directory rules of [`RunDir::open`] apply (a kind's entry point may also call
+/// [`RunDir::refuse_existing`] before it loads its data, to fail before any work).
+pub fn train<B: AutodiffBackend, K: Kind<B>>(
+    recipe: &Recipe,
+    opts: &mut RunOptions,
+    kind: K,
+) -> Result<K::Summary> {
+    let span = tracing::info_span!(
+        "run",
+        recipe = %recipe.name,
+        kind = kind.name(),
+        dir = %opts.run_dir.display()
+    );
+    let _span = span.enter();
+    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
+    let dev: B::Device = Default::default();
+    let model = kind.model(&dev)?;
+    let opt = Opt::new(recipe, &model);
+    let mut monitors = crate::sites::generic_monitors::<B, K>(&kind, &model);
+    monitors.extend(kind.monitors(&model)?);
+    let fresh = TrainerState {
+        step: 0,
+        order: StreamState::of(&crate::rng::stream(recipe.seed, ORDER, 0), ORDER, 0),
+        watch: LoopState::new(recipe),
+        monitors: BTreeMap::new(),
+    };
+    let (mut model, mut opt, mut state) = start_or_resume(
+        recipe,
+        &run,
+        opts.resume,
+        (model, opt, fresh),
+        |s: &TrainerState| s.step,
+    )?;
+    for m in &mut monitors {
+        if let Some(v) = state.monitors.remove(m.name()) {
+            m.restore(v)?;
+        }
+    }
+    if state.step > 0 {
+        tracing::info!(step = state.step, "resumed");
+    }
+    kind.on_start(&run)?;
+    let mut order = state.order.restore(recipe.seed)?;
+    let watch = Watch { recipe, run: &run };
+    let total = recipe.train.steps;
+    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
+
+    // Writes checkpoint `name` (records, trainer.json with the monitors' state, the kind's
+    // files; with `export`, the kind's export under `export/`).
+    let save = |name: &str,
+                model: &K::Model,
+                opt: &Opt<B, K::Model>,
+                state: &TrainerState,
+                monitors: &[Box<dyn Monitor<B, K>>],
+                order: &ChaCha8Rng,
+                export: bool|
+     -> Result<PathBuf> {
+        let mut s = state.clone();
+        s.order = StreamState::of(order, ORDER, 0);
+        s.monitors = monitors
+            .iter()
+            .map(|m| (m.name().to_owned(), m.state()))
+            .filter(|(_, v)| !v.is_null())
+            .collect();
+        save_checkpoint(&run, name, model, opt, &s, |dir| {
+            kind.checkpoint_files(model, dir)?;
+            if export {
+                kind.export(model, &dir.join("export"))?;
+            }
+            Ok(())
+        })
+    };
+    let checkpoint = |model: &K::Model,
+                      opt: &Opt<B, K::Model>,
+                      state: &TrainerState,
+                      monitors: &[Box<dyn Monitor<B, K>>],
+                      order: &ChaCha8Rng,
+                      note: &str|
+     -> Result<()> {
+        let p = save(
+            &format!("checkpoint-{}", state.step),
+            model,
+            opt,
+            state,
+            monitors,
+            order,
+            false,
+        )?;
+        tracing::info!(step = state.step, path = %p.display(), "checkpoint{note}");
+        run.checkpointed(state.step, &p, note, recipe.checkpoint.keep_last)
+    };
+
+    while state.step < stop_at {
+        let step = state.step;
+        let ctx = step_ctx(recipe, step, total);
+        let batch = kind.batch(&mut order, step)?;
+        let out = kind.loss(&model, &batch, &ctx)?;
+        let reported = out.reported.clone().map(scalar);
+        let parts: Vec<(&str, f64)> = out
+            .parts
+            .iter()
+            .map(|(n, t)| (*n, scalar(t.clone())))
+            .collect();
+        let loss_v = scalar(out.total.clone());
+        let grads = out.total.backward();
+
+        // Monitors that need this step's gradients run before the update.
+        let mut readings = Readings::default();
+        let before = Before {
+            kind: &kind,
+            model: &model,
+            batch: &batch,
+            stats: &out.stats,
+            ctx: &ctx,
+            grads: &grads,
+            step,
+            recipe,
+            watch: &watch,
+        };
+        for m in &mut monitors {
+            m.before_update(&before, &mut readings)?;
+        }
+        let grad_norm = crate::optim::grad_norm(&model, &grads);
+        let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
+        let skip = match verdict {
+            Verdict::Stop(stop) => {
+                save(
+                    &format!("checkpoint-{step}"),
+                    &model,
+                    &opt,
+                    &state,
+                    &monitors,
+                    &order,
+                    false,
+                )?;
+                return Err(stop.into_error(&run, step)?);
+            }
+            Verdict::Skip => true,
+            Verdict::Update => false,
+        };
+        let lr = learning_rate(&recipe.schedule, recipe.optimizer.lr, step, total);
+        if skip {
+            watch.skipped(&mut state.watch, step, loss_v)?;
+        } else {
+            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
+            kind.after_update(&mut model, &out.stats);
+        }
+        state.step += 1;
+        let done = state.step;
+        if let Some(p) = opts.progress.as_mut() {
+            p(done, total, loss_v);
+        }
+        let shown = reported.unwrap_or(loss_v);
+        state.watch.push_loss(shown, recipe.train.log_every);
+
+        // Monitors of the updated model.
+        let logged = done % recipe.train.log_every == 0;
+        let after = After {
+            kind: &kind,
+            model: &model,
+            batch: &batch,
+            stats: &out.stats,
+            ctx: &ctx,
+            done,
+            total,
+            logged,
+            recipe,
+            watch: &watch,
+        };
+        for m in &mut monitors {
+            m.after_update(&after, &mut readings)?;
+        }
+        for e in &readings.events {
+            run.append("events.jsonl", e)?;
+        }
+        let stop = watch.after_update(&mut state.watch, done, &readings.checks)?;
+        if let Some(stop) = stop {
+            save(
+                &format!("checkpoint-{done}"),
+                &model,
+                &opt,
+                &state,
+                &monitors,
+                &order,
+                false,
+            )?;
+            return Err(stop.into_error(&run, done)?);
+        }
+        let mut line = json!({"step": done, "split": "train", "loss": shown, "lr": lr,
+            "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
+        // A line at every `log_every` steps, and whenever a monitor measured something.
+        let measured = !readings.metrics.is_empty();
+        for (n, v) in &parts {
+            readings.metric(*n, *v);
+        }
+        state.watch.accumulate_all(&readings.metrics);
+        if logged || measured {
+            if let Some(obj) = line.as_object_mut() {
+                obj.extend(readings.metrics);
+            }
+            run.append("metrics.jsonl", &line)?;
+        }
+        if recipe.eval.every > 0 && done % recipe.eval.every == 0 && done < total {
+            let m = kind.evaluate(&model, done, total)?;
+            log_eval(&run, done, total, shown, &m, opts.verbose)?;
+        }
+        if recipe.checkpoint.every > 0 && done % recipe.checkpoint.every == 0 && done < total {
+            checkpoint(&model, &opt, &state, &monitors, &order, "")?;
+        }
+    }
+
+    let complete = state.step >= total;
+    if !complete {
+        checkpoint(
+            &model,
+            &opt,
+            &state,
+            &monitors,
+            &order,
+            " (stopped early by max_steps)",
+        )?;
+    }
+    let eval = kind.evaluate(&model, state.step, total)?;
+    let outcome = Outcome {
+        steps: state.step,
+        complete,
+        train_loss: state.watch.recent_loss(),
+        eval: eval.clone(),
+        skipped_steps: state.watch.skipped_steps,
+        monitor_events: state.watch.monitor_events,
+        monitor_means: state.watch.means(),
+        monitor_totals: monitors.iter().flat_map(|m| m.totals()).collect(),
+    };
+    if !complete {
+        return kind.finish(&model, &run, &outcome, None);
+    }
+    let mut line = json!({"step": state.step, "split": "eval"});
+    if let Some(obj) = line.as_object_mut() {
+        obj.extend(eval.iter().map(|(k, v)| (k.clone(), json!(v))));
+    }
+    run.append("metrics.jsonl", &line)?;
+    let final_dir = save(
+        "final",
+        &model,
+        &opt,
+        &state,
+        &monitors,
+        &order,
+        recipe.export.weights,
+    )?;
+    let summary = kind.finish(&model, &run, &outcome, Some(&final_dir))?;
+    run.write_json("summary.json", &summary)?;
+    tracing::info!(steps = state.step, "finished");
+    Ok(summary)
+}
+
+/// Appends a periodic evaluation line and reports it.
+fn log_eval(
+    run: &RunDir,
+    done: usize,
+    total: usize,
+    train_loss: f64,
+    m: &Metrics,
+    verbose: bool,
+) -> Result<()> {
+    let mut line = json!({"step": done, "split": "eval"});
+    if let Some(obj) = line.as_object_mut() {
+        obj.extend(m.iter().map(|(k, v)| (k.clone(), json!(v))));
+    }
+    run.append("metrics.jsonl", &line)?;
+    let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    if verbose {
+        tracing::info!(
+            step = done,
+            total,
+            train_loss,
+            "evaluation: {}",
+            shown.join(", ")
+        );
+    } else {
+        tracing::debug!(
+            step = done,
+            total,
+            train_loss,
+            "evaluation: {}",
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The weight estimator of a recipe (`[estimator]`).
+pub(crate) fn estimator(recipe: &Recipe) -> Result<bllm_ste::Estimator> {
+    toml::Value::Table(recipe.estimator.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            crate::TrainError::Unsupported(format!("recipe {:?}: [estimator]: {e}", recipe.name))
+        })
+}
+
+/// The `Unsupported` error of a trainer given a recipe of another kind.
+pub(crate) fn wrong_kind(recipe: &Recipe, want: &str) -> crate::TrainError {
+    crate::TrainError::Unsupported(format!(
+        "recipe {:?} is kind = {:?}; this trainer runs kind = {want:?}",
+        recipe.name,
+        recipe.kind.name()
+    ))
+}
