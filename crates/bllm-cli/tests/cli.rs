@@ -578,3 +578,103 @@ fn killed_at_20_points_and_resumed_the_run_is_byte_identical() {
         );
     }
 }
+
+/// The smoke recipe, from the workspace root.
+fn smoke_recipe() -> String {
+    format!("{}/../../recipes/smoke.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn logs_are_filtered_by_bllm_log_and_parse_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("r");
+    // Unscaled 1-bit weights make quant_error fire; with action = warn it is a WARN event.
+    let out = Command::new(env!("CARGO_BIN_EXE_bllm"))
+        .env("BLLM_LOG", "debug")
+        .env_remove("RUST_LOG")
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            &smoke_recipe(),
+            "train.steps=20",
+            "eval.every=10",
+            "model.scaling=none",
+            "monitors.quant_error.action=warn",
+            "--run-dir",
+            s(&run),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let fired = events
+        .iter()
+        .find(|e| {
+            e["fields"]["message"] == "monitor fired" && e["fields"]["monitor"] == "quant_error"
+        })
+        .unwrap_or_else(|| panic!("no quant_error event in {stderr}"));
+    assert_eq!(fired["level"], "WARN");
+    assert_eq!(fired["span"]["recipe"], "smoke");
+    assert_eq!(fired["span"]["kind"], "classify");
+    // debug: evaluations of a run without a terminal are there too, with their step.
+    assert!(
+        events.iter().any(|e| e["fields"]["step"] == 10
+            && e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("evaluation"))),
+        "{stderr}"
+    );
+    // BLLM_LOG=warn keeps the warning and drops the info lines; the files of record are
+    // unchanged by logging.
+    let quiet = dir.path().join("q");
+    let out = Command::new(env!("CARGO_BIN_EXE_bllm"))
+        .env("BLLM_LOG", "warn")
+        .args([
+            "run",
+            &smoke_recipe(),
+            "train.steps=20",
+            "eval.every=10",
+            "model.scaling=none",
+            "monitors.quant_error.action=warn",
+            "--run-dir",
+            s(&quiet),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("quant_error"),
+        "{text}"
+    );
+    assert!(!text.contains("INFO"), "{text}");
+    assert_eq!(
+        std::fs::read(run.join("metrics.jsonl")).unwrap(),
+        std::fs::read(quiet.join("metrics.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn a_malformed_log_filter_names_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bllm"))
+        .env("BLLM_LOG", "bllm_train=loud")
+        .args(["ste", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("BLLM_LOG") && e.contains("not a log filter"),
+        "{e}"
+    );
+    let bad = err(&["--log-format", "xml", "ste", "list"]);
+    assert!(bad.contains("xml"), "{bad}");
+}

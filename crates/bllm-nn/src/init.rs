@@ -1,13 +1,15 @@
 //! Seeded, host-side initialisation: the same seed gives the same weights on every backend and
 //! in every process (Burn's own random initialisers share one process-global generator).
 
-use bllm_codes::rng::SplitMix64;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Kaiming-uniform weights `U(−b, b)`, `b = 1/sqrt(fan_in)` (Burn's `Linear` default), of shape
-/// `[fan_in, fan_out]`, from `seed`.
+/// `[fan_in, fan_out]`, from the ChaCha8 stream of `seed` (`rand_chacha`, value-stable).
+/// Callers give each layer its own seed.
 pub fn kaiming_uniform<B: Backend>(
     fan_in: usize,
     fan_out: usize,
@@ -15,9 +17,9 @@ pub fn kaiming_uniform<B: Backend>(
     device: &B::Device,
 ) -> Tensor<B, 2> {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data: Vec<f32> = (0..fan_in * fan_out)
-        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+        .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
         .collect();
     Tensor::from_data(TensorData::new(data, [fan_in, fan_out]), device)
 }

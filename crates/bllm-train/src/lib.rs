@@ -1,11 +1,15 @@
 //! # bllm-train — the trainer
 //!
-//! Runs a validated [`bllm_recipe::Recipe`] (`kind = "classify"`: [`run`]; `kind =
-//! "retrieval"`: [`run_retrieval`], which adds `results.json`, `results.md` and `export/`;
-//! `kind = "lm"`: [`run_lm`], a byte-level transformer with bits per byte on held-out text;
-//! `kind = "moe"`: [`run_moe`], mixture-of-experts layers with load-balance monitors) on Burn's autodiff CPU backend: seeded data and
-//! weights, learning-rate schedule, global gradient-norm clipping, Adam/AdamW/SGD or Bop+Adam,
-//! stability monitors with actions, and a run directory:
+//! One loop ([`train`]) runs every kind of run: a [`Kind`] says what is trained (model,
+//! batches from its seeded stream, loss, quantised [`Site`]s, evaluation, export, summary) and
+//! the loop does the rest — run directory rules, resume, checkpoints and pruning, the step
+//! (forward → loss → backward → monitors → verdict → clip → optimizer step), the learning-rate
+//! schedule, the generic and the kind's [`Monitor`]s with the recipe's actions, spike and
+//! non-finite detection, `metrics.jsonl` / `events.jsonl`, `tracing` events, periodic
+//! evaluation, `final/` and `summary.json`. The shipped kinds: `classify` ([`run`]),
+//! `retrieval` ([`run_retrieval`]), `lm` ([`run_lm`]), `moe` ([`run_moe`]) and `adapter`
+//! ([`run_adapter`], a sequence of phases). Each runs on Burn's autodiff CPU backend or, per
+//! the recipe's `device`, on wgpu or CUDA.
 //!
 //! ```text
 //! <run>/recipe.resolved.toml   the recipe after overrides
@@ -47,5 +51,5 @@ pub use schedule::learning_rate;
 pub use sites::Site;
 pub use trainer::{
     After, Before, Inner, Kind, Loss, Metrics, Monitor, Outcome, ProgressFn, Readings, RunOptions,
-    train,
+    restore_state, train,
 };

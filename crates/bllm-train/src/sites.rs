@@ -310,19 +310,19 @@ impl<B: AutodiffBackend, K: Kind<B>> Monitor<B, K> for QuantChecks {
     }
 
     fn state(&self) -> Value {
-        serde_json::json!({ "levels": self.last })
+        serde_json::to_value(&self.last).unwrap_or(Value::Null)
     }
 
     fn restore(&mut self, state: Value) -> Result<()> {
-        let levels = state
-            .get("levels")
-            .cloned()
-            .and_then(|v| serde_json::from_value(v).ok());
-        self.last = levels.ok_or_else(|| {
-            TrainError::Unsupported(
-                "trainer.json: monitors.quant.levels is not a list of word lists".into(),
-            )
-        })?;
+        let last: Vec<Vec<u64>> = crate::trainer::restore_state("quant", state)?;
+        if last.len() != self.last.len() {
+            return Err(TrainError::Unsupported(format!(
+                "trainer.json: monitors.quant: levels of {} sites, the model has {}",
+                last.len(),
+                self.last.len()
+            )));
+        }
+        self.last = last;
         Ok(())
     }
 }

@@ -127,7 +127,8 @@ pub trait Kind<B: AutodiffBackend>: Sized {
     /// The kind's recipe name (`"lm"`), for logs.
     fn name(&self) -> &'static str;
 
-    /// The model with its initial weights (seeded from the recipe).
+    /// The model with its initial weights (seeded from the recipe). The loop gives its
+    /// parameters fixed ids (`bllm_nn::with_deterministic_ids`), so records are reproducible.
     fn model(&self, device: &B::Device) -> Result<Self::Model>;
 
     /// The batch of `step`, drawn from the run's order stream.
@@ -329,6 +330,13 @@ pub trait Monitor<B: AutodiffBackend, K: Kind<B>> {
     }
 }
 
+/// A monitor's saved state read back as `T`; an error names `monitors.<name>` of
+/// `trainer.json`.
+pub fn restore_state<T: serde::de::DeserializeOwned>(name: &str, state: Value) -> Result<T> {
+    serde_json::from_value(state)
+        .map_err(|e| crate::TrainError::Unsupported(format!("trainer.json: monitors.{name}: {e}")))
+}
+
 /// Everything besides tensors a bit-exact resume needs (`trainer.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct TrainerState {
@@ -361,7 +369,9 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
     let _span = span.enter();
     let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
     let dev: B::Device = Default::default();
-    let model = kind.model(&dev)?;
+    // Fixed parameter ids (Burn draws random ones, which records store): the same recipe and
+    // seed write the same bytes, for every kind.
+    let model = bllm_nn::with_deterministic_ids(kind.model(&dev)?, 0);
     let opt = Opt::new(recipe, &model);
     let mut monitors = crate::sites::generic_monitors::<B, K>(&kind, &model);
     monitors.extend(kind.monitors(&model)?);

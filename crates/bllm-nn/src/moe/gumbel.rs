@@ -6,11 +6,13 @@
 //! the soft sample backward. At evaluation (`Ctx::eval`) there is no noise.
 //! Routing probabilities for the auxiliary loss are `softmax(z)`.
 
-use bllm_codes::rng::SplitMix64;
 use bllm_ste::Ctx;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Gumbel};
 
 use super::{Moe, Routing, gather_chosen, host, top_k_rows};
 
@@ -31,13 +33,9 @@ pub(crate) fn route<B: Backend>(
     let noise: Vec<f32> = if ctx.eval {
         vec![0.0; n * e]
     } else {
-        let mut rng = SplitMix64::new(ctx.fork(41).seed);
-        (0..n * e)
-            .map(|_| {
-                let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                -(-u.ln()).ln() as f32
-            })
-            .collect()
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.fork(41).seed);
+        let gumbel = Gumbel::new(0.0f64, 1.0).unwrap_or_else(|_| unreachable!("scale 1 is valid"));
+        (0..n * e).map(|_| gumbel.sample(&mut rng) as f32).collect()
     };
     let (t0, t1) = c.gumbel_tau;
     let tau = t0 * (t1 / t0).powf(ctx.progress);

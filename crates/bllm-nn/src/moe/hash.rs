@@ -21,9 +21,11 @@ pub(crate) fn planes<B: Backend>(
     device: &B::Device,
 ) -> Param<Tensor<B, 2>> {
     let m = (usize::BITS - (c.experts - 1).leading_zeros()) as usize;
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let data: Vec<f32> = (0..c.d_model * m)
-        .map(|_| rng.next_gaussian() as f32)
+        .map(|_| {
+            rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng) as f32
+        })
         .collect();
     Param::from_tensor(Tensor::from_data(
         TensorData::new(data, [c.d_model, m]),

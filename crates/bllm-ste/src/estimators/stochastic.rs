@@ -8,7 +8,7 @@ use crate::ops::inside;
 
 /// Stochastic binarization (Courbariaux et al. 2015, BinaryConnect): `+1` with probability
 /// `hard_sigmoid(x) = clip((x + 1)/2, 0, 1)`, else `−1`. Noise comes from [`Ctx::seed`] through
-/// a host-side SplitMix64, so it is identical on every backend and run.
+/// a host-side ChaCha8 stream (`rand_chacha`), so it is identical on every backend and run.
 ///
 /// * forward: `q(x) = +1` if `u < clip((x+1)/2, 0, 1)` else `−1`, `u ~ U[0, 1)` (so `x ≥ 1` is
 ///   always `+1`, `x ≤ −1` always `−1`)
@@ -29,10 +29,8 @@ impl Binarizer for Stochastic {
         }
         let dims = x.dims();
         let n: usize = dims.iter().product();
-        let mut rng = bllm_codes::rng::SplitMix64::new(ctx.seed);
-        let u: Vec<f32> = (0..n)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-            .collect();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(ctx.seed);
+        let u: Vec<f32> = (0..n).map(|_| rand::Rng::random::<f32>(&mut rng)).collect();
         let u = Tensor::<B, D>::from_data(TensorData::new(u, dims), &x.device());
         let p = x.add_scalar(1.0).div_scalar(2.0).clamp(0.0, 1.0);
         u.lower(p).float().mul_scalar(2.0).sub_scalar(1.0)

@@ -34,7 +34,8 @@ use crate::data::{Clusters, TextWindows, normal, sample};
 use crate::kinds::lm::{evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::rundir::RunDir;
 use crate::trainer::{
-    After, Kind, Loss, Metrics, Monitor, Outcome, Readings, estimator, train, wrong_kind,
+    After, Kind, Loss, Metrics, Monitor, Outcome, Readings, estimator, restore_state, train,
+    wrong_kind,
 };
 use crate::{Result, RunOptions, TrainError};
 
@@ -586,8 +587,7 @@ impl<B: AutodiffBackend, M: Routed<B>> Monitor<B, MoeRun<'_, M>> for LoadMonitor
     }
 
     fn restore(&mut self, state: Value) -> Result<()> {
-        self.watch = serde_json::from_value(state)
-            .map_err(|e| TrainError::Unsupported(format!("trainer.json: monitors.load: {e}")))?;
+        self.watch = restore_state("load", state)?;
         Ok(())
     }
 
@@ -645,9 +645,7 @@ impl<B: AutodiffBackend, M: Routed<B>> Monitor<B, MoeRun<'_, M>> for RoutingFlip
     }
 
     fn restore(&mut self, state: Value) -> Result<()> {
-        self.last = serde_json::from_value(state).map_err(|e| {
-            TrainError::Unsupported(format!("trainer.json: monitors.routing_flip: {e}"))
-        })?;
+        self.last = restore_state("routing_flip", state)?;
         Ok(())
     }
 }
