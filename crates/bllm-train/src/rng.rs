@@ -82,6 +82,8 @@ mod tests {
     use super::*;
     use rand::{Rng, RngCore};
 
+    const PINNED: [u64; 2] = [4_385_104_389_020_731_263, 17_655_867_494_301_827_942];
+
     #[test]
     fn streams_differ_by_purpose_seed_and_index_and_restore_exactly() {
         let a = stream(1, ORDER, 0).next_u64();
@@ -111,11 +113,8 @@ mod tests {
     #[test]
     fn a_stream_is_value_stable() {
         // Pinned: ChaCha8 keyed as documented. A change here changes every run's batches.
-        let v: Vec<u32> = (0..2).map(|_| stream(0, ORDER, 0).next_u32()).collect();
-        assert_eq!(v[0], v[1]);
         let mut r = stream(42, DATA, 3);
-        let first = [r.next_u64(), r.next_u64()];
-        let mut again = stream(42, DATA, 3);
-        assert_eq!(first, [again.next_u64(), again.next_u64()]);
+        let got = [r.next_u64(), r.next_u64()];
+        assert_eq!(got, PINNED);
     }
 }
