@@ -47,6 +47,9 @@ pub enum Site<'a, B: AutodiffBackend> {
         param: Tensor<B, 2>,
         /// The values before binarization, on a fixed probe set.
         values: CodeValues<'a, B>,
+        /// `values()` once computed (start it empty: `Default::default()`), so the monitors
+        /// of one step share one evaluation.
+        cache: std::cell::OnceCell<Tensor<B::InnerBackend, 2>>,
         /// The estimator.
         estimator: Estimator,
         /// The training forward (surrogate or sign).
@@ -70,6 +73,18 @@ impl<B: AutodiffBackend> Site<'_, B> {
         }
     }
 
+    /// The values a [`Site::Codes`] binarizes, computed on first use.
+    fn code_values(
+        values: &CodeValues<'_, B>,
+        cache: &std::cell::OnceCell<Tensor<B::InnerBackend, 2>>,
+    ) -> Result<Tensor<B::InnerBackend, 2>> {
+        if let Some(v) = cache.get() {
+            return Ok(v.clone());
+        }
+        let v = values()?;
+        Ok(cache.get_or_init(|| v).clone())
+    }
+
     /// The current levels, one per value: sign (±1) or ternary level (−1, 0, 1).
     fn levels(&self) -> Result<Vec<i8>> {
         let sign = |w: f32| if w >= 0.0 { 1 } else { -1 };
@@ -85,7 +100,10 @@ impl<B: AutodiffBackend> Site<'_, B> {
                 .into_iter()
                 .map(sign)
                 .collect(),
-            Self::Codes { values, .. } => to_vec(values()?).into_iter().map(sign).collect(),
+            Self::Codes { values, cache, .. } => to_vec(Self::code_values(values, cache)?)
+                .into_iter()
+                .map(sign)
+                .collect(),
         })
     }
 
@@ -96,8 +114,11 @@ impl<B: AutodiffBackend> Site<'_, B> {
                 .estimator()
                 .pass_through_fraction(layer.latent().val().inner(), ctx),
             Self::Codes {
-                values, estimator, ..
-            } => estimator.pass_through_fraction(values()?, ctx),
+                values,
+                cache,
+                estimator,
+                ..
+            } => estimator.pass_through_fraction(Self::code_values(values, cache)?, ctx),
         })
     }
 
@@ -116,11 +137,12 @@ impl<B: AutodiffBackend> Site<'_, B> {
             }
             Self::Codes {
                 values,
+                cache,
                 estimator,
                 mode,
                 ..
             } => {
-                let u = values()?;
+                let u = Self::code_values(values, cache)?;
                 let h = HashHead::<B::InnerBackend>::codes(u.clone(), estimator, *mode, ctx)?;
                 let q = bllm_ste::ops::sign_pm1(u);
                 rel(h - q.clone(), q)

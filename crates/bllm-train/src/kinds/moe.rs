@@ -10,7 +10,6 @@
 //! each optimizer step.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -422,7 +421,6 @@ struct MoeRun<'r, M> {
     data: TaskData,
     layers: usize,
     build: Box<dyn Fn() -> Result<M> + 'r>,
-    _model: PhantomData<fn() -> M>,
 }
 
 impl<M> MoeRun<'_, M> {
@@ -674,12 +672,12 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
                     )),
                     bias: Some(Param::from_tensor(Tensor::zeros([dout], &dev))),
                 };
-                let model = MoeClassifier {
+                // Parameter ids are fixed by the loop (`train`).
+                Ok(MoeClassifier {
                     embed: linear(c.dim, t.d_model, 1),
                     moe: cfg.init(&dev, s.wrapping_add(7))?,
                     head: linear(t.d_model, c.classes, 2),
-                };
-                Ok(bllm_nn::with_deterministic_ids(model, 0))
+                })
             };
             let kind = MoeRun {
                 recipe,
@@ -687,7 +685,6 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
                 data: clusters(recipe.seed, c),
                 layers: 1,
                 build: Box::new(build),
-                _model: PhantomData,
             };
             train::<B, _>(recipe, opts, kind)
         }
@@ -718,7 +715,6 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
                 build: Box::new(move || -> Result<ByteLm<B>> {
                     Ok(cfg.init(&Default::default(), seed)?)
                 }),
-                _model: PhantomData,
             };
             train::<B, _>(recipe, opts, kind)
         }

@@ -22,7 +22,7 @@ use bllm_hash::compare::{ResultRow, evaluate_encoder, markdown, truth};
 use bllm_hash::{LinearEncoder, Method};
 use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
-    similarity_loss, with_deterministic_ids,
+    similarity_loss,
 };
 use bllm_recipe::{Recipe, RetrievalTask};
 use bllm_ste::{Ctx, Estimator};
@@ -300,12 +300,11 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
 
     fn model(&self, dev: &B::Device) -> Result<HashHead<B>> {
         let neg_t: Vec<f32> = self.init.thresholds.iter().map(|v| -v).collect();
-        Ok(with_deterministic_ids(
-            self.cfg
-                .clone()
-                .init_from::<B>(&self.init.projection, &neg_t, dev)?,
-            0x4EAD,
-        ))
+        // Parameter ids are fixed by the loop (`train`).
+        Ok(self
+            .cfg
+            .clone()
+            .init_from::<B>(&self.init.projection, &neg_t, dev)?)
     }
 
     fn batch(&self, order: &mut ChaCha8Rng, _step: usize) -> Result<Anchors<B>> {
@@ -362,6 +361,7 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
                 let s = bllm_ste::ops::mean_abs(z.clone()).clamp_min(1e-12);
                 Ok(z / s)
             }),
+            cache: Default::default(),
             estimator: self.estimator.clone(),
             mode: self.mode,
         }]
