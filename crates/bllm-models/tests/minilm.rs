@@ -1,0 +1,64 @@
+//! all-MiniLM-L6-v2 against sentence-transformers: token ids on every verse and embeddings of
+//! `datasets/kjv-minilm` (made by sentence-transformers from the same weights).
+
+mod common;
+
+use bllm_models::SentenceEncoder;
+use burn_ndarray::NdArray;
+
+type B = NdArray<f32>;
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let Some(dir) = common::model("minilm") else {
+        return;
+    };
+    let device = Default::default();
+    let enc = SentenceEncoder::<B>::load(&dir, &device).expect("load");
+    assert_eq!((enc.dim(), enc.max_len, enc.normalize), (384, 256, true));
+    let verses = std::fs::read_to_string(common::root().join("datasets/kjv-minilm/verses.txt"))
+        .expect("verses");
+    // Each line is `reference<TAB>text`; the text was embedded (datasets/kjv-minilm/generate.py).
+    let texts: Vec<&str> = verses
+        .lines()
+        .map(|l| l.split_once('\t').map_or(l, |(_, t)| t))
+        .collect();
+    let n: usize = std::env::var("BLLM_MINILM_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(texts.len())
+        .min(texts.len());
+    let texts = &texts[..n];
+    let npy = common::root().join("datasets/kjv-minilm/embeddings.npy");
+    let reference = bllm_codes::io::npy::read_npy(&npy).expect("npy");
+    assert_eq!(reference.cols, 384);
+    let want = reference.to_f32(&npy).expect("f32");
+    let t0 = std::time::Instant::now();
+    let got = enc.encode(texts, 128, &device, |_| {}).expect("encode");
+    eprintln!("{n} texts in {:.2?}", t0.elapsed());
+    let (mut min, mut sum) = (f64::MAX, 0.0);
+    let mut worst = 0;
+    for i in 0..n {
+        let a = &got[i * 384..(i + 1) * 384];
+        let b = &want[i * 384..(i + 1) * 384];
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64) * (*y as f64))
+            .sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let c = dot / (na * nb);
+        if c < min {
+            min = c;
+            worst = i;
+        }
+        sum += c;
+    }
+    let mean = sum / n as f64;
+    eprintln!(
+        "cosine vs sentence-transformers over {n} verses: min {min:.6} (verse {worst}), mean {mean:.7}"
+    );
+    assert!(min >= 0.9995, "min cosine {min} at verse {worst}");
+    assert!(mean >= 0.9999, "mean cosine {mean}");
+}
