@@ -4,6 +4,7 @@
 mod bench;
 mod codes;
 pub mod log;
+mod models;
 mod plot;
 pub mod recipes;
 mod report;
@@ -55,6 +56,14 @@ pub enum Command {
     /// Straight-through estimators: list them, tabulate and plot forward and gradient.
     #[command(subcommand)]
     Ste(ste::SteCommand),
+    /// Embed a text file (one text per line) with a pretrained sentence encoder into `.npy`.
+    Embed(models::EmbedArgs),
+    /// Pretrained language models: perplexity of a text, generation.
+    #[command(subcommand)]
+    Lm(models::LmCommand),
+    /// Pretrained models on disk (fetch them with `python3 scripts/fetch_models.py`).
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Benchmarks: `bllm bench kernels` (binary matmuls and Hamming top-k vs float baselines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,6 +110,9 @@ pub(crate) fn memory_limit(flag: Option<&str>) -> anyhow::Result<bllm_recipe::Me
 fn dispatch(command: Command, memory: Option<&str>) -> anyhow::Result<()> {
     match command {
         Command::Codes(c) => codes::run(c),
+        Command::Embed(a) => models::embed(a),
+        Command::Lm(c) => models::lm(c),
+        Command::Models(c) => models::models(c),
         Command::Ste(c) => ste::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Encode(a) => codes::encode(a),

@@ -21,6 +21,7 @@ mod bert;
 mod common;
 mod error;
 mod llama;
+pub mod lm;
 mod sentence;
 mod tokenizer;
 mod weights;

@@ -1,0 +1,374 @@
+//! `bllm embed`, `bllm lm eval|generate` and `bllm models ls`: pretrained models on the CPU.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bllm_models::lm::{Sampling, generate, perplexity};
+use bllm_models::{Llama, SentenceEncoder};
+use burn_ndarray::NdArray;
+use clap::{Args, Subcommand, ValueEnum};
+
+type B = NdArray<f32>;
+
+/// Element type of `bllm embed`'s output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    /// float16 (what `datasets/*/embeddings.npy` use).
+    F16,
+    /// float32.
+    F32,
+}
+
+/// `bllm embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// A sentence-transformers or Hugging Face BERT directory (e.g. models/minilm).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text file, one text per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output `.npy` (one row per line of the input, in order), written atomically.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output element type.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Embed only this tab-separated field of each line (0-based), e.g. 1 for
+    /// `datasets/kjv-minilm/verses.txt`'s `reference<TAB>text` lines.
+    #[arg(long, value_name = "N")]
+    pub tab_field: Option<usize>,
+}
+
+/// `bllm lm …`.
+#[derive(Debug, Subcommand)]
+pub enum LmCommand {
+    /// Perplexity and bits per byte of a text file.
+    Eval(LmEvalArgs),
+    /// Continue a prompt (a sanity check of the model and its tokenizer).
+    Generate(LmGenerateArgs),
+}
+
+/// `bllm lm eval`.
+#[derive(Debug, Args)]
+pub struct LmEvalArgs {
+    /// A Llama GGUF file, a directory with one, or a Hugging Face Llama directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text file.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Window in tokens: the text is cut into consecutive windows scored independently.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Only the first N bytes of the text (cut after the last newline within them).
+    #[arg(long, value_name = "N")]
+    pub max_bytes: Option<usize>,
+    /// Also write the result as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `bllm lm generate`.
+#[derive(Debug, Args)]
+pub struct LmGenerateArgs {
+    /// A Llama GGUF file, a directory with one, or a Hugging Face Llama directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the ChatML turn format instruct models such as SmolLM2 use
+    /// (`<|im_start|>user … <|im_end|> <|im_start|>assistant`).
+    #[arg(long)]
+    pub chat: bool,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `bllm models …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the models in a folder (default `models/`), what each is and whether it loads.
+    Ls(ModelsLsArgs),
+}
+
+/// `bllm models ls`.
+#[derive(Debug, Args)]
+pub struct ModelsLsArgs {
+    /// The folder.
+    #[arg(long, default_value = "models")]
+    pub dir: PathBuf,
+}
+
+fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(len);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} {what}  {{elapsed}} < {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    })
+}
+
+/// `bllm embed`.
+pub fn embed(a: EmbedArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let device = Default::default();
+    let t0 = Instant::now();
+    let enc = SentenceEncoder::<B>::load(&a.model, &device)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let text = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("reading {}", a.input.display()))?;
+    let mut texts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = match a.tab_field {
+            None => line,
+            Some(k) => line.split('\t').nth(k).with_context(|| {
+                format!(
+                    "{}:{}: no tab-separated field {k} (--tab-field is 0-based)",
+                    a.input.display(),
+                    i + 1
+                )
+            })?,
+        };
+        texts.push(t);
+    }
+    if texts.is_empty() {
+        bail!("{}: no lines to embed", a.input.display());
+    }
+    let bar = bar(texts.len() as u64, "texts");
+    if let Some(b) = &bar {
+        crate::log::show_bar(b);
+    }
+    let t1 = Instant::now();
+    let out = enc.encode(&texts, a.batch, &device, |done| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = &bar {
+        crate::log::hide_bar();
+        b.finish_and_clear();
+    }
+    let out = out?;
+    let secs = t1.elapsed().as_secs_f64();
+    let (n, d) = (texts.len(), enc.dim());
+    match a.dtype {
+        Dtype::F32 => {
+            bllm_codes::io::npy::write_f32_npy(&a.out, &bllm_codes::FloatMatrix::new(n, d, out)?)?
+        }
+        Dtype::F16 => {
+            let h: Vec<half::f16> = out.iter().map(|&x| half::f16::from_f32(x)).collect();
+            bllm_codes::io::npy::write_f16_npy(&a.out, n, d, &h)?
+        }
+    }
+    println!(
+        "embedded {n} texts → {} ({n} × {d}, {:?}) in {secs:.1} s ({:.1} texts/s; model loaded in {load_s:.1} s)",
+        a.out.display(),
+        a.dtype,
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+/// Reads `path`, keeping only the first `max_bytes` bytes cut after their last newline.
+fn read_text(path: &Path, max_bytes: Option<usize>) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = match max_bytes {
+        Some(m) if m < bytes.len() => {
+            let cut = bytes[..m]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(m, |p| p + 1);
+            bytes[..cut].to_vec()
+        }
+        _ => bytes,
+    };
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// `bllm lm …`.
+pub fn lm(c: LmCommand) -> Result<()> {
+    let device = Default::default();
+    match c {
+        LmCommand::Eval(a) => {
+            let t0 = Instant::now();
+            let m = Llama::<B>::load(&a.model, &device)?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let text = read_text(&a.text, a.max_bytes)?;
+            let t1 = Instant::now();
+            let bar = bar(0, "windows");
+            if let Some(b) = &bar {
+                crate::log::show_bar(b);
+            }
+            let p = perplexity(&m.model, &m.tokenizer, &text, a.context, &device, |k, n| {
+                if let Some(b) = &bar {
+                    b.set_length(n as u64);
+                    b.set_position(k as u64);
+                }
+            });
+            if let Some(b) = &bar {
+                crate::log::hide_bar();
+                b.finish_and_clear();
+            }
+            let p = p?;
+            let secs = t1.elapsed().as_secs_f64();
+            println!(
+                "{}: {} bytes, {} tokens ({} predicted, windows of {}): mean NLL {:.4} nats, perplexity {:.3}, {:.4} bits/byte  [{:.1} s, {:.0} tokens/s; load {load_s:.1} s]",
+                a.text.display(),
+                p.bytes,
+                p.tokens,
+                p.predicted,
+                p.window,
+                p.mean_nll,
+                p.perplexity,
+                p.bits_per_byte,
+                secs,
+                p.tokens as f64 / secs
+            );
+            if let Some(j) = a.json {
+                let tmp = j.with_extension("json.tmp-eval");
+                std::fs::write(&tmp, serde_json::to_string_pretty(&p)?)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &j).with_context(|| format!("writing {}", j.display()))?;
+            }
+        }
+        LmCommand::Generate(a) => {
+            let m = Llama::<B>::load(&a.model, &device)?;
+            let prompt = if a.chat {
+                format!(
+                    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+                    a.prompt
+                )
+            } else {
+                a.prompt.clone()
+            };
+            let ids = m.tokenizer.encode(&prompt, false)?;
+            let eos = if a.chat {
+                m.tokenizer.token_to_id("<|im_end|>").or(m.tokenizer.eos)
+            } else {
+                m.tokenizer.eos
+            };
+            let t0 = Instant::now();
+            let s = Sampling {
+                temperature: a.temperature,
+                seed: a.seed,
+                max_tokens: a.max_tokens,
+            };
+            let out = generate(&m.model, &ids, eos, s, &device, |_| {})?;
+            let secs = t0.elapsed().as_secs_f64();
+            let text = m.tokenizer.decode(&out, true)?;
+            println!("{}{}", if a.chat { "" } else { &a.prompt }, text);
+            eprintln!(
+                "[{} prompt tokens, {} new in {secs:.1} s, {:.1} tokens/s]",
+                ids.len(),
+                out.len(),
+                out.len() as f64 / secs
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bllm models ls`.
+pub fn models(c: ModelsCommand) -> Result<()> {
+    let ModelsCommand::Ls(a) = c;
+    let rd = std::fs::read_dir(&a.dir).with_context(|| {
+        format!(
+            "reading {} (fetch the models with `python3 scripts/fetch_models.py`)",
+            a.dir.display()
+        )
+    })?;
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        let size: u64 = std::fs::read_dir(&d)
+            .map(|r| {
+                r.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let what = describe(&d);
+        println!(
+            "{:<12} {:>8.1} MB  {what}",
+            d.file_name().unwrap_or_default().to_string_lossy(),
+            size as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn describe(d: &Path) -> String {
+    let cfg = d.join("config.json");
+    if cfg.is_file() {
+        if let Ok(c) = bllm_models::BertConfig::from_file(&cfg) {
+            return format!(
+                "BERT encoder: {} layers × {}, {} heads, vocab {}",
+                c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.vocab_size
+            );
+        }
+        return match bllm_models::LlamaConfig::from_file(&cfg) {
+            Ok(c) => format!(
+                "Llama decoder: {} layers × {}, {}/{} heads, vocab {}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size
+            ),
+            Err(e) => format!("unreadable: {e}"),
+        };
+    }
+    let gguf = std::fs::read_dir(d).ok().and_then(|r| {
+        r.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+    });
+    match gguf {
+        Some(g) => match bllm_models::Checkpoint::open_gguf(&g) {
+            Ok(ck) => match ck
+                .gguf()
+                .map(|f| bllm_models::LlamaConfig::from_gguf(f, &g, !ck.contains("output.weight")))
+            {
+                Some(Ok(c)) => format!(
+                    "Llama decoder (GGUF {}): {} layers × {}, {}/{} heads, vocab {}",
+                    g.file_name().unwrap_or_default().to_string_lossy(),
+                    c.num_hidden_layers,
+                    c.hidden_size,
+                    c.num_attention_heads,
+                    c.num_key_value_heads,
+                    c.vocab_size
+                ),
+                Some(Err(e)) => format!("unreadable: {e}"),
+                None => "unreadable".into(),
+            },
+            Err(e) => format!("unreadable: {e}"),
+        },
+        None => "no config.json and no .gguf".into(),
+    }
+}
