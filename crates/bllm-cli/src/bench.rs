@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// XNOR-popcount and binary-weight matmuls vs Burn's f32 matmul; Hamming top-k on a
     /// device vs the CPU. Prints one comparison table (and writes JSON with --json).
     Kernels(KernelBenchArgs),
+    /// The pretrained encoder and decoder and their tokenizers (throughput), side by side with
+    /// `scripts/bench_models_vs_torch.py --json` given as `--torch`.
+    Models(crate::models::ModelsBenchArgs),
 }
 
 /// Arguments of `bllm bench kernels`.
@@ -85,6 +88,7 @@ struct Row {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernels(a) => kernels(a),
+        BenchCommand::Models(a) => crate::models::bench_models(a),
     }
 }
 

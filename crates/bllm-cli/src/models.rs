@@ -372,3 +372,174 @@ fn describe(d: &Path) -> String {
         None => "no config.json and no .gguf".into(),
     }
 }
+
+/// `bllm bench models`.
+#[derive(Debug, Args)]
+pub struct ModelsBenchArgs {
+    /// The folder with `minilm/` and `smollm2/`.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Texts for the encoder (`reference<TAB>text` lines; the text is embedded).
+    #[arg(long, default_value = "datasets/kjv-minilm/verses.txt")]
+    pub verses: PathBuf,
+    /// Text for the decoder's tokenizer and prefill.
+    #[arg(long, default_value = "datasets/kjv-text/valid.txt")]
+    pub text: PathBuf,
+    /// Verses to embed (the first N).
+    #[arg(long, default_value_t = 10_000)]
+    pub verses_count: usize,
+    /// Prefill context (batch 1).
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Prefill repeats after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Results of `scripts/bench_models_vs_torch.py --json` to print side by side.
+    #[arg(long)]
+    pub torch: Option<PathBuf>,
+    /// Write the numbers as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `bllm bench models`: the encoder's and decoder's throughput and their tokenizers', with the
+/// same workloads as `scripts/bench_models_vs_torch.py`.
+pub fn bench_models(a: ModelsBenchArgs) -> Result<()> {
+    let device = Default::default();
+    let mut out = serde_json::Map::new();
+    let verses = std::fs::read_to_string(&a.verses)
+        .with_context(|| format!("reading {}", a.verses.display()))?;
+    let texts: Vec<&str> = verses
+        .lines()
+        .map(|l| l.split_once('\t').map_or(l, |(_, t)| t))
+        .take(a.verses_count)
+        .collect();
+    let enc = SentenceEncoder::<B>::load(&a.models.join("minilm"), &device)?;
+    // Tokenizer alone: one text at a time, one thread.
+    let t = Instant::now();
+    let mut n = 0;
+    for s in &texts {
+        n += enc.token_ids(s)?.len();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    out.insert(
+        "minilm_tokenize".into(),
+        serde_json::json!({"texts": texts.len(), "seconds": dt, "texts_per_s": texts.len() as f64 / dt, "tokens_per_s": n as f64 / dt}),
+    );
+    enc.encode(&texts[..256.min(texts.len())], 128, &device, |_| {})?;
+    let t = Instant::now();
+    enc.encode(&texts, 128, &device, |_| {})?;
+    let dt = t.elapsed().as_secs_f64();
+    out.insert(
+        "minilm_encode".into(),
+        serde_json::json!({"texts": texts.len(), "seconds": dt, "texts_per_s": texts.len() as f64 / dt, "tokens_per_s": n as f64 / dt}),
+    );
+    drop(enc);
+    let m = Llama::<B>::load(&a.models.join("smollm2"), &device)?;
+    let whole = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("reading {}", a.text.display()))?;
+    let t = Instant::now();
+    let mut n = 0;
+    for l in whole.split('\n') {
+        n += m.tokenizer.encode(l, false)?.len();
+    }
+    let dt_lines = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let ids = m.tokenizer.encode(&whole, false)?;
+    let dt_whole = t.elapsed().as_secs_f64();
+    out.insert(
+        "smollm2_tokenize".into(),
+        serde_json::json!({"bytes": whole.len(), "lines_mb_per_s": whole.len() as f64 / dt_lines / 1e6, "lines_tokens_per_s": n as f64 / dt_lines, "whole_mb_per_s": whole.len() as f64 / dt_whole / 1e6}),
+    );
+    if ids.len() < a.context {
+        bail!(
+            "{} has {} tokens, fewer than --context {}",
+            a.text.display(),
+            ids.len(),
+            a.context
+        );
+    }
+    let x: Vec<i64> = ids[..a.context].iter().map(|&i| i as i64).collect();
+    let ctx = bllm_ste::Ctx::default().for_eval();
+    let run = || {
+        let t = Instant::now();
+        let input = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(x.clone(), [1, a.context]),
+            &device,
+        );
+        let l = m.model.forward(input, None, &ctx);
+        let _ = l.into_data();
+        t.elapsed().as_secs_f64()
+    };
+    run();
+    let times: Vec<f64> = (0..a.repeats.max(1)).map(|_| run()).collect();
+    let med = median(times.clone());
+    out.insert(
+        "smollm2_prefill".into(),
+        serde_json::json!({"context": a.context, "batch": 1, "seconds": times, "median_s": med, "tokens_per_s": a.context as f64 / med}),
+    );
+    let torch: Option<serde_json::Value> = match &a.torch {
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
+        None => None,
+    };
+    let rows = [
+        (
+            "minilm encode (bs 128)",
+            "minilm_encode",
+            "texts_per_s",
+            "texts/s",
+        ),
+        (
+            "smollm2 prefill (bs 1)",
+            "smollm2_prefill",
+            "tokens_per_s",
+            "tokens/s",
+        ),
+        (
+            "minilm tokenizer",
+            "minilm_tokenize",
+            "texts_per_s",
+            "texts/s",
+        ),
+        (
+            "smollm2 tokenizer, lines",
+            "smollm2_tokenize",
+            "lines_mb_per_s",
+            "MB/s",
+        ),
+        (
+            "smollm2 tokenizer, whole file",
+            "smollm2_tokenize",
+            "whole_mb_per_s",
+            "MB/s",
+        ),
+    ];
+    println!(
+        "{:<30} {:>12} {:>12} {:>9}  unit",
+        "workload", "bllm", "reference", "ratio"
+    );
+    for (label, key, field, unit) in rows {
+        let ours = out[key][field].as_f64().unwrap_or(f64::NAN);
+        let theirs = torch
+            .as_ref()
+            .and_then(|t| t["results"][key][field].as_f64())
+            .unwrap_or(f64::NAN);
+        println!(
+            "{label:<30} {ours:>12.1} {theirs:>12.1} {:>8.2}×  {unit}",
+            ours / theirs
+        );
+    }
+    if let Some(j) = &a.json {
+        let tmp = j.with_extension("json.tmp-bench");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&out)?)?;
+        std::fs::rename(&tmp, j)?;
+    }
+    Ok(())
+}
