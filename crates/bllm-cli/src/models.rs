@@ -6,10 +6,19 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bllm_models::lm::{Sampling, generate, perplexity};
 use bllm_models::{Llama, SentenceEncoder};
+use burn::tensor::backend::Backend;
+use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use clap::{Args, Subcommand, ValueEnum};
 
-type B = NdArray<f32>;
+/// The CPU backend a pretrained model runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuBackend {
+    /// burn-ndarray (matrixmultiply), the backend training uses.
+    Ndarray,
+    /// burn-flex (gemm, SIMD, rayon).
+    Flex,
+}
 
 /// Element type of `bllm embed`'s output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -23,6 +32,10 @@ pub enum Dtype {
 /// `bllm embed`.
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
+    /// CPU backend (flex: 2× faster prefill than ndarray, same results within 2e-7; both
+    /// pass the parity tests).
+    #[arg(long, value_enum, default_value_t = CpuBackend::Flex)]
+    pub backend: CpuBackend,
     /// A sentence-transformers or Hugging Face BERT directory (e.g. models/minilm).
     #[arg(long)]
     pub model: PathBuf,
@@ -56,6 +69,10 @@ pub enum LmCommand {
 /// `bllm lm eval`.
 #[derive(Debug, Args)]
 pub struct LmEvalArgs {
+    /// CPU backend (flex: 2× faster prefill than ndarray, same results within 2e-7; both
+    /// pass the parity tests).
+    #[arg(long, value_enum, default_value_t = CpuBackend::Flex)]
+    pub backend: CpuBackend,
     /// A Llama GGUF file, a directory with one, or a Hugging Face Llama directory.
     #[arg(long)]
     pub model: PathBuf,
@@ -76,6 +93,10 @@ pub struct LmEvalArgs {
 /// `bllm lm generate`.
 #[derive(Debug, Args)]
 pub struct LmGenerateArgs {
+    /// CPU backend (flex: 2× faster prefill than ndarray, same results within 2e-7; both
+    /// pass the parity tests).
+    #[arg(long, value_enum, default_value_t = CpuBackend::Flex)]
+    pub backend: CpuBackend,
     /// A Llama GGUF file, a directory with one, or a Hugging Face Llama directory.
     #[arg(long)]
     pub model: PathBuf,
@@ -127,6 +148,13 @@ fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
 
 /// `bllm embed`.
 pub fn embed(a: EmbedArgs) -> Result<()> {
+    match a.backend {
+        CpuBackend::Ndarray => embed_on::<NdArray<f32>>(a),
+        CpuBackend::Flex => embed_on::<Flex>(a),
+    }
+}
+
+fn embed_on<B: Backend>(a: EmbedArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -206,6 +234,17 @@ fn read_text(path: &Path, max_bytes: Option<usize>) -> Result<String> {
 
 /// `bllm lm …`.
 pub fn lm(c: LmCommand) -> Result<()> {
+    let backend = match &c {
+        LmCommand::Eval(a) => a.backend,
+        LmCommand::Generate(a) => a.backend,
+    };
+    match backend {
+        CpuBackend::Ndarray => lm_on::<NdArray<f32>>(c),
+        CpuBackend::Flex => lm_on::<Flex>(c),
+    }
+}
+
+fn lm_on<B: Backend>(c: LmCommand) -> Result<()> {
     let device = Default::default();
     match c {
         LmCommand::Eval(a) => {
@@ -376,6 +415,10 @@ fn describe(d: &Path) -> String {
 /// `bllm bench models`.
 #[derive(Debug, Args)]
 pub struct ModelsBenchArgs {
+    /// CPU backend (flex: 2× faster prefill than ndarray, same results within 2e-7; both
+    /// pass the parity tests).
+    #[arg(long, value_enum, default_value_t = CpuBackend::Flex)]
+    pub backend: CpuBackend,
     /// The folder with `minilm/` and `smollm2/`.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
@@ -410,6 +453,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// `bllm bench models`: the encoder's and decoder's throughput and their tokenizers', with the
 /// same workloads as `scripts/bench_models_vs_torch.py`.
 pub fn bench_models(a: ModelsBenchArgs) -> Result<()> {
+    match a.backend {
+        CpuBackend::Ndarray => bench_models_on::<NdArray<f32>>(a),
+        CpuBackend::Flex => bench_models_on::<Flex>(a),
+    }
+}
+
+fn bench_models_on<B: Backend>(a: ModelsBenchArgs) -> Result<()> {
     let device = Default::default();
     let mut out = serde_json::Map::new();
     let verses = std::fs::read_to_string(&a.verses)

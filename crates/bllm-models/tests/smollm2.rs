@@ -7,11 +7,11 @@ mod common;
 use bllm_models::lm::perplexity;
 use bllm_models::{Llama, LoadedLlama};
 use bllm_ste::Ctx;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use serde_json::Value;
-
-type B = NdArray<f32>;
 
 fn reference() -> Value {
     let p = common::root().join("crates/bllm-models/tests/fixtures/smollm2_reference.json");
@@ -26,7 +26,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn load() -> Option<LoadedLlama<B>> {
+fn load<B: Backend>() -> Option<LoadedLlama<B>> {
     let dir = common::model("smollm2")?;
     Some(Llama::<B>::load(&dir, &Default::default()).expect("load"))
 }
@@ -58,9 +58,15 @@ fn tokenizer_matches_the_reference_and_the_gpt2_fallback_differs() {
     assert_eq!(a, vec![81, 256, 33, 333, 34, 34, 289, 35, 35, 35]);
 }
 
+/// On burn-flex (what `bllm lm` runs on) and burn-ndarray.
 #[test]
 fn logits_match_transformers() {
-    let Some(m) = load() else {
+    logits::<Flex>();
+    logits::<NdArray<f32>>();
+}
+
+fn logits<B: Backend>() {
+    let Some(m) = load::<B>() else {
         return;
     };
     let r = reference();
@@ -138,13 +144,16 @@ fn logits_match_transformers() {
             }
         }
     }
-    eprintln!("max |Δlogit| vs transformers: {worst:.2e}");
+    eprintln!(
+        "{}: max |Δlogit| vs transformers: {worst:.2e}",
+        std::any::type_name::<B>()
+    );
     assert!(worst <= 1e-2, "max |Δlogit| {worst}");
 }
 
 #[test]
 fn perplexity_on_held_out_kjv_matches_transformers() {
-    let Some(m) = load() else {
+    let Some(m) = load::<Flex>() else {
         return;
     };
     let r = &reference()["perplexity"];
