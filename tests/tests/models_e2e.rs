@@ -1,0 +1,244 @@
+//! The pretrained-model commands end to end: `bllm embed` against the bundled sentence-
+//! transformers embeddings (and numpy reading its output), `bllm lm eval|generate`, `bllm models
+//! ls`, and the errors for bad model folders, files and arguments.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::{Path, PathBuf};
+
+use bllm_e2e::{bllm, bllm_ok, python_with, repo_root};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `models/<name>`, or `None` (a skip) unless `BLLM_REQUIRE_MODELS=1`.
+fn model(name: &str) -> Option<PathBuf> {
+    let d = repo_root().join("models").join(name);
+    if d.is_dir() {
+        return Some(d);
+    }
+    assert!(
+        std::env::var("BLLM_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "BLLM_REQUIRE_MODELS=1 but {} is missing (python3 scripts/fetch_models.py)",
+        d.display()
+    );
+    eprintln!(
+        "skipping: {} is missing (python3 scripts/fetch_models.py)",
+        d.display()
+    );
+    None
+}
+
+#[test]
+fn embed_writes_what_sentence_transformers_wrote() {
+    let Some(m) = model("minilm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let verses =
+        std::fs::read_to_string(repo_root().join("datasets/kjv-minilm/verses.txt")).unwrap();
+    let input = dir.path().join("verses.txt");
+    std::fs::write(
+        &input,
+        verses.lines().take(40).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    for dtype in ["f16", "f32"] {
+        let out = dir.path().join(format!("x-{dtype}.npy"));
+        bllm_ok(&[
+            "embed",
+            "--model",
+            s(&m),
+            "--input",
+            s(&input),
+            "--out",
+            s(&out),
+            "--tab-field",
+            "1",
+            "--dtype",
+            dtype,
+            "--batch",
+            "7",
+        ]);
+        let got = bllm_codes::io::npy::read_npy(&out).unwrap();
+        assert_eq!((got.rows, got.cols), (40, 384));
+        if python_with(&["numpy"]) {
+            let code = format!(
+                "import numpy as np\n\
+                 a = np.load({:?}).astype(np.float32); r = np.load({:?})[:40].astype(np.float32)\n\
+                 c = (a * r).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(r, axis=1)\n\
+                 assert c.min() >= 0.9995, c.min()",
+                s(&out),
+                s(&repo_root().join("datasets/kjv-minilm/embeddings.npy"))
+            );
+            let o = std::process::Command::new("python3")
+                .args(["-c", &code])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "numpy check: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+    // The same output for any batch size and thread count, byte for byte.
+    let a = dir.path().join("a.npy");
+    let b = dir.path().join("b.npy");
+    bllm_ok(&[
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&input),
+        "--out",
+        s(&a),
+        "--tab-field",
+        "1",
+        "--batch",
+        "40",
+    ]);
+    bllm_ok(&[
+        "--threads",
+        "1",
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&input),
+        "--out",
+        s(&b),
+        "--tab-field",
+        "1",
+        "--batch",
+        "40",
+    ]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // Errors name what is wrong.
+    let e = bllm(&[
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&input),
+        "--out",
+        s(&a),
+        "--tab-field",
+        "5",
+    ])
+    .unwrap_err();
+    assert!(e.contains("verses.txt:1") && e.contains("field 5"), "{e}");
+    let e = bllm(&[
+        "embed",
+        "--model",
+        s(dir.path()),
+        "--input",
+        s(&input),
+        "--out",
+        s(&a),
+    ])
+    .unwrap_err();
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn lm_eval_and_generate_run_the_gguf() {
+    let Some(m) = model("smollm2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ppl.json");
+    bllm_ok(&[
+        "lm",
+        "eval",
+        "--model",
+        s(&m),
+        "--text",
+        s(&repo_root().join("datasets/sotu-text/valid.txt")),
+        "--context",
+        "128",
+        "--max-bytes",
+        "2000",
+        "--json",
+        s(&json),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ppl = p["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 200.0, "{p}");
+    assert!(p["bytes"].as_u64().unwrap() <= 2000);
+    bllm_ok(&[
+        "lm",
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "4",
+    ]);
+    let e = bllm(&[
+        "lm",
+        "eval",
+        "--model",
+        s(&m),
+        "--text",
+        s(&json),
+        "--context",
+        "1",
+    ])
+    .unwrap_err();
+    assert!(e.contains("context 1"), "{e}");
+    let e = bllm(&[
+        "lm",
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "9000",
+    ])
+    .unwrap_err();
+    assert!(e.contains("exceed the model's context of 8192"), "{e}");
+    bllm_ok(&["models", "ls", "--dir", s(&repo_root().join("models"))]);
+}
+
+#[test]
+fn broken_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "hello world\n").unwrap();
+    // A GGUF that is not one.
+    let g = dir.path().join("bad.gguf");
+    std::fs::write(&g, b"GGUF\x03\x00\x00\x00not really").unwrap();
+    let e = bllm(&["lm", "eval", "--model", s(&g), "--text", s(&text)]).unwrap_err();
+    assert!(e.contains("bad.gguf") && e.contains("GGUF"), "{e}");
+    // A folder with neither layout.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = bllm(&["lm", "eval", "--model", s(&empty), "--text", s(&text)]).unwrap_err();
+    assert!(e.contains("one .gguf file"), "{e}");
+    // A BERT config with an unsupported activation names the key.
+    let bert = dir.path().join("bert");
+    std::fs::create_dir(&bert).unwrap();
+    std::fs::write(
+        bert.join("config.json"),
+        r#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "hidden_act": "relu", "max_position_embeddings": 16,
+            "type_vocab_size": 2, "layer_norm_eps": 1e-12}"#,
+    )
+    .unwrap();
+    let e = bllm(&[
+        "embed",
+        "--model",
+        s(&bert),
+        "--input",
+        s(&text),
+        "--out",
+        s(&dir.path().join("x.npy")),
+    ])
+    .unwrap_err();
+    assert!(e.contains("hidden_act") && e.contains("relu"), "{e}");
+    assert!(!dir.path().join("x.npy").exists());
+}
