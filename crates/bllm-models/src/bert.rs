@@ -98,7 +98,7 @@ impl BertConfig {
                 return bad(k, "must be positive".into());
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return bad("layer_norm_eps", "must be positive".into());
         }
         Ok(())
@@ -268,8 +268,8 @@ impl<B: Backend> Bert<B> {
             .val()
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
-        let pos = e.position_embeddings.val().slice([0..t]).unsqueeze::<3>();
-        let types = e.token_type_embeddings.val().slice([0..1]).unsqueeze::<3>();
+        let pos = e.position_embeddings.val().slice(0..t).unsqueeze::<3>();
+        let types = e.token_type_embeddings.val().slice(0..1).unsqueeze::<3>();
         // Token states stay `[b·t, d]` between layers so each projection is one 2-D matrix
         // product (a `[b, t, d]` input would be multiplied batch by batch, re-packing the
         // weight for every sequence).

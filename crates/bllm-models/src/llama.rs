@@ -185,7 +185,8 @@ impl LlamaConfig {
                 format!("{} must be even and positive", self.head_dim()),
             );
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let bad_float = |x: f64| x.is_nan() || x <= 0.0;
+        if bad_float(self.rms_norm_eps) || bad_float(self.rope_theta) {
             return bad(
                 "rms_norm_eps",
                 "rms_norm_eps and rope_theta must be positive".into(),

@@ -49,7 +49,7 @@ fn embeddings_do_not_depend_on_the_thread_count() {
 
 fn parity<B: Backend>(dir: &std::path::Path, rows: usize) {
     let device = Default::default();
-    let enc = SentenceEncoder::<B>::load(&dir, &device).expect("load");
+    let enc = SentenceEncoder::<B>::load(dir, &device).expect("load");
     assert_eq!((enc.dim(), enc.max_len, enc.normalize), (384, 256, true));
     let verses = std::fs::read_to_string(common::root().join("datasets/kjv-minilm/verses.txt"))
         .expect("verses");

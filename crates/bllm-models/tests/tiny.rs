@@ -273,7 +273,7 @@ fn llama_is_causal_and_the_kv_cache_equals_the_full_forward() {
     let m = llama(dir.path());
     let ctx = Ctx::default().for_eval();
     let seq = vec![3i64, 17, 5, 22, 9, 1, 30, 12];
-    let full = m.forward(ids(&[seq.clone()]), None, &ctx);
+    let full = m.forward(ids(std::slice::from_ref(&seq)), None, &ctx);
     assert_eq!(full.dims(), [1, 8, 40]);
     let full = floats(full);
     // Changing the last token changes nothing before it.
