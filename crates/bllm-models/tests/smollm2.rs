@@ -12,6 +12,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 fn reference() -> Value {
     let p = common::root().join("crates/bllm-models/tests/fixtures/smollm2_reference.json");
@@ -165,6 +166,19 @@ fn perplexity_on_held_out_kjv_matches_transformers() {
         + 1;
     let text = String::from_utf8(text[..cut].to_vec()).expect("utf8");
     assert_eq!(text.len() as u64, r["bytes_used"].as_u64().expect("bytes"));
+    // The 4,141 token ids of the held-out slice equal the reference tokenizer's.
+    let ids = m.tokenizer.encode(&text, false).expect("ids");
+    let mut h = Sha256::new();
+    for id in &ids {
+        h.update(id.to_le_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(ids[..64], ids_of(&r["first_ids"])[..], "first ids");
+    assert_eq!(
+        hex,
+        r["ids_sha256"].as_str().expect("sha"),
+        "token ids of the slice"
+    );
     let p = perplexity(
         &m.model,
         &m.tokenizer,
