@@ -29,6 +29,9 @@ pub enum BenchCommand {
     /// The pretrained encoder and decoder and their tokenizers (throughput), side by side with
     /// `scripts/bench_models_vs_torch.py --json` given as `--torch`.
     Models(crate::models::ModelsBenchArgs),
+    /// Milliseconds per training step of the bundled recipes on each CPU backend, side by side
+    /// with `scripts/bench_vs_torch.py --json` given as `--torch`.
+    Train(crate::bench_train::TrainBenchArgs),
 }
 
 /// Arguments of `bllm bench kernels`.
@@ -89,6 +92,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernels(a) => kernels(a),
         BenchCommand::Models(a) => crate::models::bench_models(a),
+        BenchCommand::Train(a) => crate::bench_train::bench_train(a),
     }
 }
 

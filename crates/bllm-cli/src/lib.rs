@@ -2,6 +2,7 @@
 //! which end-to-end tests call in-process with the same arguments a user would type.
 
 mod bench;
+mod bench_train;
 mod codes;
 pub mod log;
 mod models;

@@ -28,7 +28,8 @@ pub struct RunArgs {
     /// Stop after N steps, leaving a resumable checkpoint.
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
-    /// Train on this device: cpu or cuda (the same as the override `device=…`).
+    /// Train on this device: cpu (the default CPU backend), flex, ndarray, cuda or wgpu (the same
+    /// as the override `device=…`).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
 }

@@ -642,7 +642,8 @@ pub struct Recipe {
     pub kind: Kind,
     /// Seed of everything.
     pub seed: u64,
-    /// `cpu`, `cuda` or `wgpu` (the backend a run trains on).
+    /// The backend a run trains on: `cpu` (the default CPU backend), `flex` or `ndarray` (a CPU
+    /// backend by name), `cuda` or `wgpu`.
     pub device: String,
     /// The kind-specific sections (`[data]`, `[model]`, …).
     pub task: Task,
@@ -751,7 +752,12 @@ impl Recipe {
             .unwrap_or(Kind::Classify);
         let seed = root.int("seed", Some(0), 0, i64::MAX, r) as u64;
         let device = root
-            .choice("device", &["cpu", "cuda", "wgpu"], Some("cpu"), r)
+            .choice(
+                "device",
+                &["cpu", "flex", "ndarray", "cuda", "wgpu"],
+                Some("cpu"),
+                r,
+            )
             .unwrap_or_else(|| "cpu".into());
 
         let mut task = match kind {

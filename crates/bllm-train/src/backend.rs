@@ -1,6 +1,9 @@
 //! Which Burn backend a run trains on, chosen by the recipe's `device`:
 //!
-//! * `"cpu"` — `Autodiff<NdArray>`: the embedded default, runs anywhere, bit-identical runs.
+//! * `"cpu"` — the embedded default, [`CPU_DEFAULT`]: runs anywhere, bit-identical runs for
+//!   any thread count. `"ndarray"` (`Autodiff<NdArray>`, matrixmultiply's sgemm, scalar
+//!   element-wise loops) and `"flex"` (`Autodiff<Flex>`, burn-flex: gemm's packed kernels,
+//!   SIMD element-wise ops) name a CPU backend explicitly; `bllm bench train` compares them.
 //! * `"wgpu"` — `Autodiff<Wgpu>` (feature `wgpu`, on by default in `bllm-cli`): any
 //!   Vulkan/Metal/DX12 adapter, or Mesa's lavapipe on a CPU — which is how CI runs the generic
 //!   trainers on a CubeCL backend, the same `burn-cubecl` code that CUDA runs.
@@ -14,8 +17,12 @@
 use bllm_recipe::Recipe;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
+use burn_flex::Flex;
 
 use crate::{Result, TrainError};
+
+/// The CPU backend `device = "cpu"` trains on: `"ndarray"` or `"flex"`.
+pub const CPU_DEFAULT: &str = "ndarray";
 
 /// A training job generic over the backend.
 pub(crate) trait Job {
@@ -28,11 +35,16 @@ pub(crate) trait Job {
 /// Runs `job` on the backend of `recipe.device`.
 pub(crate) fn dispatch<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
     match recipe.device.as_str() {
-        "cpu" => job.run::<Autodiff<NdArray>>(),
+        "cpu" => match CPU_DEFAULT {
+            "flex" => job.run::<Autodiff<Flex>>(),
+            _ => job.run::<Autodiff<NdArray>>(),
+        },
+        "flex" => job.run::<Autodiff<Flex>>(),
+        "ndarray" => job.run::<Autodiff<NdArray>>(),
         "cuda" => cuda(recipe, job),
         "wgpu" => wgpu(recipe, job),
         other => Err(TrainError::Unsupported(format!(
-            "recipe {:?}: device = {other:?}; expected \"cpu\", \"cuda\" or \"wgpu\"",
+            "recipe {:?}: device = {other:?}; expected \"cpu\", \"flex\", \"ndarray\", \"cuda\" or \"wgpu\"",
             recipe.name
         ))),
     }

@@ -1,0 +1,319 @@
+//! `bllm bench train`: milliseconds per training step of the bundled recipes on each CPU
+//! backend, side by side with `scripts/bench_vs_torch.py` (the same models, batches and
+//! optimizers in PyTorch).
+//!
+//! A case is a shipped recipe plus overrides. The step is the loop's step — batch from the
+//! seeded stream, forward, loss, backward, gradient norm and clipping, optimizer update, the
+//! `metrics.jsonl` line — with evaluation, checkpoints and the stability monitors switched off
+//! (PyTorch's loop has none of them). Its time is the median interval between consecutive
+//! steps after `--warmup` steps, so start-up, data loading, initialisation (ITQ) and the final
+//! evaluation are excluded. The process's user and system CPU time over the measured steps
+//! gives the system-time share (page faults and zeroing of fresh buffers show up there).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bllm_recipe::Kind;
+use bllm_train::RunOptions;
+use clap::Args;
+use serde::Serialize;
+
+/// Arguments of `bllm bench train`.
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    /// Cases to run (default: all): lm-float, lm-binary, lm-6x256, retrieval.
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
+    /// CPU backends to compare.
+    #[arg(long, value_delimiter = ',', default_value = "ndarray,flex")]
+    pub backends: Vec<String>,
+    /// Measured steps per case and backend.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Steps run before measuring (allocator and caches warm up).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Directory holding the shipped recipes.
+    #[arg(long, default_value = "recipes")]
+    pub recipes: PathBuf,
+    /// Results of `scripts/bench_vs_torch.py --json` to print side by side.
+    #[arg(long)]
+    pub torch: Option<PathBuf>,
+    /// Write the rows as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A benchmark case: a shipped recipe and the overrides that shape it.
+pub struct Case {
+    /// Name (the key of the PyTorch script's JSON too).
+    pub name: &'static str,
+    /// What it is.
+    pub what: &'static str,
+    /// Recipe path under the recipe directory.
+    pub recipe: &'static str,
+    /// Overrides applied after the recipe's own.
+    pub overrides: &'static [&'static str],
+}
+
+/// The cases of issue #17's table (the same as `scripts/bench_vs_torch.py`).
+pub const CASES: [Case; 4] = [
+    Case {
+        name: "lm-float",
+        what: "float byte LM 2 × 64, context 64, batch 32",
+        recipe: "lm/float.toml",
+        overrides: &[],
+    },
+    Case {
+        name: "lm-binary",
+        what: "same, 1-bit block projections, clipped STE",
+        recipe: "ablation/ste.toml",
+        overrides: &[],
+    },
+    Case {
+        name: "lm-6x256",
+        what: "float byte LM 6 × 256, 8 heads, context 128, batch 16",
+        recipe: "lm/float.toml",
+        overrides: &[
+            "model.d_model=256",
+            "model.layers=6",
+            "model.heads=8",
+            "model.context=128",
+            "train.batch_size=16",
+        ],
+    },
+    Case {
+        name: "retrieval",
+        what: "hash head 384 → 256, listwise over 9,000 rows, 256 anchors",
+        recipe: "quickstart.toml",
+        overrides: &["export.faiss=false"],
+    },
+];
+
+/// One measured case on one backend.
+#[derive(Debug, Serialize)]
+struct Row {
+    case: String,
+    backend: String,
+    ms_per_step: f64,
+    /// System CPU time over user + system CPU time of the measured steps.
+    sys_share: Option<f64>,
+    steps: usize,
+}
+
+/// `(user, system)` CPU seconds of this process (Linux `/proc/self/stat`), if readable.
+fn cpu_times() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let u = f.get(11)?.parse::<f64>().ok()? / tick;
+    let s = f.get(12)?.parse::<f64>().ok()? / tick;
+    Some((u, s))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Step instants and CPU times, filled by the progress callback.
+#[derive(Default)]
+struct Clock {
+    at: Vec<Instant>,
+    cpu: Vec<Option<(f64, f64)>>,
+}
+
+fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Result<Row> {
+    let total = a.warmup + a.steps + 1;
+    let mut ovs: Vec<String> = case.overrides.iter().map(|s| (*s).to_owned()).collect();
+    ovs.extend([
+        format!("device={backend:?}"),
+        format!("train.log_every={total}"),
+        "eval.every=0".to_owned(),
+        "checkpoint.every=0".to_owned(),
+    ]);
+    let path = a.recipes.join(case.recipe);
+    let mut recipe = crate::recipes::load(&path, &ovs)
+        .with_context(|| format!("case {}: recipe {}", case.name, path.display()))?;
+    recipe.sweep.clear();
+    // The recipe's own schedule over its own length; the run stops after `total` steps.
+    if recipe.train.steps < total {
+        recipe.train.steps = total;
+    }
+    // The step alone: no stability monitors (PyTorch's loop has none).
+    recipe.monitors.every = total + 1;
+    for (_, m) in &mut recipe.monitors.monitors {
+        m.enabled = false;
+    }
+    let clock = Rc::new(RefCell::new(Clock::default()));
+    let c = Rc::clone(&clock);
+    let mut opts = RunOptions {
+        run_dir: scratch.join(format!("{}-{backend}", case.name)),
+        resume: false,
+        max_steps: Some(total),
+        verbose: false,
+        progress: Some(Box::new(move |_, _, _| {
+            let mut c = c.borrow_mut();
+            c.at.push(Instant::now());
+            c.cpu.push(cpu_times());
+        })),
+    };
+    let r = match recipe.kind {
+        Kind::Lm => bllm_train::run_lm(&recipe, &mut opts).map(|_| ()),
+        Kind::Retrieval => bllm_train::run_retrieval(&recipe, &mut opts).map(|_| ()),
+        Kind::Classify => bllm_train::run(&recipe, &mut opts).map(|_| ()),
+        Kind::Moe => bllm_train::run_moe(&recipe, &mut opts).map(|_| ()),
+        Kind::Adapter => bllm_train::run_adapter(&recipe, &mut opts).map(|_| ()),
+    };
+    r.with_context(|| format!("case {} on {backend}", case.name))?;
+    let c = clock.borrow();
+    if c.at.len() < a.warmup + 2 {
+        bail!(
+            "case {}: only {} steps reported; expected {total}",
+            case.name,
+            c.at.len()
+        );
+    }
+    let from = a.warmup;
+    let dt: Vec<f64> = c.at[from..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let sys_share = match (c.cpu[from], c.cpu[c.cpu.len() - 1]) {
+        (Some((u0, s0)), Some((u1, s1))) if (u1 - u0) + (s1 - s0) > 0.0 => {
+            Some((s1 - s0) / ((u1 - u0) + (s1 - s0)))
+        }
+        _ => None,
+    };
+    Ok(Row {
+        case: case.name.to_owned(),
+        backend: backend.to_owned(),
+        ms_per_step: median(dt) * 1e3,
+        sys_share,
+        steps: a.steps,
+    })
+}
+
+/// PyTorch's ms/step per case from `scripts/bench_vs_torch.py --json`.
+fn torch_numbers(path: &Path) -> Result<(serde_json::Value, Vec<(String, f64)>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--torch {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--torch {}: not JSON", path.display()))?;
+    let cases = v
+        .get("cases")
+        .and_then(|c| c.as_object())
+        .with_context(|| format!("--torch {}: expected an object \"cases\"", path.display()))?;
+    let mut out = Vec::new();
+    for (k, c) in cases {
+        let ms = c.get("ms_per_step").and_then(|m| m.as_f64()).with_context(|| {
+            format!(
+                "--torch {}: cases.{k}.ms_per_step: expected a number",
+                path.display()
+            )
+        })?;
+        out.push((k.clone(), ms));
+    }
+    Ok((v, out))
+}
+
+/// `bllm bench train`.
+pub fn bench_train(a: TrainBenchArgs) -> Result<()> {
+    let names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    for c in &a.cases {
+        if !names.contains(&c.as_str()) {
+            bail!("--cases: unknown case {c:?}; expected one of {}", names.join(", "));
+        }
+    }
+    for b in &a.backends {
+        if !["ndarray", "flex"].contains(&b.as_str()) {
+            bail!("--backends: unknown CPU backend {b:?}; expected ndarray or flex");
+        }
+    }
+    if a.steps < 3 {
+        bail!("--steps must be at least 3 (the median of the step times is reported)");
+    }
+    let torch = a.torch.as_deref().map(torch_numbers).transpose()?;
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let threads = rayon::current_num_threads();
+    eprintln!(
+        "bllm bench train: {} measured steps after {} warm-up, {threads} threads",
+        a.steps, a.warmup
+    );
+    let mut rows = Vec::new();
+    for case in CASES
+        .iter()
+        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|n| n == c.name))
+    {
+        for b in &a.backends {
+            let row = measure(&a, case, b, scratch.path())?;
+            eprintln!(
+                "  {:<10} {:<8} {:>9.1} ms/step",
+                row.case, row.backend, row.ms_per_step
+            );
+            rows.push(row);
+        }
+    }
+    println!();
+    let mut head = format!("| case | {} ", a.backends.join(" | "));
+    let mut rule = format!("|---|{}", "---:|".repeat(a.backends.len()));
+    if torch.is_some() {
+        head.push_str("| PyTorch ");
+        rule.push_str("---:|");
+        for b in &a.backends {
+            head.push_str(&format!("| {b} / PyTorch "));
+            rule.push_str("---:|");
+        }
+    }
+    head.push_str("| system time |");
+    rule.push_str("---:|");
+    println!("ms per training step ({threads} threads)\n\n{head}\n{rule}");
+    for case in CASES.iter() {
+        let of: Vec<&Row> = rows.iter().filter(|r| r.case == case.name).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let mut line = format!("| {} ({}) ", case.name, case.what);
+        for r in &of {
+            line.push_str(&format!("| {:.1} ", r.ms_per_step));
+        }
+        if let Some((_, t)) = &torch {
+            match t.iter().find(|(k, _)| k == case.name) {
+                Some((_, pt)) => {
+                    line.push_str(&format!("| {pt:.1} "));
+                    for r in &of {
+                        line.push_str(&format!("| {:.2}× ", r.ms_per_step / pt));
+                    }
+                }
+                None => line.push_str(&"| — ".repeat(of.len() + 1)),
+            }
+        }
+        let sys: Vec<String> = of
+            .iter()
+            .map(|r| r.sys_share.map_or("—".into(), |s| format!("{:.1} %", s * 100.0)))
+            .collect();
+        line.push_str(&format!("| {} |", sys.join(" / ")));
+        println!("{line}");
+    }
+    if torch.is_some() {
+        println!(
+            "\nbllm / PyTorch below 1 means bllm is faster; system time is system over user + \
+             system CPU time of the measured steps, per backend."
+        );
+    }
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({
+            "threads": threads,
+            "rows": rows,
+            "torch": torch.map(|(v, _)| v),
+        });
+        bllm_codes::io::write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())
+            .with_context(|| format!("--json {}", p.display()))?;
+    }
+    Ok(())
+}
