@@ -211,12 +211,15 @@ fn torch_numbers(path: &Path) -> Result<(serde_json::Value, Vec<(String, f64)>)>
         .with_context(|| format!("--torch {}: expected an object \"cases\"", path.display()))?;
     let mut out = Vec::new();
     for (k, c) in cases {
-        let ms = c.get("ms_per_step").and_then(|m| m.as_f64()).with_context(|| {
-            format!(
-                "--torch {}: cases.{k}.ms_per_step: expected a number",
-                path.display()
-            )
-        })?;
+        let ms = c
+            .get("ms_per_step")
+            .and_then(|m| m.as_f64())
+            .with_context(|| {
+                format!(
+                    "--torch {}: cases.{k}.ms_per_step: expected a number",
+                    path.display()
+                )
+            })?;
         out.push((k.clone(), ms));
     }
     Ok((v, out))
@@ -227,7 +230,10 @@ pub fn bench_train(a: TrainBenchArgs) -> Result<()> {
     let names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
     for c in &a.cases {
         if !names.contains(&c.as_str()) {
-            bail!("--cases: unknown case {c:?}; expected one of {}", names.join(", "));
+            bail!(
+                "--cases: unknown case {c:?}; expected one of {}",
+                names.join(", ")
+            );
         }
     }
     for b in &a.backends {
@@ -295,7 +301,10 @@ pub fn bench_train(a: TrainBenchArgs) -> Result<()> {
         }
         let sys: Vec<String> = of
             .iter()
-            .map(|r| r.sys_share.map_or("—".into(), |s| format!("{:.1} %", s * 100.0)))
+            .map(|r| {
+                r.sys_share
+                    .map_or("—".into(), |s| format!("{:.1} %", s * 100.0))
+            })
             .collect();
         line.push_str(&format!("| {} |", sys.join(" / ")));
         println!("{line}");

@@ -22,7 +22,7 @@ use burn_flex::Flex;
 use crate::{Result, TrainError};
 
 /// The CPU backend `device = "cpu"` trains on: `"ndarray"` or `"flex"`.
-pub const CPU_DEFAULT: &str = "ndarray";
+pub const CPU_DEFAULT: &str = "flex";
 
 /// A training job generic over the backend.
 pub(crate) trait Job {
