@@ -1,6 +1,7 @@
 //! The `bllm` command line. The binary (`src/main.rs`) is a thin wrapper around [`run_from`],
 //! which end-to-end tests call in-process with the same arguments a user would type.
 
+mod alloc;
 mod bench;
 mod bench_train;
 mod codes;
@@ -80,6 +81,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
+    alloc::keep_freed_memory();
     log::init(cli.log_format)?;
     match cli.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),

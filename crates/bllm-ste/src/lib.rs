@@ -29,6 +29,7 @@ mod ctx;
 mod error;
 mod estimator;
 pub mod estimators;
+pub mod fused;
 pub mod ops;
 pub mod quant;
 pub mod schedule;

@@ -52,13 +52,12 @@ impl Binarizer for Ede {
 
     fn grad<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
         let (t, k) = schedule::ede(self.t_min, self.t_max, ctx.progress);
-        let th = x.mul_scalar(t).tanh();
-        th.clone().mul(th).neg().add_scalar(1.0).mul_scalar(k * t)
+        crate::fused::sech2_scaled(x, t, k * t)
     }
 
     fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
         let (t, k) = schedule::ede(self.t_min, self.t_max, ctx.progress);
-        x.mul_scalar(t).tanh().mul_scalar(k)
+        crate::fused::tanh_scaled(x, t, k)
     }
 
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
