@@ -83,8 +83,7 @@ fn final_loss(dir: &Path) -> f64 {
     let text = String::from_utf8(read(&dir.join("metrics.jsonl"))).unwrap();
     let last = text
         .lines()
-        .filter(|l| l.contains("\"split\":\"train\""))
-        .next_back()
+        .rfind(|l| l.contains("\"split\":\"train\""))
         .unwrap()
         .to_owned();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
