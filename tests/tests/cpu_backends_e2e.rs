@@ -155,3 +155,52 @@ fn binary_lm_and_retrieval_codes_do_not_depend_on_the_thread_count() {
         "retrieval: exported codes differ between 1 and 2 threads"
     );
 }
+
+#[test]
+fn bench_train_times_a_case_on_both_backends_beside_pytorch_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let torch = tmp.path().join("torch.json");
+    std::fs::write(
+        &torch,
+        r#"{"torch": "test", "threads": 1, "cases": {"lm-float": {"ms_per_step": 1000.0}}}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("bench.json");
+    let repo = s(&repo_root());
+    bllm_ok(&[
+        "--threads",
+        "1",
+        "bench",
+        "train",
+        "--repo",
+        &repo,
+        "--cases",
+        "lm-float",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--torch",
+        &s(&torch),
+        "--json",
+        &s(&out),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&read(&out)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for (r, b) in rows.iter().zip(["ndarray", "flex"]) {
+        assert_eq!(r["case"], "lm-float");
+        assert_eq!(r["backend"], b);
+        let ms = r["ms_per_step"].as_f64().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{r}");
+    }
+    assert_eq!(v["torch"]["cases"]["lm-float"]["ms_per_step"], 1000.0);
+    // Bad arguments and a malformed PyTorch file are errors naming what was expected.
+    let e = bllm_e2e::bllm(&["bench", "train", "--cases", "lm-huge"]).unwrap_err();
+    assert!(e.contains("lm-huge") && e.contains("lm-float"), "{e}");
+    let e = bllm_e2e::bllm(&["bench", "train", "--backends", "cuda"]).unwrap_err();
+    assert!(e.contains("ndarray or flex"), "{e}");
+    std::fs::write(&torch, r#"{"cases": {"lm-float": {"ms": 3}}}"#).unwrap();
+    let e = bllm_e2e::bllm(&["bench", "train", "--torch", &s(&torch)]).unwrap_err();
+    assert!(e.contains("cases.lm-float.ms_per_step"), "{e}");
+}

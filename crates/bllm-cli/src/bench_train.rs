@@ -36,9 +36,10 @@ pub struct TrainBenchArgs {
     /// Steps run before measuring (allocator and caches warm up).
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
-    /// Directory holding the shipped recipes.
-    #[arg(long, default_value = "recipes")]
-    pub recipes: PathBuf,
+    /// The repository root: the cases' recipes are `recipes/…` and their data `datasets/…`
+    /// under it.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
     /// Results of `scripts/bench_vs_torch.py --json` to print side by side.
     #[arg(long)]
     pub torch: Option<PathBuf>,
@@ -53,8 +54,10 @@ pub struct Case {
     pub name: &'static str,
     /// What it is.
     pub what: &'static str,
-    /// Recipe path under the recipe directory.
+    /// Recipe path under `recipes/`.
     pub recipe: &'static str,
+    /// Its `data.path` under the repository root.
+    pub data: &'static str,
     /// Overrides applied after the recipe's own.
     pub overrides: &'static [&'static str],
 }
@@ -65,18 +68,21 @@ pub const CASES: [Case; 4] = [
         name: "lm-float",
         what: "float byte LM 2 × 64, context 64, batch 32",
         recipe: "lm/float.toml",
+        data: "datasets/kjv-text",
         overrides: &[],
     },
     Case {
         name: "lm-binary",
         what: "same, 1-bit block projections, clipped STE",
         recipe: "ablation/ste.toml",
+        data: "datasets/kjv-text",
         overrides: &[],
     },
     Case {
         name: "lm-6x256",
         what: "float byte LM 6 × 256, 8 heads, context 128, batch 16",
         recipe: "lm/float.toml",
+        data: "datasets/kjv-text",
         overrides: &[
             "model.d_model=256",
             "model.layers=6",
@@ -89,6 +95,7 @@ pub const CASES: [Case; 4] = [
         name: "retrieval",
         what: "hash head 384 → 256, listwise over 9,000 rows, 256 anchors",
         recipe: "quickstart.toml",
+        data: "datasets/kjv-minilm/embeddings.npy",
         overrides: &["export.faiss=false"],
     },
 ];
@@ -131,13 +138,15 @@ struct Clock {
 fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Result<Row> {
     let total = a.warmup + a.steps + 1;
     let mut ovs: Vec<String> = case.overrides.iter().map(|s| (*s).to_owned()).collect();
+    let data = a.repo.join(case.data);
     ovs.extend([
+        format!("data.path={:?}", data.to_string_lossy()),
         format!("device={backend:?}"),
         format!("train.log_every={total}"),
         "eval.every=0".to_owned(),
         "checkpoint.every=0".to_owned(),
     ]);
-    let path = a.recipes.join(case.recipe);
+    let path = a.repo.join("recipes").join(case.recipe);
     let mut recipe = crate::recipes::load(&path, &ovs)
         .with_context(|| format!("case {}: recipe {}", case.name, path.display()))?;
     recipe.sweep.clear();
