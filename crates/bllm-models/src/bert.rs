@@ -11,9 +11,10 @@ use std::path::Path;
 
 use bllm_nn::Proj;
 use bllm_ste::Ctx;
+use bllm_ste::fused::gelu;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};

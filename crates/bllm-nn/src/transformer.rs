@@ -2,9 +2,10 @@
 //! MLP) whose projections are each float, 1-bit or BitNet b1.58 as configured.
 
 use bllm_ste::estimators::Levels;
+use bllm_ste::fused::gelu;
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};

@@ -9,10 +9,10 @@ mod hash;
 mod sign_code;
 mod softmax;
 
+use bllm_ste::fused::gelu;
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
