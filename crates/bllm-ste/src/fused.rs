@@ -135,23 +135,10 @@ fn gelu_kernel(x: &[f32], y: &mut [f32], g: &mut [f32]) {
 ///
 /// Shapes: any; the output has `x`'s shape.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if !on_cpu::<B>() || x.dtype() != DType::F32 {
-        return burn::tensor::activation::gelu(x);
+    match on_host(&x, gelu_kernel) {
+        Some((y, g)) => inject(x, y, g),
+        None => burn::tensor::activation::gelu(x),
     }
-    let shape = x.shape();
-    let device = x.device();
-    let data = constant(x.clone()).into_data();
-    let Ok(v) = data.as_slice::<f32>() else {
-        return burn::tensor::activation::gelu(x);
-    };
-    let (mut y, mut g) = (vec![0f32; v.len()], vec![0f32; v.len()]);
-    gelu_kernel(v, &mut y, &mut g);
-    let y = Tensor::from_data(TensorData::new(y, shape.clone()), &device);
-    if !B::ad_enabled(&device) {
-        return y;
-    }
-    let g = Tensor::from_data(TensorData::new(g, shape), &device);
-    inject(x, y, g)
 }
 
 /// Fills `t[i] = a·tanh(s·x[i])` and `g[i] = a·s·(1 − tanh²(s·x[i]))` (the derivative).
@@ -172,12 +159,11 @@ fn tanh_kernel(x: &[f32], t: &mut [f32], g: &mut [f32], s: f32, a: f32) {
     }
 }
 
-/// `(a·tanh(s·x), a·s·(1 − tanh²(s·x)))` as host vectors, or `None` when `x` is not an f32
-/// tensor of a CPU backend.
-fn tanh_parts<B: Backend, const D: usize>(
+/// `kernel(x, value, derivative)` run on `x`'s host data: the value and the derivative as
+/// constant tensors, or `None` when `x` is not an f32 tensor of a CPU backend.
+fn on_host<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
-    s: f32,
-    a: f32,
+    kernel: impl FnOnce(&[f32], &mut [f32], &mut [f32]),
 ) -> Option<(Tensor<B, D>, Tensor<B, D>)> {
     if !on_cpu::<B>() || x.dtype() != DType::F32 {
         return None;
@@ -187,11 +173,20 @@ fn tanh_parts<B: Backend, const D: usize>(
     let data = constant(x.clone()).into_data();
     let v = data.as_slice::<f32>().ok()?;
     let (mut t, mut g) = (vec![0f32; v.len()], vec![0f32; v.len()]);
-    tanh_kernel(v, &mut t, &mut g, s, a);
+    kernel(v, &mut t, &mut g);
     Some((
         Tensor::from_data(TensorData::new(t, shape.clone()), &device),
         Tensor::from_data(TensorData::new(g, shape), &device),
     ))
+}
+
+/// `(a·tanh(s·x), a·s·(1 − tanh²(s·x)))` as constants, or `None` off the CPU backends.
+fn tanh_parts<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    s: f32,
+    a: f32,
+) -> Option<(Tensor<B, D>, Tensor<B, D>)> {
+    on_host(x, |v, t, g| tanh_kernel(v, t, g, s, a))
 }
 
 /// `a·tanh(s·x)` with its gradient `a·s·(1 − tanh²(s·x))`: on the CPU backends one fused
@@ -265,28 +260,31 @@ mod tests {
             .collect()
     }
 
+    /// Value and gradient (against upstream `up`) of `f` on a tracked tensor holding `v`.
+    fn value_and_grad<B: burn::tensor::backend::AutodiffBackend>(
+        v: &[f32],
+        up: &[f32],
+        f: impl Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let dev = Default::default();
+        let n = v.len();
+        let x = Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [n]), &dev).require_grad();
+        let u = Tensor::<B, 1>::from_data(TensorData::new(up.to_vec(), [n]), &dev);
+        let y = f(x.clone());
+        let loss = (y.clone() * u).sum();
+        let g = x.grad(&loss.backward()).expect("grad");
+        (
+            y.into_data().to_vec::<f32>().expect("f32"),
+            g.into_data().to_vec::<f32>().expect("f32"),
+        )
+    }
+
     /// Value and gradient of the fused op against Burn's `tanh` on a tracked tensor.
     fn check<B: burn::tensor::backend::AutodiffBackend>(n: usize) {
-        let dev = Default::default();
         let v = grid(n);
         let up: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
-        let run = |fused: bool| {
-            let x = Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [n]), &dev).require_grad();
-            let u = Tensor::<B, 1>::from_data(TensorData::new(up.clone(), [n]), &dev);
-            let y = if fused {
-                tanh_scaled(x.clone(), 1.5, 0.5)
-            } else {
-                x.clone().mul_scalar(1.5).tanh().mul_scalar(0.5)
-            };
-            let loss = (y.clone() * u).sum();
-            let g = x.grad(&loss.backward()).expect("grad");
-            (
-                y.into_data().to_vec::<f32>().expect("f32"),
-                g.into_data().to_vec::<f32>().expect("f32"),
-            )
-        };
-        let (yf, gf) = run(true);
-        let (yr, gr) = run(false);
+        let (yf, gf) = value_and_grad::<B>(&v, &up, |x| tanh_scaled(x, 1.5, 0.5));
+        let (yr, gr) = value_and_grad::<B>(&v, &up, |x| x.mul_scalar(1.5).tanh().mul_scalar(0.5));
         for i in 0..n {
             assert!(
                 (yf[i] - yr[i]).abs() <= 0.5 * TANH_MAX_ABS_ERROR + 1e-7,
@@ -383,26 +381,10 @@ mod tests {
     }
 
     fn check_gelu<B: burn::tensor::backend::AutodiffBackend>(n: usize) {
-        let dev = Default::default();
         let v = grid(n);
         let up: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
-        let run = |fused: bool| {
-            let x = Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [n]), &dev).require_grad();
-            let u = Tensor::<B, 1>::from_data(TensorData::new(up.clone(), [n]), &dev);
-            let y = if fused {
-                gelu(x.clone())
-            } else {
-                burn::tensor::activation::gelu(x.clone())
-            };
-            let loss = (y.clone() * u).sum();
-            let g = x.grad(&loss.backward()).expect("grad");
-            (
-                y.into_data().to_vec::<f32>().expect("f32"),
-                g.into_data().to_vec::<f32>().expect("f32"),
-            )
-        };
-        let (yf, gf) = run(true);
-        let (yr, _) = run(false);
+        let (yf, gf) = value_and_grad::<B>(&v, &up, gelu);
+        let (yr, _) = value_and_grad::<B>(&v, &up, burn::tensor::activation::gelu);
         for i in 0..n {
             let x = v[i] as f64;
             let bound = v[i].abs() * ERF_MAX_ABS_ERROR + 1e-6;
