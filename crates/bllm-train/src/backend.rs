@@ -1,7 +1,7 @@
 //! Which Burn backend a run trains on, chosen by the recipe's `device`:
 //!
-//! * `"cpu"` — the embedded default, [`CPU_DEFAULT`]: runs anywhere, bit-identical runs for
-//!   any thread count. `"ndarray"` (`Autodiff<NdArray>`, matrixmultiply's sgemm, scalar
+//! * `"cpu"` — the embedded default, `Autodiff<Flex>` (the same as `"flex"`): runs anywhere,
+//!   bit-identical runs for any thread count. `"ndarray"` (`Autodiff<NdArray>`, matrixmultiply's sgemm, scalar
 //!   element-wise loops) and `"flex"` (`Autodiff<Flex>`, burn-flex: gemm's packed kernels,
 //!   SIMD element-wise ops) name a CPU backend explicitly; `bllm bench train` compares them.
 //! * `"wgpu"` — `Autodiff<Wgpu>` (feature `wgpu`, on by default in `bllm-cli`): any
@@ -21,9 +21,6 @@ use burn_flex::Flex;
 
 use crate::{Result, TrainError};
 
-/// The CPU backend `device = "cpu"` trains on: `"ndarray"` or `"flex"`.
-pub const CPU_DEFAULT: &str = "flex";
-
 /// A training job generic over the backend.
 pub(crate) trait Job {
     /// What the job returns.
@@ -35,11 +32,7 @@ pub(crate) trait Job {
 /// Runs `job` on the backend of `recipe.device`.
 pub(crate) fn dispatch<J: Job>(recipe: &Recipe, job: J) -> Result<J::Output> {
     match recipe.device.as_str() {
-        "cpu" => match CPU_DEFAULT {
-            "flex" => job.run::<Autodiff<Flex>>(),
-            _ => job.run::<Autodiff<NdArray>>(),
-        },
-        "flex" => job.run::<Autodiff<Flex>>(),
+        "cpu" | "flex" => job.run::<Autodiff<Flex>>(),
         "ndarray" => job.run::<Autodiff<NdArray>>(),
         "cuda" => cuda(recipe, job),
         "wgpu" => wgpu(recipe, job),

@@ -36,7 +36,6 @@ mod schedule;
 pub mod sites;
 mod trainer;
 
-pub use backend::CPU_DEFAULT;
 pub use error::{Result, TrainError};
 pub use kinds::adapter::{AdapterSummary, run_adapter};
 pub use kinds::classify::{ClassifyMlp, RunSummary, run};
