@@ -113,7 +113,8 @@ fn time(min_secs: f64, mut f: impl FnMut()) -> f64 {
     median(t)
 }
 
-fn median(mut t: Vec<f64>) -> f64 {
+/// The median of `t` (the upper one of an even count).
+pub(crate) fn median(mut t: Vec<f64>) -> f64 {
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }

@@ -123,16 +123,13 @@ fn cpu_times() -> Option<(f64, f64)> {
     Some((u, s))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Step instants and CPU times, filled by the progress callback.
+/// Step instants, and the CPU times after the last warm-up step and after the last step,
+/// filled by the progress callback.
 #[derive(Default)]
 struct Clock {
     at: Vec<Instant>,
-    cpu: Vec<Option<(f64, f64)>>,
+    cpu_from: Option<(f64, f64)>,
+    cpu_to: Option<(f64, f64)>,
 }
 
 fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Result<Row> {
@@ -159,6 +156,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     for (_, m) in &mut recipe.monitors.monitors {
         m.enabled = false;
     }
+    let from = a.warmup;
     let clock = Rc::new(RefCell::new(Clock::default()));
     let c = Rc::clone(&clock);
     let mut opts = RunOptions {
@@ -166,10 +164,14 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
         resume: false,
         max_steps: Some(total),
         verbose: false,
-        progress: Some(Box::new(move |_, _, _| {
+        progress: Some(Box::new(move |done, _, _| {
             let mut c = c.borrow_mut();
             c.at.push(Instant::now());
-            c.cpu.push(cpu_times());
+            if done == from + 1 {
+                c.cpu_from = cpu_times();
+            } else if done == total {
+                c.cpu_to = cpu_times();
+            }
         })),
     };
     let r = match recipe.kind {
@@ -188,12 +190,11 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
             c.at.len()
         );
     }
-    let from = a.warmup;
     let dt: Vec<f64> = c.at[from..]
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
-    let sys_share = match (c.cpu[from], c.cpu[c.cpu.len() - 1]) {
+    let sys_share = match (c.cpu_from, c.cpu_to) {
         (Some((u0, s0)), Some((u1, s1))) if (u1 - u0) + (s1 - s0) > 0.0 => {
             Some((s1 - s0) / ((u1 - u0) + (s1 - s0)))
         }
@@ -202,7 +203,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     Ok(Row {
         case: case.name.to_owned(),
         backend: backend.to_owned(),
-        ms_per_step: median(dt) * 1e3,
+        ms_per_step: crate::bench::median(dt) * 1e3,
         sys_share,
         steps: a.steps,
     })

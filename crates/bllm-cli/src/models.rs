@@ -445,11 +445,6 @@ pub struct ModelsBenchArgs {
     pub json: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// `bllm bench models`: the encoder's and decoder's throughput and their tokenizers', with the
 /// same workloads as `scripts/bench_models_vs_torch.py`.
 pub fn bench_models(a: ModelsBenchArgs) -> Result<()> {
@@ -528,7 +523,7 @@ fn bench_models_on<B: Backend>(a: ModelsBenchArgs) -> Result<()> {
     };
     run();
     let times: Vec<f64> = (0..a.repeats.max(1)).map(|_| run()).collect();
-    let med = median(times.clone());
+    let med = crate::bench::median(times.clone());
     out.insert(
         "smollm2_prefill".into(),
         serde_json::json!({"context": a.context, "batch": 1, "seconds": times, "median_s": med, "tokens_per_s": a.context as f64 / med}),
