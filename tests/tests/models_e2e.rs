@@ -30,6 +30,31 @@ fn model(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// `bllm [--threads T] embed --model M --input IN --out OUT EXTRA…`.
+fn embed(
+    threads: Option<&str>,
+    m: &Path,
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Result<(), String> {
+    let mut args: Vec<&str> = match threads {
+        Some(t) => vec!["--threads", t],
+        None => Vec::new(),
+    };
+    args.extend([
+        "embed",
+        "--model",
+        s(m),
+        "--input",
+        s(input),
+        "--out",
+        s(out),
+    ]);
+    args.extend(extra);
+    bllm(&args)
+}
+
 #[test]
 fn embed_writes_what_sentence_transformers_wrote() {
     let Some(m) = model("minilm") else {
@@ -46,21 +71,14 @@ fn embed_writes_what_sentence_transformers_wrote() {
     .unwrap();
     for dtype in ["f16", "f32"] {
         let out = dir.path().join(format!("x-{dtype}.npy"));
-        bllm_ok(&[
-            "embed",
-            "--model",
-            s(&m),
-            "--input",
-            s(&input),
-            "--out",
-            s(&out),
-            "--tab-field",
-            "1",
-            "--dtype",
-            dtype,
-            "--batch",
-            "7",
-        ]);
+        embed(
+            None,
+            &m,
+            &input,
+            &out,
+            &["--tab-field", "1", "--dtype", dtype, "--batch", "7"],
+        )
+        .unwrap();
         let got = bllm_codes::io::npy::read_npy(&out).unwrap();
         assert_eq!((got.rows, got.cols), (40, 384));
         if python_with(&["numpy"]) {
@@ -86,59 +104,20 @@ fn embed_writes_what_sentence_transformers_wrote() {
     // The same output for any batch size and thread count, byte for byte.
     let a = dir.path().join("a.npy");
     let b = dir.path().join("b.npy");
-    bllm_ok(&[
-        "embed",
-        "--model",
-        s(&m),
-        "--input",
-        s(&input),
-        "--out",
-        s(&a),
-        "--tab-field",
-        "1",
-        "--batch",
-        "40",
-    ]);
-    bllm_ok(&[
-        "--threads",
-        "1",
-        "embed",
-        "--model",
-        s(&m),
-        "--input",
-        s(&input),
-        "--out",
-        s(&b),
-        "--tab-field",
-        "1",
-        "--batch",
-        "40",
-    ]);
+    embed(None, &m, &input, &a, &["--tab-field", "1", "--batch", "40"]).unwrap();
+    embed(
+        Some("1"),
+        &m,
+        &input,
+        &b,
+        &["--tab-field", "1", "--batch", "40"],
+    )
+    .unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     // Errors name what is wrong.
-    let e = bllm(&[
-        "embed",
-        "--model",
-        s(&m),
-        "--input",
-        s(&input),
-        "--out",
-        s(&a),
-        "--tab-field",
-        "5",
-    ])
-    .unwrap_err();
+    let e = embed(None, &m, &input, &a, &["--tab-field", "5"]).unwrap_err();
     assert!(e.contains("verses.txt:1") && e.contains("field 5"), "{e}");
-    let e = bllm(&[
-        "embed",
-        "--model",
-        s(dir.path()),
-        "--input",
-        s(&input),
-        "--out",
-        s(&a),
-    ])
-    .unwrap_err();
+    let e = embed(None, dir.path(), &input, &a, &[]).unwrap_err();
     assert!(e.contains("config.json"), "{e}");
 }
 
@@ -229,16 +208,7 @@ fn broken_model_files_are_clear_errors() {
             "type_vocab_size": 2, "layer_norm_eps": 1e-12}"#,
     )
     .unwrap();
-    let e = bllm(&[
-        "embed",
-        "--model",
-        s(&bert),
-        "--input",
-        s(&text),
-        "--out",
-        s(&dir.path().join("x.npy")),
-    ])
-    .unwrap_err();
+    let e = embed(None, &bert, &text, &dir.path().join("x.npy"), &[]).unwrap_err();
     assert!(e.contains("hidden_act") && e.contains("relu"), "{e}");
     assert!(!dir.path().join("x.npy").exists());
 }
