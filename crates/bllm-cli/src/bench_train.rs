@@ -180,6 +180,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
         Kind::Classify => bllm_train::run(&recipe, &mut opts).map(|_| ()),
         Kind::Moe => bllm_train::run_moe(&recipe, &mut opts).map(|_| ()),
         Kind::Adapter => bllm_train::run_adapter(&recipe, &mut opts).map(|_| ()),
+        Kind::KvProbe => bllm_train::run_kv_probe(&recipe, &mut opts).map(|_| ()),
     };
     r.with_context(|| format!("case {} on {backend}", case.name))?;
     let c = clock.borrow();

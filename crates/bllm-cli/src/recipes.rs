@@ -13,6 +13,18 @@ use clap::Args;
 pub struct Components;
 
 impl ComponentCheck for Components {
+    fn cache_quantizer(&self, table: &toml::Table) -> Vec<(String, String, String)> {
+        let expected = "a cache quantizer table: kind = one of float, f16, sign, int, qjl and its options (bits, axis, group, zero_point, outliers, pre_rope, sketch)";
+        match toml::Value::Table(table.clone()).try_into::<bllm_models::kv::QuantSpec>() {
+            Ok(q) => q.validate().err().into_iter().collect(),
+            Err(e) => vec![(
+                String::new(),
+                expected.to_owned(),
+                e.to_string().trim().replace('\n', " "),
+            )],
+        }
+    }
+
     fn estimator(&self, table: &toml::Table) -> Vec<(String, String, String)> {
         let kinds: Vec<&str> = Estimator::all().iter().map(Estimator::name).collect();
         let expected = format!(

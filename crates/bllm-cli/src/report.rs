@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bllm_train::{AdapterSummary, LmSummary, MoeSummary, RetrievalSummary, RunSummary};
+use bllm_train::{
+    AdapterSummary, KvProbeSummary, LmSummary, MoeSummary, RetrievalSummary, RunSummary,
+};
 use clap::Args;
 
 /// Arguments of `bllm report`.
@@ -153,7 +155,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let lm = summaries::<LmSummary>(&runs);
         let moe = summaries::<MoeSummary>(&runs);
         let adapter = summaries::<AdapterSummary>(&runs);
-        let (csv, md) = if retrieval.iter().any(|(_, s)| s.is_some()) {
+        let kv = summaries::<KvProbeSummary>(&runs);
+        let (csv, md) = if kv.iter().any(|(_, s)| s.is_some()) {
+            crate::train::kv_probe_tables(&kv)
+        } else if retrieval.iter().any(|(_, s)| s.is_some()) {
             crate::train::retrieval_tables(&retrieval)
         } else if adapter.iter().any(|(_, s)| s.is_some()) {
             crate::train::adapter_tables(&adapter)

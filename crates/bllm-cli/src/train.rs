@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, MemoryLimit, expand_sweep, parse_override};
 use bllm_train::{
-    AdapterSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc,
+    AdapterSummary, KvProbeSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc,
 };
 use clap::Args;
 
@@ -122,7 +122,8 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
     if let Some(bar) = bar.clone() {
         // Log lines (evaluations, monitor warnings) print above the bar.
         crate::log::show_bar(&bar);
-        opts.progress = Some(Box::new(move |done, _, loss| {
+        opts.progress = Some(Box::new(move |done, total, loss| {
+            bar.set_length(total.max(done) as u64);
             bar.set_position(done as u64);
             bar.set_message(format!("{loss:.4}"));
         }));
@@ -147,6 +148,12 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
         Kind::Adapter => {
             go(&|o| bllm_train::run_adapter(&recipe, o).map(|s| print_adapter(&s, dir)))?
         }
+        Kind::KvProbe => go(&|o| {
+            bllm_train::run_kv_probe(&recipe, o).map(|s| {
+                print!("{}", bllm_train::kv_probe_markdown(&s));
+                println!("→ {}", dir.display());
+            })
+        })?,
     }
     Ok(())
 }
@@ -313,6 +320,7 @@ pub fn sweep(a: SweepArgs, limit: &MemoryLimit) -> Result<()> {
         Kind::Lm => lm_tables(&run_each(&runs, &dir, bllm_train::run_lm)?),
         Kind::Moe => moe_tables(&run_each(&runs, &dir, bllm_train::run_moe)?),
         Kind::Adapter => adapter_tables(&run_each(&runs, &dir, bllm_train::run_adapter)?),
+        Kind::KvProbe => kv_probe_tables(&run_each(&runs, &dir, bllm_train::run_kv_probe)?),
     };
     write_tables(&dir, &csv, &md)?;
     eprintln!("sweep of {} runs → {}", runs.len(), dir.display());
@@ -631,6 +639,63 @@ pub(crate) fn adapter_tables(rows: &[(String, Option<AdapterSummary>)]) -> (Stri
         md.push_str(&format!(
             "| {name} | {n} | {stopped} | {b0:.4} → {tm:.4} ± {tsd:.4} | {fm:+.4} ± {fsd:.4} | {ab:.0} | {fb:.0} | {cr:.2}x |\n"
         ));
+    }
+    (csv, md)
+}
+
+/// A KV-probe sweep's table: one row per (run, text, context) — bytes per token against the
+/// f16 cache, perplexity change, top-1 agreement, next-token and attention KL (all heads, the
+/// peaked and the flat third), the entropy–KL rank correlation.
+pub(crate) fn kv_probe_tables(rows: &[(String, Option<KvProbeSummary>)]) -> (String, String) {
+    let mut csv = String::from(
+        "run,cache,text,context,bytes_per_token,f16_bytes_per_token,saving,perplexity_float,perplexity,perplexity_change,top1_agreement,logit_kl,attention_kl,attention_kl_peaked,attention_kl_flat,entropy_kl_spearman,key_error,value_error\n",
+    );
+    let mut md = String::from(
+        "| cache | text | context | B/token | saving vs f16 | Δppl | top-1 | logit KL | attn KL | peaked | flat | ρ(H, KL) | key err | value err |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (run, s) in rows {
+        let Some(s) = s else { continue };
+        for r in &s.results {
+            let b = s
+                .bytes_per_token
+                .iter()
+                .find(|(c, _)| *c == r.context)
+                .map_or(0.0, |x| x.1);
+            let saving = s.f16_bytes_per_token as f64 / b.max(1e-9);
+            csv.push_str(&format!(
+                "{run},{},{},{},{b:.2},{},{saving:.4},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.6e},{:.4},{:.6},{:.6}\n",
+                s.cache.replace(',', ";"),
+                r.text,
+                r.context,
+                s.f16_bytes_per_token,
+                r.perplexity_float,
+                r.perplexity,
+                r.perplexity_change,
+                r.top1_agreement,
+                r.logit_kl,
+                r.attention_kl,
+                r.attention_kl_peaked,
+                r.attention_kl_flat,
+                r.entropy_kl_spearman,
+                r.key_error,
+                r.value_error
+            ));
+            md.push_str(&format!(
+                "| {} | {} | {} | {b:.0} | {saving:.2}× | {:+.2} % | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.2} | {:.3} | {:.3} |\n",
+                s.cache,
+                r.text,
+                r.context,
+                100.0 * r.perplexity_change,
+                r.top1_agreement,
+                r.logit_kl,
+                r.attention_kl,
+                r.attention_kl_peaked,
+                r.attention_kl_flat,
+                r.entropy_kl_spearman,
+                r.key_error,
+                r.value_error
+            ));
+        }
     }
     (csv, md)
 }

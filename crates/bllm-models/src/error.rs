@@ -83,6 +83,14 @@ pub enum ModelError {
     /// An input to a model is invalid (too long, empty, out of the vocabulary).
     #[error("{0}")]
     Input(String),
+    /// A KV-cache configuration is invalid (the key is relative to the cache table).
+    #[error("cache `{key}`: {msg}")]
+    InvalidCache {
+        /// The key, e.g. `keys.group`.
+        key: String,
+        /// What was expected and found.
+        msg: String,
+    },
     /// Building a layer failed.
     #[error(transparent)]
     Nn(#[from] bllm_nn::NnError),

@@ -8,6 +8,8 @@
 //! * [`Llama`]: a Llama decoder (SmolLM2 and any Llama-family Hugging Face directory or GGUF
 //!   file) with grouped-query attention, rotary positions, SwiGLU, a tied or separate head and a
 //!   [`KvCache`] for generation.
+//! * [`kv`]: key/value cache quantizers (sign, int, QJL, outlier channels, f16) and the
+//!   KV-cache probe that measures what each does to a decoder.
 //! * [`Checkpoint`]: safetensors (F32/F16/BF16) and GGUF (dequantised to f32 through
 //!   `rlx-gguf`) tensors by name, each checked against the shape the config implies.
 //! * [`TextTokenizer`]: Hugging Face `tokenizers` from `tokenizer.json`, or the byte-level BPE
@@ -20,6 +22,7 @@
 mod bert;
 mod common;
 mod error;
+pub mod kv;
 mod llama;
 pub mod lm;
 mod sentence;
@@ -30,8 +33,8 @@ pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, l2_normalize};
 pub use common::transpose;
 pub use error::{ModelError, Result};
 pub use llama::{
-    KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp, LoadedLlama, RmsNorm,
-    rope_tables, unpermute_rope_rows,
+    AttentionHook, AttentionInputs, KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer,
+    LlamaMlp, LoadedLlama, RmsNorm, apply_rope, masked_softmax, rope_tables, unpermute_rope_rows,
 };
 pub use sentence::{Pooling, SentenceEncoder};
 pub use tokenizer::{GGUF_PRE_TOKENIZERS, TextTokenizer};

@@ -241,7 +241,7 @@ pub fn rope_tables(theta: f64, head_dim: usize, start: usize, t: usize) -> (Vec<
 
 /// `x·cos + rotate_half(x)·sin`, `rotate_half([x₁, x₂]) = [−x₂, x₁]` over the last dimension.
 /// Shapes: `x` `[b, h, t, dh]`, `cos`/`sin` `[1, 1, t, dh]`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, dh] = x.dims();
     let half = dh / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -577,7 +577,63 @@ impl<B: Backend> Llama<B> {
     pub fn forward_hidden(
         &self,
         ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+        ctx: &Ctx,
+    ) -> Tensor<B, 3> {
+        self.forward_inner(ids, cache, None, ctx)
+    }
+
+    /// The final-normed hidden states `[batch, t, d]` from position 0 (no cache), each
+    /// layer's attention computed by `hook` instead of [`Llama::attention`] — how the KV-cache
+    /// probe reads back quantized keys and values.
+    pub fn forward_hooked(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        hook: &mut dyn AttentionHook<B>,
+        ctx: &Ctx,
+    ) -> Tensor<B, 3> {
+        self.forward_inner(ids, None, Some(hook), ctx)
+    }
+
+    /// Repeats each key/value head for its group of query heads:
+    /// `[b, kv_heads, n, dh]` → `[b, heads, n, dh]`.
+    pub fn expand_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c = &self.config;
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let rep = nh / nkv;
+        if rep == 1 {
+            return x;
+        }
+        let [b, _, n, dh] = x.dims();
+        x.reshape([b, nkv, 1, n, dh])
+            .expand([b, nkv, rep, n, dh])
+            .reshape([b, nh, n, dh])
+    }
+
+    /// Scaled scores `q·kᵀ/√dh`: `q` `[b, heads, t, dh]`, `k` `[b, kv_heads, n, dh]` →
+    /// `[b, heads, t, n]`.
+    pub fn attention_scores(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+        let scale = 1.0 / (self.config.head_dim() as f64).sqrt();
+        q.matmul(self.expand_kv(k).swap_dims(2, 3)).mul_scalar(scale)
+    }
+
+    /// The attention every layer computes: `softmax(masked scores)·v`, `[b, heads, t, dh]`.
+    pub fn attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        future: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 4> {
+        let w = masked_softmax(self.attention_scores(q, k), future);
+        w.matmul(self.expand_kv(v))
+    }
+
+    fn forward_inner(
+        &self,
+        ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
+        mut hook: Option<&mut dyn AttentionHook<B>>,
         ctx: &Ctx,
     ) -> Tensor<B, 3> {
         let c = &self.config;
@@ -586,7 +642,6 @@ impl<B: Backend> Llama<B> {
         let d = c.hidden_size;
         let dh = c.head_dim();
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-        let rep = nh / nkv;
         let start = cache.as_ref().map_or(0, |k| k.len);
         let total = start + t;
         let (cos, sin) = rope_tables(c.rope_theta, dh, start, t);
@@ -601,7 +656,6 @@ impl<B: Backend> Llama<B> {
         let future = Tensor::<B, 2, Bool>::from_data(TensorData::new(future, [t, total]), &device)
             .reshape([1, 1, t, total])
             .expand([b, nh, t, total]);
-        let scale = 1.0 / (dh as f64).sqrt();
         // Token states stay `[b·t, d]` so each projection is one 2-D matrix product.
         let mut x = self.embed_tokens.val().select(0, ids.reshape([b * t]));
         for (i, l) in self.layers.iter().enumerate() {
@@ -613,7 +667,7 @@ impl<B: Backend> Llama<B> {
                 .forward(y.clone(), &ctx.fork(0), None)
                 .reshape([b, t, nh, dh])
                 .swap_dims(1, 2);
-            let k = a
+            let k_pre = a
                 .k_proj
                 .forward(y.clone(), &ctx.fork(1), None)
                 .reshape([b, t, nkv, dh])
@@ -624,33 +678,39 @@ impl<B: Backend> Llama<B> {
                 .reshape([b, t, nkv, dh])
                 .swap_dims(1, 2);
             let q = apply_rope(q, cos.clone(), sin.clone());
-            let k = apply_rope(k, cos.clone(), sin.clone());
-            let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => {
-                    let (k, v) = match cache.layers[i].take() {
-                        Some((pk, pv)) => {
-                            (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+            let k = apply_rope(k_pre.clone(), cos.clone(), sin.clone());
+            let heads = match hook.as_deref_mut() {
+                Some(hook) => hook.attend(
+                    self,
+                    AttentionInputs {
+                        layer: i,
+                        q,
+                        k_pre,
+                        k,
+                        v,
+                        future: future.clone(),
+                        cos: cos.clone(),
+                        sin: sin.clone(),
+                    },
+                ),
+                None => {
+                    let (k, v) = match cache.as_deref_mut() {
+                        Some(cache) => {
+                            let (k, v) = match cache.layers[i].take() {
+                                Some((pk, pv)) => {
+                                    (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+                                }
+                                None => (k, v),
+                            };
+                            cache.layers[i] = Some((k.clone(), v.clone()));
+                            (k, v)
                         }
                         None => (k, v),
                     };
-                    cache.layers[i] = Some((k.clone(), v.clone()));
-                    (k, v)
+                    self.attention(q, k, v, future.clone())
                 }
-                None => (k, v),
             };
-            // Repeat each key/value head for its group of query heads.
-            let expand = |x: Tensor<B, 4>| {
-                if rep == 1 {
-                    return x;
-                }
-                x.reshape([b, nkv, 1, total, dh])
-                    .expand([b, nkv, rep, total, dh])
-                    .reshape([b, nh, total, dh])
-            };
-            let (k, v) = (expand(k), expand(v));
-            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-            let w = softmax(scores.mask_fill(future.clone(), f32::NEG_INFINITY), 3);
-            let att = w.matmul(v).swap_dims(1, 2).reshape([b * t, nh * dh]);
+            let att = heads.swap_dims(1, 2).reshape([b * t, nh * dh]);
             x = x + a.o_proj.forward(att, &ctx.fork(3), None);
             let y = l.post_attention_layernorm.forward(x.clone());
             let m = &l.mlp;
@@ -663,4 +723,37 @@ impl<B: Backend> Llama<B> {
         }
         self.norm.forward(x).reshape([b, t, d])
     }
+}
+
+/// `softmax` over the last dimension of `scores` with the `future` positions at −∞.
+pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, future: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
+}
+
+/// One layer's attention inputs, handed to an [`AttentionHook`].
+#[derive(Clone, Debug)]
+pub struct AttentionInputs<B: Backend> {
+    /// The layer.
+    pub layer: usize,
+    /// Queries after RoPE `[b, heads, t, dh]`.
+    pub q: Tensor<B, 4>,
+    /// Keys before RoPE `[b, kv_heads, t, dh]`.
+    pub k_pre: Tensor<B, 4>,
+    /// Keys after RoPE (what a cache holds) `[b, kv_heads, t, dh]`.
+    pub k: Tensor<B, 4>,
+    /// Values `[b, kv_heads, t, dh]`.
+    pub v: Tensor<B, 4>,
+    /// True where key j is after query i `[b, heads, t, t]`.
+    pub future: Tensor<B, 4, Bool>,
+    /// The rotary cosines `[1, 1, t, dh]` (to rotate keys quantized before RoPE).
+    pub cos: Tensor<B, 4>,
+    /// The rotary sines `[1, 1, t, dh]`.
+    pub sin: Tensor<B, 4>,
+}
+
+/// Computes a layer's attention in place of [`Llama::attention`] (see
+/// [`Llama::forward_hooked`]).
+pub trait AttentionHook<B: Backend> {
+    /// The per-head attention output `[b, heads, t, dh]`.
+    fn attend(&mut self, model: &Llama<B>, inputs: AttentionInputs<B>) -> Tensor<B, 4>;
 }

@@ -33,7 +33,7 @@ pub use overrides::{Override, parse_override};
 pub use recipe::{
     AdapterSection, AdapterTask, BASELINES, CheckpointSection, ClustersSection, CollapseSection,
     ComponentCheck, DataSection, EmbeddingSection, EvalSection, ExportSection, HeadSection, Kind,
-    LmModelSection, LmTask, LrSchedule, ModelSection, MoeData, MoeSection, MoeTask, MonitorAction,
+    KvProbeTask,    LmModelSection, LmTask, LrSchedule, ModelSection, MoeData, MoeSection, MoeTask, MonitorAction,
     MonitorSection, MonitorsSection, ObjectiveSection, OptimizerKind, OptimizerSection, Recipe,
     RetrievalEvalSection, RetrievalTask, SourceSection, SyntheticSection, Task, TextSection,
     TrainSection,

@@ -459,6 +459,39 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
                 ..MemoryEstimate::default()
             },
         },
+        Task::KvProbe(t) => {
+            // Inference only: no gradients or optimizer state. The model's shape lives in its
+            // own files, so the weights file's size is the (lower-bound) parameter count.
+            let path = std::path::Path::new(&t.pretrained);
+            let weights = if path.is_file() {
+                std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+            } else {
+                std::fs::read_dir(path)
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .filter(|e| {
+                                let n = e.file_name().to_string_lossy().into_owned();
+                                n.ends_with(".gguf") || n.ends_with(".safetensors")
+                            })
+                            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            };
+            MemoryEstimate {
+                parameters: weights,
+                data_counted: false,
+                notes: vec![
+                    format!(
+                        "parameters: the weights file ({}); loaded as f32, a 4-bit GGUF takes about 7× that",
+                        format_bytes(weights)
+                    ),
+                    "attention: about 8 score matrices of heads × context² × 4 B per layer, not counted"
+                        .into(),
+                ],
+                ..MemoryEstimate::default()
+            }
+        }
         Task::Adapter(t) => {
             let m = Lm::of(&t.model, None);
             let (data, valid) = text_data(&[("data", &t.data), ("source", &t.source.text)]);

@@ -21,10 +21,13 @@ pub enum Kind {
     Moe,
     /// Float or binary adapters on a frozen float byte-level LM, adapted to a second corpus.
     Adapter,
+    /// The KV-cache probe: a pretrained decoder read back through a quantized cache
+    /// (inference only).
+    KvProbe,
 }
 
 impl Kind {
-    const NAMES: [&'static str; 5] = ["classify", "retrieval", "lm", "moe", "adapter"];
+    const NAMES: [&'static str; 6] = ["classify", "retrieval", "lm", "moe", "adapter", "kv_probe"];
 
     fn parse(s: &str) -> Option<Self> {
         match s {
@@ -33,6 +36,7 @@ impl Kind {
             "lm" => Some(Self::Lm),
             "moe" => Some(Self::Moe),
             "adapter" => Some(Self::Adapter),
+            "kv_probe" => Some(Self::KvProbe),
             _ => None,
         }
     }
@@ -45,6 +49,7 @@ impl Kind {
             Self::Lm => "lm",
             Self::Moe => "moe",
             Self::Adapter => "adapter",
+            Self::KvProbe => "kv_probe",
         }
     }
 }
@@ -71,6 +76,37 @@ pub enum Task {
     Moe(Box<MoeTask>),
     /// `kind = "adapter"`.
     Adapter(Box<AdapterTask>),
+    /// `kind = "kv_probe"`.
+    KvProbe(Box<KvProbeTask>),
+}
+
+/// The sections of `kind = "kv_probe"`: `[model]`, `[data]`, `[probe]`, `[cache]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvProbeTask {
+    /// `model.pretrained`: a Llama GGUF file, a directory with one, or a Hugging Face
+    /// directory.
+    pub pretrained: String,
+    /// `data.texts`: corpus directories (`valid.txt` is probed, `train.txt` calibrates the
+    /// outlier channels) or text files (the first 90 % calibrates, the rest is probed).
+    pub texts: Vec<String>,
+    /// `data.contexts`: window lengths in tokens.
+    pub contexts: Vec<usize>,
+    /// `data.tokens`: tokens probed per text (the same tokens at every context).
+    pub tokens: usize,
+    /// `data.calibration_tokens`: calibration tokens per text.
+    pub calibration_tokens: usize,
+    /// `probe.rows`: query rows per window for the attention statistics.
+    pub rows: usize,
+    /// `probe.bucket`: positions per bucket of the error-vs-position table.
+    pub bucket: usize,
+    /// `cache.name`: a label for tables (default: built from the quantizers).
+    pub cache_name: String,
+    /// `cache.keys`: a `bllm_models::kv::QuantSpec` table, checked by [`ComponentCheck`].
+    pub keys: Table,
+    /// `cache.values`: same.
+    pub values: Table,
+    /// `cache.window`: the newest tokens read in full precision.
+    pub window: usize,
 }
 
 /// `[source]` of `kind = "adapter"`: the corpus and schedule of the float base model.
@@ -674,6 +710,12 @@ pub struct Recipe {
 pub trait ComponentCheck {
     /// Checks the `[estimator]` table.
     fn estimator(&self, table: &Table) -> Vec<(String, String, String)>;
+    /// Checks one KV-cache quantizer table (`cache.keys`, `cache.values`; `pre_rope` is
+    /// checked for values by the recipe itself).
+    fn cache_quantizer(&self, table: &Table) -> Vec<(String, String, String)> {
+        let _ = table;
+        Vec::new()
+    }
 }
 
 /// Accepts any component table (for tools that only need the recipe's own schema).
@@ -766,6 +808,7 @@ impl Recipe {
             Kind::Lm => lm_sections(&mut root, r),
             Kind::Moe => moe_sections(&mut root, r),
             Kind::Adapter => adapter_sections(&mut root, r),
+            Kind::KvProbe => kv_probe_sections(&mut root, r, check),
         };
         let estimator = match root.raw_table("estimator", r) {
             Some(t) => t,
@@ -828,7 +871,14 @@ impl Recipe {
         let mut t = root.table("train", r);
         let before = r.issues.len();
         let train = TrainSection {
-            steps: t.int("steps", None, 1, 100_000_000, r) as usize,
+            // A probe does not train: it needs no step count.
+            steps: t.int(
+                "steps",
+                (kind == Kind::KvProbe).then_some(1),
+                1,
+                100_000_000,
+                r,
+            ) as usize,
             batch_size: t.int("batch_size", Some(64), 1, 1 << 24, r) as usize,
             grad_clip: t.float("grad_clip", Some(0.0), 0.0, f64::INFINITY, r),
             log_every: t.int("log_every", Some(10), 1, i64::MAX, r) as usize,
@@ -870,7 +920,7 @@ impl Recipe {
         ev.finish(r);
         let mut ex = root.table("export", r);
         let export = match kind {
-            Kind::Classify | Kind::Lm | Kind::Moe | Kind::Adapter => ExportSection {
+            Kind::Classify | Kind::Lm | Kind::Moe | Kind::Adapter | Kind::KvProbe => ExportSection {
                 weights: ex.boolean("weights", kind == Kind::Classify, r),
                 faiss: false,
             },
@@ -984,6 +1034,14 @@ impl Recipe {
         }
     }
 
+    /// The KV-probe sections, when `kind = "kv_probe"`.
+    pub fn kv_probe(&self) -> Option<&KvProbeTask> {
+        match &self.task {
+            Task::KvProbe(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The LM sections, when `kind = "lm"`.
     pub fn lm(&self) -> Option<&LmTask> {
         match &self.task {
@@ -1055,6 +1113,122 @@ fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let model = lm_model(&mut m, r);
     m.finish(r);
     Task::Lm(Box::new(LmTask { data, model }))
+}
+
+/// `[model]`, `[data]`, `[probe]` and `[cache]` of `kind = "kv_probe"`.
+fn kv_probe_sections(
+    root: &mut Section<'_>,
+    r: &mut Report<'_>,
+    check: &dyn ComponentCheck,
+) -> Task {
+    let mut m = root.table("model", r);
+    let pretrained = m.string("pretrained", None, r);
+    m.finish(r);
+    let mut d = root.table("data", r);
+    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+        match v {
+            Some(Value::Array(a)) if !a.is_empty() => {
+                a.iter().map(|x| x.as_str().map(String::from)).collect()
+            }
+            _ => None,
+        }
+    };
+    let texts = match d.raw("texts") {
+        v @ Some(_) => strings(v).unwrap_or_else(|| {
+            r.push(
+                "data.texts",
+                "a non-empty array of corpus directories or text files",
+                crate::walk::describe(v.unwrap_or(&Value::Boolean(false))),
+            );
+            Vec::new()
+        }),
+        None => {
+            r.push("data.texts", "a non-empty array of corpus directories or text files", "nothing");
+            Vec::new()
+        }
+    };
+    let contexts = match d.raw("contexts") {
+        None => vec![256, 1024, 2048],
+        Some(Value::Array(a))
+            if !a.is_empty()
+                && a.iter()
+                    .all(|x| x.as_integer().is_some_and(|n| (2..=1 << 20).contains(&n))) =>
+        {
+            a.iter().filter_map(|x| x.as_integer().map(|n| n as usize)).collect()
+        }
+        Some(v) => {
+            r.push(
+                "data.contexts",
+                "a non-empty array of window lengths from 2 to 1048576 tokens",
+                crate::walk::describe(v),
+            );
+            Vec::new()
+        }
+    };
+    let tokens = d.int("tokens", Some(2048), 2, 1 << 30, r) as usize;
+    let calibration_tokens = d.int("calibration_tokens", Some(512), 2, 1 << 30, r) as usize;
+    if let Some(&c) = contexts.iter().max() {
+        if tokens < c {
+            r.push(
+                "data.tokens",
+                format!("at least the longest context ({c})"),
+                format!("the integer {tokens}"),
+            );
+        }
+    }
+    d.finish(r);
+    let mut p = root.table("probe", r);
+    let rows = p.int("rows", Some(256), 1, 1 << 20, r) as usize;
+    let bucket = p.int("bucket", Some(128), 1, 1 << 20, r) as usize;
+    p.finish(r);
+    let mut c = root.table("cache", r);
+    let cache_name = c.string("name", Some(""), r);
+    let window = c.int("window", Some(0), 0, 1 << 30, r) as usize;
+    let side = |key: &str, c: &mut Section<'_>, r: &mut Report<'_>| -> Table {
+        let t = match c.raw_table(key, r) {
+            Some(t) => t,
+            None => {
+                let mut t = Table::new();
+                t.insert("kind".into(), Value::String("float".into()));
+                t
+            }
+        };
+        for (k, expected, found) in check.cache_quantizer(&t) {
+            let k = if k.is_empty() {
+                format!("cache.{key}")
+            } else {
+                format!("cache.{key}.{k}")
+            };
+            r.push(&k, expected, found);
+        }
+        t
+    };
+    let keys = side("keys", &mut c, r);
+    let values = side("values", &mut c, r);
+    c.finish(r);
+    if values.get("pre_rope").and_then(Value::as_bool) == Some(true) {
+        r.push("cache.values.pre_rope", "false (values have no rotary embedding)", "true");
+    }
+    if values.get("kind").and_then(Value::as_str) == Some("qjl") {
+        r.push(
+            "cache.values.kind",
+            "a quantizer that reconstructs values (QJL sketches keys for the query's inner product)",
+            "the string \"qjl\"",
+        );
+    }
+    Task::KvProbe(Box::new(KvProbeTask {
+        pretrained,
+        texts,
+        contexts,
+        tokens,
+        calibration_tokens,
+        rows,
+        bucket,
+        cache_name,
+        keys,
+        values,
+        window,
+    }))
 }
 
 /// The text keys of `[data]` (`kind = "lm"`, `kind = "moe"` with `task = "lm"`).

@@ -57,7 +57,10 @@ pub fn expand_sweep(
                 assignments
                     .iter()
                     .map(|(k, v)| {
+                        // A table value with a `name` (e.g. a `[cache]`) is named by it.
+                        let named = v.as_table().and_then(|t| t.get("name")?.as_str());
                         let v = match v {
+                            _ if named.is_some() => named.unwrap_or_default().to_owned(),
                             Value::String(s) => s.clone(),
                             other => other.to_string(),
                         };

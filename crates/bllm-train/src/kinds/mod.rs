@@ -4,6 +4,7 @@
 
 pub(crate) mod adapter;
 pub(crate) mod classify;
+pub(crate) mod kv_probe;
 pub(crate) mod lm;
 pub(crate) mod moe;
 pub(crate) mod retrieval;
