@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bllm_recipe::{Kind, MemoryLimit, expand_sweep, parse_override};
 use bllm_train::{
-    AdapterSummary, KvProbeSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions, RunSummary, timestamp_utc,
+    AdapterSummary, KvProbeSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions,
+    RunSummary, timestamp_utc,
 };
 use clap::Args;
 

@@ -241,7 +241,11 @@ pub fn rope_tables(theta: f64, head_dim: usize, start: usize, t: usize) -> (Vec<
 
 /// `x·cos + rotate_half(x)·sin`, `rotate_half([x₁, x₂]) = [−x₂, x₁]` over the last dimension.
 /// Shapes: `x` `[b, h, t, dh]`, `cos`/`sin` `[1, 1, t, dh]`.
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, h, t, dh] = x.dims();
     let half = dh / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -614,7 +618,8 @@ impl<B: Backend> Llama<B> {
     /// `[b, heads, t, n]`.
     pub fn attention_scores(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
         let scale = 1.0 / (self.config.head_dim() as f64).sqrt();
-        q.matmul(self.expand_kv(k).swap_dims(2, 3)).mul_scalar(scale)
+        q.matmul(self.expand_kv(k).swap_dims(2, 3))
+            .mul_scalar(scale)
     }
 
     /// The attention every layer computes: `softmax(masked scores)·v`, `[b, heads, t, dh]`.
@@ -726,7 +731,10 @@ impl<B: Backend> Llama<B> {
 }
 
 /// `softmax` over the last dimension of `scores` with the `future` positions at −∞.
-pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, future: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
+pub fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    future: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
     softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
 }
 

@@ -203,3 +203,66 @@ fn perplexity_on_held_out_kjv_matches_transformers() {
     );
     assert!(rel <= 0.005, "perplexity {} vs {want}", p.perplexity);
 }
+
+#[test]
+fn kv_probe_with_the_float_cache_is_exact_and_one_bit_keys_are_not() {
+    use bllm_models::kv::probe::{Calibration, ProbeCache, ProbeOptions, probe_text};
+    use bllm_models::kv::{Axis, CacheSpec, QuantKind, QuantSpec};
+    let Some(m) = load::<Flex>() else {
+        return;
+    };
+    let text =
+        std::fs::read_to_string(common::root().join("datasets/kjv-text/valid.txt")).expect("kjv");
+    let ids = m.tokenizer.encode(&text[..4000], false).expect("encode");
+    let opts = ProbeOptions {
+        rows: 16,
+        bucket: 64,
+    };
+    let run = |spec: &CacheSpec| {
+        let cache = ProbeCache::build(spec, &m.model.config, None, 0).expect("cache");
+        let mut stats = Calibration::default();
+        probe_text(
+            &m.model,
+            &cache,
+            "kjv",
+            &ids,
+            128,
+            2,
+            &opts,
+            &mut stats,
+            &Default::default(),
+            |_, _| {},
+        )
+        .expect("probe")
+    };
+    let float = run(&CacheSpec::float());
+    assert_eq!(float.perplexity, float.perplexity_float);
+    assert_eq!(float.top1_agreement, 1.0);
+    assert!(
+        float.perplexity_float > 2.0 && float.perplexity_float < 60.0,
+        "{}",
+        float.perplexity_float
+    );
+    let f16 = run(&CacheSpec {
+        keys: QuantSpec::new(QuantKind::F16),
+        values: QuantSpec::new(QuantKind::F16),
+        window: 0,
+    });
+    assert!(
+        f16.perplexity_change.abs() < 0.01,
+        "{}",
+        f16.perplexity_change
+    );
+    let sign = CacheSpec {
+        keys: QuantSpec {
+            axis: Axis::Channel,
+            group: 64,
+            ..QuantSpec::new(QuantKind::Sign)
+        },
+        values: QuantSpec::new(QuantKind::F16),
+        window: 0,
+    };
+    let sign = run(&sign);
+    assert!(sign.perplexity_change > 0.05, "{}", sign.perplexity_change);
+    assert!(sign.attention_kl > 100.0 * f16.attention_kl);
+}

@@ -349,8 +349,19 @@ mod kv_probe {
         let cache = ProbeCache::build(spec, &m.config, Some(&calib), 3).expect("cache");
         let opts = ProbeOptions { rows: 8, bucket: 8 };
         let mut stats = Calibration::default();
-        probe_text(m, &cache, "random", &ids, 16, 4, &opts, &mut stats, &Default::default(), |_, _| {})
-            .expect("probe")
+        probe_text(
+            m,
+            &cache,
+            "random",
+            &ids,
+            16,
+            4,
+            &opts,
+            &mut stats,
+            &Default::default(),
+            |_, _| {},
+        )
+        .expect("probe")
     }
 
     fn q(kind: QuantKind) -> QuantSpec {
@@ -372,7 +383,10 @@ mod kv_probe {
         let mut nll = 0.0f64;
         for w in 0..4 {
             let win: Vec<i64> = ids[w * 16..w * 16 + 17].iter().map(|&i| i as i64).collect();
-            let lp = log_softmax(m.forward(ids_of(&win[..16]), None, &ctx).reshape([16, 40]), 1);
+            let lp = log_softmax(
+                m.forward(ids_of(&win[..16]), None, &ctx).reshape([16, 40]),
+                1,
+            );
             let v = floats(lp);
             for p in 0..16 {
                 nll -= v[p * 40 + win[p + 1] as usize] as f64;
@@ -382,44 +396,85 @@ mod kv_probe {
     }
 
     fn ids_of(x: &[i64]) -> Tensor<B, 2, Int> {
-        Tensor::from_data(TensorData::new(x.to_vec(), [1, x.len()]), &Default::default())
+        Tensor::from_data(
+            TensorData::new(x.to_vec(), [1, x.len()]),
+            &Default::default(),
+        )
     }
 
     #[test]
     fn coarser_caches_do_more_damage_and_a_full_window_undoes_it() {
         let dir = tempfile::tempdir().expect("tmp");
         let m = llama(dir.path());
-        let f16 = CacheSpec { keys: q(QuantKind::F16), values: q(QuantKind::F16), window: 0 };
-        let sign = CacheSpec { keys: q(QuantKind::Sign), values: q(QuantKind::Sign), window: 0 };
+        let f16 = CacheSpec {
+            keys: q(QuantKind::F16),
+            values: q(QuantKind::F16),
+            window: 0,
+        };
+        let sign = CacheSpec {
+            keys: q(QuantKind::Sign),
+            values: q(QuantKind::Sign),
+            window: 0,
+        };
         let rf = probe(&m, &f16);
         let rs = probe(&m, &sign);
-        assert!(rf.perplexity_change.abs() < 1e-3, "{}", rf.perplexity_change);
+        assert!(
+            rf.perplexity_change.abs() < 1e-3,
+            "{}",
+            rf.perplexity_change
+        );
         assert!(rf.attention_kl < 1e-5, "{}", rf.attention_kl);
-        assert!(rs.attention_kl > 100.0 * rf.attention_kl.max(1e-9), "{} vs {}", rs.attention_kl, rf.attention_kl);
+        assert!(
+            rs.attention_kl > 100.0 * rf.attention_kl.max(1e-9),
+            "{} vs {}",
+            rs.attention_kl,
+            rf.attention_kl
+        );
         assert!(rs.key_error > 0.1 && rs.value_error > 0.1);
         assert_eq!(rs.layers.len(), 2);
         assert_eq!(rs.positions.len(), 2);
         // Every token inside the window: read back in full precision.
-        let wide = CacheSpec { window: 16, ..sign.clone() };
+        let wide = CacheSpec {
+            window: 16,
+            ..sign.clone()
+        };
         let rw = probe(&m, &wide);
         assert_eq!(rw.attention_kl, 0.0);
         assert!((rw.perplexity / rw.perplexity_float - 1.0).abs() < 1e-5);
         // A block never completes inside a 16-token window: per-channel blocks of 32 are f16.
         let blocks = CacheSpec {
-            keys: QuantSpec { axis: Axis::Channel, group: 32, ..q(QuantKind::Sign) },
+            keys: QuantSpec {
+                axis: Axis::Channel,
+                group: 32,
+                ..q(QuantKind::Sign)
+            },
             values: q(QuantKind::Float),
             window: 0,
         };
         assert_eq!(probe(&m, &blocks).attention_kl, 0.0);
         // Outlier channels and keys before RoPE build from the calibration and run.
         let out = CacheSpec {
-            keys: QuantSpec { outliers: 0.25, pre_rope: true, ..q(QuantKind::Int) },
-            values: QuantSpec { outliers: 0.25, ..q(QuantKind::Int) },
+            keys: QuantSpec {
+                outliers: 0.25,
+                pre_rope: true,
+                ..q(QuantKind::Int)
+            },
+            values: QuantSpec {
+                outliers: 0.25,
+                ..q(QuantKind::Int)
+            },
             window: 2,
         };
         let ro = probe(&m, &out);
         assert!(ro.perplexity.is_finite() && ro.attention_kl > 0.0);
-        let qjl = CacheSpec { keys: QuantSpec { sketch: 64, ..q(QuantKind::Qjl) }, values: q(QuantKind::F16), window: 0 };
+        let qjl = CacheSpec {
+            keys: QuantSpec {
+                sketch: 64,
+                ..q(QuantKind::Qjl)
+            },
+            values: q(QuantKind::F16),
+            window: 0,
+        };
         assert!(probe(&m, &qjl).perplexity.is_finite());
     }
 
@@ -427,17 +482,37 @@ mod kv_probe {
     fn cache_bytes_count_the_window_and_every_scale() {
         let c = llama_config();
         // 2 layers × (K + V) × 8 channels.
-        let f16 = CacheSpec { keys: q(QuantKind::F16), values: q(QuantKind::F16), window: 0 };
+        let f16 = CacheSpec {
+            keys: q(QuantKind::F16),
+            values: q(QuantKind::F16),
+            window: 0,
+        };
         let cache = ProbeCache::build(&f16, &c, None, 0).unwrap();
         assert_eq!(cache.bytes_per_token(16), 2.0 * 2.0 * 2.0 * 8.0);
         assert_eq!(bllm_models::kv::probe::f16_bytes_per_token(&c), 64);
         // sign per head (4 channels): 8 bits pad to one word = 8 B + 2 scales × 2 B = 12 B per
         // token and layer side; window 4 of 16 tokens in f16 (16 B each).
-        let sign = CacheSpec { keys: q(QuantKind::Sign), values: q(QuantKind::Sign), window: 4 };
+        let sign = CacheSpec {
+            keys: q(QuantKind::Sign),
+            values: q(QuantKind::Sign),
+            window: 4,
+        };
         let cache = ProbeCache::build(&sign, &c, None, 0).unwrap();
-        assert_eq!(cache.bytes_per_token(16), 4.0 * (12.0 * 12.0 + 4.0 * 16.0) / 16.0);
-        let bad = CacheSpec { values: QuantSpec { outliers: 0.1, ..q(QuantKind::Sign) }, ..sign };
-        let e = ProbeCache::build(&bad, &c, None, 0).err().expect("needs calibration").to_string();
+        assert_eq!(
+            cache.bytes_per_token(16),
+            4.0 * (12.0 * 12.0 + 4.0 * 16.0) / 16.0
+        );
+        let bad = CacheSpec {
+            values: QuantSpec {
+                outliers: 0.1,
+                ..q(QuantKind::Sign)
+            },
+            ..sign
+        };
+        let e = ProbeCache::build(&bad, &c, None, 0)
+            .err()
+            .expect("needs calibration")
+            .to_string();
         assert!(e.contains("values.outliers"), "{e}");
     }
 }

@@ -920,10 +920,12 @@ impl Recipe {
         ev.finish(r);
         let mut ex = root.table("export", r);
         let export = match kind {
-            Kind::Classify | Kind::Lm | Kind::Moe | Kind::Adapter | Kind::KvProbe => ExportSection {
-                weights: ex.boolean("weights", kind == Kind::Classify, r),
-                faiss: false,
-            },
+            Kind::Classify | Kind::Lm | Kind::Moe | Kind::Adapter | Kind::KvProbe => {
+                ExportSection {
+                    weights: ex.boolean("weights", kind == Kind::Classify, r),
+                    faiss: false,
+                }
+            }
             Kind::Retrieval => ExportSection {
                 weights: false,
                 faiss: ex.boolean("faiss", false, r),
@@ -1143,7 +1145,11 @@ fn kv_probe_sections(
             Vec::new()
         }),
         None => {
-            r.push("data.texts", "a non-empty array of corpus directories or text files", "nothing");
+            r.push(
+                "data.texts",
+                "a non-empty array of corpus directories or text files",
+                "nothing",
+            );
             Vec::new()
         }
     };
@@ -1154,7 +1160,9 @@ fn kv_probe_sections(
                 && a.iter()
                     .all(|x| x.as_integer().is_some_and(|n| (2..=1 << 20).contains(&n))) =>
         {
-            a.iter().filter_map(|x| x.as_integer().map(|n| n as usize)).collect()
+            a.iter()
+                .filter_map(|x| x.as_integer().map(|n| n as usize))
+                .collect()
         }
         Some(v) => {
             r.push(
@@ -1207,7 +1215,11 @@ fn kv_probe_sections(
     let values = side("values", &mut c, r);
     c.finish(r);
     if values.get("pre_rope").and_then(Value::as_bool) == Some(true) {
-        r.push("cache.values.pre_rope", "false (values have no rotary embedding)", "true");
+        r.push(
+            "cache.values.pre_rope",
+            "false (values have no rotary embedding)",
+            "true",
+        );
     }
     if values.get("kind").and_then(Value::as_str) == Some("qjl") {
         r.push(

@@ -118,7 +118,11 @@ impl QuantSpec {
             return bad("bits", "2, 4 or 8", format!("{}", self.bits));
         }
         if !(0.0..=0.5).contains(&self.outliers) || self.outliers.is_nan() {
-            return bad("outliers", "a fraction from 0 to 0.5", format!("{}", self.outliers));
+            return bad(
+                "outliers",
+                "a fraction from 0 to 0.5",
+                format!("{}", self.outliers),
+            );
         }
         if !scaled && self.outliers > 0.0 {
             return bad(
@@ -149,10 +153,18 @@ impl QuantSpec {
             );
         }
         if self.sketch != 0 && q != QuantKind::Qjl {
-            return bad("sketch", "0 (only `qjl` has a sketch)", format!("{}", self.sketch));
+            return bad(
+                "sketch",
+                "0 (only `qjl` has a sketch)",
+                format!("{}", self.sketch),
+            );
         }
         if self.sketch > 4096 {
-            return bad("sketch", "at most 4096 bits per head", format!("{}", self.sketch));
+            return bad(
+                "sketch",
+                "at most 4096 bits per head",
+                format!("{}", self.sketch),
+            );
         }
         Ok(())
     }

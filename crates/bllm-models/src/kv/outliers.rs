@@ -34,7 +34,9 @@ pub struct Outliers {
 impl Outliers {
     /// `base` must have been built for `channels − outliers.len()` channels.
     pub fn new(channels: usize, outliers: Vec<usize>, base: Box<dyn KvQuantizer>) -> Self {
-        let inliers = (0..channels).filter(|c| outliers.binary_search(c).is_err()).collect();
+        let inliers = (0..channels)
+            .filter(|c| outliers.binary_search(c).is_err())
+            .collect();
         Self {
             channels,
             outliers,

@@ -75,7 +75,11 @@ impl ChannelStats {
         let mut v = self.max_abs.clone();
         v.sort_by(f32::total_cmp);
         let med = v[v.len() / 2] as f64;
-        if med > 0.0 { v[v.len() - 1] as f64 / med } else { 0.0 }
+        if med > 0.0 {
+            v[v.len() - 1] as f64 / med
+        } else {
+            0.0
+        }
     }
 }
 
@@ -100,7 +104,13 @@ fn token_major<B: Backend>(x: Tensor<B, 4>) -> Vec<f32> {
 }
 
 /// Token-major `[t, heads·dh]` → `[1, heads, t, dh]`.
-fn head_major<B: Backend>(x: Vec<f32>, heads: usize, t: usize, dh: usize, device: &B::Device) -> Tensor<B, 4> {
+fn head_major<B: Backend>(
+    x: Vec<f32>,
+    heads: usize,
+    t: usize,
+    dh: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     Tensor::<B, 4>::from_data(TensorData::new(x, [1, t, heads, dh]), device).swap_dims(1, 2)
 }
 
@@ -137,22 +147,55 @@ pub struct ProbeCache {
 impl ProbeCache {
     /// Builds the quantizers of every layer; `calib` (from [`StatsHook`] on calibration
     /// text) is needed when a quantizer keeps outlier channels.
-    pub fn build(spec: &CacheSpec, config: &LlamaConfig, calib: Option<&Calibration>, seed: u64) -> Result<Self> {
-        spec.validate().map_err(|(key, e, f)| ModelError::InvalidCache {
-            key,
-            msg: format!("expected {e}, found {f}"),
-        })?;
+    pub fn build(
+        spec: &CacheSpec,
+        config: &LlamaConfig,
+        calib: Option<&Calibration>,
+        seed: u64,
+    ) -> Result<Self> {
+        spec.validate()
+            .map_err(|(key, e, f)| ModelError::InvalidCache {
+                key,
+                msg: format!("expected {e}, found {f}"),
+            })?;
         let dh = config.head_dim();
         let c = config.num_key_value_heads * dh;
         let mut keys = Vec::new();
         let mut values = Vec::new();
         for l in 0..config.num_hidden_layers {
-            let cal = |i: usize| calib.and_then(|c| c.layers.get(l)).map(|s| s[i].max_abs.as_slice());
+            let cal = |i: usize| {
+                calib
+                    .and_then(|c| c.layers.get(l))
+                    .map(|s| s[i].max_abs.as_slice())
+            };
             let k_idx = if spec.keys.pre_rope { 0 } else { 1 };
-            keys.push(build(&spec.keys, c, dh, cal(k_idx), seed ^ (l as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).map_err(|e| prefix(e, "keys"))?);
-            values.push(build(&spec.values, c, dh, cal(2), seed ^ (l as u64 + 1000).wrapping_mul(0x9E37_79B9_7F4A_7C15)).map_err(|e| prefix(e, "values"))?);
+            keys.push(
+                build(
+                    &spec.keys,
+                    c,
+                    dh,
+                    cal(k_idx),
+                    seed ^ (l as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                )
+                .map_err(|e| prefix(e, "keys"))?,
+            );
+            values.push(
+                build(
+                    &spec.values,
+                    c,
+                    dh,
+                    cal(2),
+                    seed ^ (l as u64 + 1000).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                )
+                .map_err(|e| prefix(e, "values"))?,
+            );
         }
-        Ok(Self { spec: spec.clone(), keys, values, channels: c })
+        Ok(Self {
+            spec: spec.clone(),
+            keys,
+            values,
+            channels: c,
+        })
     }
 
     /// Bytes per token of the whole cache (every layer, keys and values) when it holds `t`
@@ -177,7 +220,10 @@ pub fn f16_bytes_per_token(config: &LlamaConfig) -> usize {
 
 fn prefix(e: ModelError, side: &str) -> ModelError {
     match e {
-        ModelError::InvalidCache { key, msg } => ModelError::InvalidCache { key: format!("{side}.{key}"), msg },
+        ModelError::InvalidCache { key, msg } => ModelError::InvalidCache {
+            key: format!("{side}.{key}"),
+            msg,
+        },
         e => e,
     }
 }
@@ -209,32 +255,50 @@ fn float_mask(t: usize, window: usize, block: usize) -> Option<Vec<bool>> {
     if window == 0 && block <= 1 {
         return None;
     }
-    Some((0..t * t).map(|n| {
-        let (i, j) = (n / t, n % t);
-        j <= i && reads_float(i, j, window, block)
-    }).collect())
+    Some(
+        (0..t * t)
+            .map(|n| {
+                let (i, j) = (n / t, n % t);
+                j <= i && reads_float(i, j, window, block)
+            })
+            .collect(),
+    )
 }
 
 impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
     fn attend(&mut self, model: &Llama<B>, a: AttentionInputs<B>) -> Tensor<B, 4> {
         let cfg = &model.config;
-        let (nh, nkv, dh) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let (nh, nkv, dh) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
         let [_, _, t, _] = a.q.dims();
         let device = a.q.device();
         let l = a.layer;
         let (kq, vq) = (&self.cache.keys[l], &self.cache.values[l]);
         let w = self.cache.spec.window;
         // What the cache returns.
-        let k_src = if self.cache.spec.keys.pre_rope { a.k_pre.clone() } else { a.k.clone() };
+        let k_src = if self.cache.spec.keys.pre_rope {
+            a.k_pre.clone()
+        } else {
+            a.k.clone()
+        };
         let k_hat = head_major::<B>(kq.roundtrip(&token_major(k_src), t), nkv, t, dh, &device);
-        let k_hat = if self.cache.spec.keys.pre_rope { apply_rope(k_hat, a.cos.clone(), a.sin.clone()) } else { k_hat };
+        let k_hat = if self.cache.spec.keys.pre_rope {
+            apply_rope(k_hat, a.cos.clone(), a.sin.clone())
+        } else {
+            k_hat
+        };
         let v_host = token_major(a.v.clone());
         let v_hat_host = vq.roundtrip(&v_host, t);
         // Relative errors of keys (as attended, after RoPE) and values.
         let k_host = token_major(a.k.clone());
         let kh_host = token_major(k_hat.clone());
         let err = |x: &[f32], y: &[f32]| -> (f64, f64) {
-            x.iter().zip(y).fold((0.0, 0.0), |(e, n), (&a, &b)| (e + ((a - b) as f64).powi(2), n + (a as f64).powi(2)))
+            x.iter().zip(y).fold((0.0, 0.0), |(e, n), (&a, &b)| {
+                (e + ((a - b) as f64).powi(2), n + (a as f64).powi(2))
+            })
         };
         let (ke, kn) = err(&k_host, &kh_host);
         let (ve, vn) = err(&v_host, &v_hat_host);
@@ -262,7 +326,10 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
 
         // Attention statistics on the sampled rows.
         let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(self.rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [self.rows.len()]),
+            TensorData::new(
+                self.rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [self.rows.len()],
+            ),
             &device,
         );
         let r = self.rows.len();
@@ -313,7 +380,10 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
             hs[2] += 1.0;
             lay[4] += se;
             lay[5] += sn;
-            let b = sums.buckets.entry(i / self.bucket * self.bucket).or_insert([0.0; 5]);
+            let b = sums
+                .buckets
+                .entry(i / self.bucket * self.bucket)
+                .or_insert([0.0; 5]);
             b[0] += kl;
             b[1] += 1.0;
         }
@@ -453,7 +523,12 @@ pub fn probe_text<B: Backend>(
         let lp_f = log_softmax(model.logits(h, &ctx).reshape([context, vocab]), 1);
         let h = model.forward_hooked(
             x,
-            &mut ProbeHook { cache, rows: rows.clone(), bucket, sums: &mut sums },
+            &mut ProbeHook {
+                cache,
+                rows: rows.clone(),
+                bucket,
+                sums: &mut sums,
+            },
             &ctx,
         );
         let lp_c = log_softmax(model.logits(h, &ctx).reshape([context, vocab]), 1);
@@ -507,14 +582,28 @@ fn spearman(x: &[f64], y: &[f64]) -> f64 {
         sxx += (a - mx).powi(2);
         syy += (b - my).powi(2);
     }
-    if sxx > 0.0 && syy > 0.0 { sxy / (sxx * syy).sqrt() } else { 0.0 }
+    if sxx > 0.0 && syy > 0.0 {
+        sxy / (sxx * syy).sqrt()
+    } else {
+        0.0
+    }
 }
 
-fn summarise(text: &str, context: usize, windows: usize, s: &Sums, cfg: &LlamaConfig) -> ProbeResult {
+fn summarise(
+    text: &str,
+    context: usize,
+    windows: usize,
+    s: &Sums,
+    cfg: &LlamaConfig,
+) -> ProbeResult {
     let n = s.predicted.max(1) as f64;
     let nh = cfg.num_attention_heads;
     let mean = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let heads: Vec<(f64, f64)> = s.heads.iter().map(|h| (mean(h[1], h[2]), mean(h[0], h[2]))).collect();
+    let heads: Vec<(f64, f64)> = s
+        .heads
+        .iter()
+        .map(|h| (mean(h[1], h[2]), mean(h[0], h[2])))
+        .collect();
     let mut order: Vec<usize> = (0..heads.len()).collect();
     order.sort_by(|&a, &b| heads[a].0.total_cmp(&heads[b].0).then(a.cmp(&b)));
     let third = |k: usize| -> (f64, f64) {
@@ -522,7 +611,10 @@ fn summarise(text: &str, context: usize, windows: usize, s: &Sums, cfg: &LlamaCo
         let hi = (k + 1) * order.len() / 3;
         let sel = &order[lo..hi];
         let m = sel.len().max(1) as f64;
-        (sel.iter().map(|&i| heads[i].0).sum::<f64>() / m, sel.iter().map(|&i| heads[i].1).sum::<f64>() / m)
+        (
+            sel.iter().map(|&i| heads[i].0).sum::<f64>() / m,
+            sel.iter().map(|&i| heads[i].1).sum::<f64>() / m,
+        )
     };
     let (t0, t1, t2) = (third(0), third(1), third(2));
     let all_rows: f64 = s.heads.iter().map(|h| h[2]).sum();
@@ -606,13 +698,22 @@ impl Calibration {
             .map(|(layer, s)| OutlierStats {
                 layer,
                 kurtosis: [s[0].kurtosis(), s[1].kurtosis(), s[2].kurtosis()],
-                max_over_median: [s[0].max_over_median(), s[1].max_over_median(), s[2].max_over_median()],
+                max_over_median: [
+                    s[0].max_over_median(),
+                    s[1].max_over_median(),
+                    s[2].max_over_median(),
+                ],
             })
             .collect()
     }
 
     /// Channel statistics of the float model on `ids` in windows of `context` (+1) tokens.
-    pub fn collect<B: Backend>(model: &Llama<B>, ids: &[u32], context: usize, device: &B::Device) -> Self {
+    pub fn collect<B: Backend>(
+        model: &Llama<B>,
+        ids: &[u32],
+        context: usize,
+        device: &B::Device,
+    ) -> Self {
         let mut stats = Self::default();
         let ctx = Ctx::default().for_eval();
         for w in ids.chunks(context).filter(|w| w.len() >= 2) {

@@ -56,7 +56,8 @@ impl KvQuantizer for Qjl {
         for r in 0..t {
             for h in 0..c / d {
                 let k = &x[r * c + h * d..r * c + (h + 1) * d];
-                let norm = f16_round(k.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() as f32);
+                let norm =
+                    f16_round(k.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() as f32);
                 for (i, b) in bits.iter_mut().enumerate() {
                     let row = &self.matrix[i * d..(i + 1) * d];
                     let dot: f32 = row.iter().zip(k).map(|(a, b)| a * b).sum();

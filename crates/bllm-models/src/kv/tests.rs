@@ -11,7 +11,9 @@ const DH: usize = 64;
 
 fn gaussian(seed: u64, t: usize, c: usize) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..t * c).map(|_| StandardNormal.sample(&mut rng)).collect()
+    (0..t * c)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect()
 }
 
 /// Gaussian with channels 5, 70 and 150 scaled by 50 and a per-channel offset.
@@ -31,7 +33,10 @@ fn outlier_heavy(seed: u64) -> Vec<f32> {
 }
 
 fn datasets() -> Vec<(&'static str, Vec<f32>)> {
-    vec![("gaussian", gaussian(7, T, C)), ("outliers", outlier_heavy(8))]
+    vec![
+        ("gaussian", gaussian(7, T, C)),
+        ("outliers", outlier_heavy(8)),
+    ]
 }
 
 fn spec(kind: QuantKind, f: impl FnOnce(&mut QuantSpec)) -> QuantSpec {
@@ -57,7 +62,10 @@ fn float_is_exact_and_f16_within_half_an_ulp() {
         assert_eq!(q.roundtrip(&x, T), x, "{name}");
         let q = build(&QuantSpec::new(QuantKind::F16), C, DH, None, 0).unwrap();
         for (a, b) in x.iter().zip(q.roundtrip(&x, T)) {
-            assert!((a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-7, "{name}: {a} {b}");
+            assert!(
+                (a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-7,
+                "{name}: {a} {b}"
+            );
         }
     }
 }
@@ -66,7 +74,12 @@ fn float_is_exact_and_f16_within_half_an_ulp() {
 fn int_is_within_half_a_step_of_its_stored_grid() {
     for (name, x) in datasets() {
         for bits in [2, 4, 8] {
-            for (axis, group) in [(Axis::Token, 0), (Axis::Token, 32), (Axis::Channel, 32), (Axis::Channel, 40)] {
+            for (axis, group) in [
+                (Axis::Token, 0),
+                (Axis::Token, 32),
+                (Axis::Channel, 32),
+                (Axis::Channel, 40),
+            ] {
                 let s = spec(QuantKind::Int, |s| {
                     s.bits = bits;
                     s.axis = axis;
@@ -75,14 +88,23 @@ fn int_is_within_half_a_step_of_its_stored_grid() {
                 let q = build(&s, C, DH, None, 0).unwrap();
                 let y = q.roundtrip(&x, T);
                 let g = if group == 0 { DH } else { group };
-                let int = int::Int { channels: C, axis, group: g, bits };
+                let int = int::Int {
+                    channels: C,
+                    axis,
+                    group: g,
+                    bits,
+                };
                 for (start, stride, len) in groups(T, C, axis, g) {
                     let (m, d) = int.params((0..len).map(|k| x[start + k * stride]));
                     let mut levels = std::collections::BTreeSet::new();
                     for k in 0..len {
                         let i = start + k * stride;
                         let err = (x[i] - y[i]).abs();
-                        assert!(err <= d / 2.0 * (1.0 + 1e-4) + 1e-6, "{name} int{bits} {axis:?}{group}: {err} > {}", d / 2.0);
+                        assert!(
+                            err <= d / 2.0 * (1.0 + 1e-4) + 1e-6,
+                            "{name} int{bits} {axis:?}{group}: {err} > {}",
+                            d / 2.0
+                        );
                         levels.insert(((y[i] - m) / d).round() as i64);
                     }
                     assert!(levels.len() <= 1 << bits);
@@ -108,11 +130,14 @@ fn sign_keeps_signs_and_uses_the_optimal_scale() {
                 for (start, stride, len) in groups(T, C, axis, g) {
                     let idx: Vec<usize> = (0..len).map(|k| start + k * stride).collect();
                     let m = if zero_point {
-                        f16_round((idx.iter().map(|&i| x[i] as f64).sum::<f64>() / len as f64) as f32)
+                        f16_round(
+                            (idx.iter().map(|&i| x[i] as f64).sum::<f64>() / len as f64) as f32,
+                        )
                     } else {
                         0.0
                     };
-                    let s_opt = idx.iter().map(|&i| (x[i] - m).abs() as f64).sum::<f64>() / len as f64;
+                    let s_opt =
+                        idx.iter().map(|&i| (x[i] - m).abs() as f64).sum::<f64>() / len as f64;
                     let s = f16_round(s_opt as f32);
                     let (mut err, mut centred) = (0.0, 0.0);
                     for &i in &idx {
@@ -124,7 +149,10 @@ fn sign_keeps_signs_and_uses_the_optimal_scale() {
                     // ‖x − x̂‖² = ‖x − m‖² − n·s_opt² + n·(s − s_opt)².
                     let n = len as f64;
                     let expect = centred - n * s_opt * s_opt + n * (s as f64 - s_opt).powi(2);
-                    assert!((err - expect).abs() <= 1e-3 * centred.max(1.0), "{name}: {err} vs {expect}");
+                    assert!(
+                        (err - expect).abs() <= 1e-3 * centred.max(1.0),
+                        "{name}: {err} vs {expect}"
+                    );
                     assert!(err <= centred * (1.0 + 1e-6));
                 }
             }
@@ -143,7 +171,11 @@ fn qjl_estimates_inner_products_without_bias() {
     let k_hat = q.roundtrip(&keys, 32);
     let sd = (std::f64::consts::PI / (2.0 * m as f64)).sqrt();
     for r in 0..32 {
-        let (k, kh, qq) = (&keys[r * d..(r + 1) * d], &k_hat[r * d..(r + 1) * d], &queries[r * d..(r + 1) * d]);
+        let (k, kh, qq) = (
+            &keys[r * d..(r + 1) * d],
+            &k_hat[r * d..(r + 1) * d],
+            &queries[r * d..(r + 1) * d],
+        );
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
         let bound = 5.0 * sd * dot(qq, qq).sqrt() * dot(k, k).sqrt();
         assert!((dot(qq, kh) - dot(qq, k)).abs() <= bound, "row {r}");
@@ -157,14 +189,21 @@ fn qjl_estimates_inner_products_without_bias() {
         .sum::<f64>()
         / seeds as f64;
     let sd = (std::f64::consts::PI / (2.0 * 64.0)).sqrt() * dot(qq, qq).sqrt() * dot(k, k).sqrt();
-    assert!((mean - dot(qq, k)).abs() <= 5.0 * sd / (seeds as f64).sqrt(), "{mean} vs {}", dot(qq, k));
+    assert!(
+        (mean - dot(qq, k)).abs() <= 5.0 * sd / (seeds as f64).sqrt(),
+        "{mean} vs {}",
+        dot(qq, k)
+    );
 }
 
 #[test]
 fn outlier_channels_are_the_largest_kept_in_f16_and_spare_the_inliers() {
     let x = outlier_heavy(9);
     let cal = calib(&x);
-    assert_eq!(outliers::top_channels(&cal, 3.0 / C as f64), vec![5, 70, 150]);
+    assert_eq!(
+        outliers::top_channels(&cal, 3.0 / C as f64),
+        vec![5, 70, 150]
+    );
     let base = spec(QuantKind::Int, |s| s.bits = 2);
     let with = spec(QuantKind::Int, |s| {
         s.bits = 2;
@@ -184,8 +223,14 @@ fn outlier_channels_are_the_largest_kept_in_f16_and_spare_the_inliers() {
             }
         }
     }
-    assert!(e1 < 0.2 * e0, "inlier error {e1} with outliers kept vs {e0} without");
-    assert!(build(&with, C, DH, None, 0).is_err(), "outliers need a calibration");
+    assert!(
+        e1 < 0.2 * e0,
+        "inlier error {e1} with outliers kept vs {e0} without"
+    );
+    assert!(
+        build(&with, C, DH, None, 0).is_err(),
+        "outliers need a calibration"
+    );
 }
 
 #[test]
@@ -194,7 +239,10 @@ fn bytes_by_hand() {
         let cal = vec![1.0; c];
         build(&s, c, dh, Some(&cal), 0).unwrap().bytes(t)
     };
-    assert_eq!(b(QuantSpec::new(QuantKind::Float), 192, 64, 10), 4 * 192 * 10);
+    assert_eq!(
+        b(QuantSpec::new(QuantKind::Float), 192, 64, 10),
+        4 * 192 * 10
+    );
     assert_eq!(b(QuantSpec::new(QuantKind::F16), 192, 64, 10), 2 * 192 * 10);
     // 192 sign bits = 3 words = 24 B + 3 heads × f16 scale = 30 B per token.
     assert_eq!(b(QuantSpec::new(QuantKind::Sign), 192, 64, 10), 300);
@@ -228,7 +276,10 @@ fn bytes_by_hand() {
     });
     let q = build(&s, 192, 64, None, 0).unwrap();
     assert_eq!(quantized_prefix(100, 10, 32), 90);
-    assert_eq!(layer_bytes(q.as_ref(), 100, 10, 192), 90 * 24 + 3 * 192 * 2 + 10 * 2 * 192);
+    assert_eq!(
+        layer_bytes(q.as_ref(), 100, 10, 192),
+        90 * 24 + 3 * 192 * 2 + 10 * 2 * 192
+    );
 }
 
 #[test]
@@ -237,7 +288,11 @@ fn the_quantized_prefix_is_what_the_last_query_reads_quantized() {
         for w in [0, 1, 5, 33] {
             for block in [1, 4, 32] {
                 let n = (0..t).filter(|&j| !reads_float(t - 1, j, w, block)).count();
-                assert_eq!(n, quantized_prefix(t, w, block), "t {t} w {w} block {block}");
+                assert_eq!(
+                    n,
+                    quantized_prefix(t, w, block),
+                    "t {t} w {w} block {block}"
+                );
                 // What is quantized is a prefix.
                 assert!((0..n).all(|j| !reads_float(t - 1, j, w, block)));
             }
@@ -249,9 +304,18 @@ fn the_quantized_prefix_is_what_the_last_query_reads_quantized() {
 fn invalid_specs_name_the_key() {
     let key = |s: QuantSpec| s.validate().unwrap_err().0;
     assert_eq!(key(spec(QuantKind::Int, |s| s.bits = 3)), "bits");
-    assert_eq!(key(spec(QuantKind::Sign, |s| s.axis = Axis::Channel)), "group");
-    assert_eq!(key(spec(QuantKind::Float, |s| s.outliers = 0.1)), "outliers");
-    assert_eq!(key(spec(QuantKind::Int, |s| s.zero_point = true)), "zero_point");
+    assert_eq!(
+        key(spec(QuantKind::Sign, |s| s.axis = Axis::Channel)),
+        "group"
+    );
+    assert_eq!(
+        key(spec(QuantKind::Float, |s| s.outliers = 0.1)),
+        "outliers"
+    );
+    assert_eq!(
+        key(spec(QuantKind::Int, |s| s.zero_point = true)),
+        "zero_point"
+    );
     assert_eq!(key(spec(QuantKind::Sign, |s| s.outliers = 0.9)), "outliers");
     let mut c = CacheSpec::float();
     c.values = spec(QuantKind::Qjl, |_| {});
@@ -267,6 +331,9 @@ fn invalid_specs_name_the_key() {
 fn f16_rounding_directions() {
     for v in [0.0f32, 1e-3, -1e-3, 0.1, -0.1, 3.3, -7.77, 1000.1] {
         assert!(f16_down(v) <= v && f16_up(v) >= v, "{v}");
-        assert!((f16_up(v) - f16_down(v)).abs() <= v.abs() * 2f32.powi(-9) + 1e-7, "{v}");
+        assert!(
+            (f16_up(v) - f16_down(v)).abs() <= v.abs() * 2f32.powi(-9) + 1e-7,
+            "{v}"
+        );
     }
 }

@@ -87,7 +87,10 @@ fn load_text(spec: &str) -> Result<Text> {
     let all = read_text(&path)?;
     let cut = all.len() * 9 / 10;
     let cut = all[..cut].rfind('\n').map_or(cut, |i| i + 1);
-    let cut = (0..=cut).rev().find(|&i| all.is_char_boundary(i)).unwrap_or(0);
+    let cut = (0..=cut)
+        .rev()
+        .find(|&i| all.is_char_boundary(i))
+        .unwrap_or(0);
     Ok(Text {
         name,
         probe: all[cut..].to_owned(),
