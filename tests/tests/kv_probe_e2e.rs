@@ -265,6 +265,14 @@ cache = [
     std::fs::remove_file(d.join("summary.md")).unwrap();
     bllm_ok(&["report", &s(&d)]);
     assert_eq!(std::fs::read_to_string(d.join("summary.md")).unwrap(), md);
+    for plot in [
+        "kv_attention_kl_by_position_corpus_64.png",
+        "kv_attention_kl_by_layer_plain_64.png",
+        "kv_perplexity_vs_bytes_corpus_64.png",
+        "kv_outliers_kurtosis.png",
+    ] {
+        assert!(d.join("plots").join(plot).is_file(), "{plot}");
+    }
 }
 
 #[test]

@@ -149,6 +149,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         crate::plot::lines(&file, title, "step", key, &series)?;
         written += 1;
     }
+    written += kv_plots(&plots, &summaries::<KvProbeSummary>(&runs))?;
     // Tables (sweeps): regroup the runs by their name without the seed.
     if runs.len() > 1 || runs[0] != *dir {
         let retrieval = summaries::<RetrievalSummary>(&runs);
@@ -195,4 +196,135 @@ fn summaries<S: serde::de::DeserializeOwned>(runs: &[PathBuf]) -> Vec<(String, O
             (crate::train::group_of(&name), summary)
         })
         .collect()
+}
+
+/// KV-probe plots (runs of `kind = "kv_probe"`): at the longest context, per text, attention
+/// KL and NLL change by position and attention KL by layer, one line per cache; perplexity
+/// change against bytes per token; the float model's outlier statistics per layer. KL is
+/// plotted as log10 (it spans orders of magnitude). Returns how many were written.
+fn kv_plots(dir: &Path, runs: &[(String, Option<KvProbeSummary>)]) -> Result<usize> {
+    let runs: Vec<&KvProbeSummary> = runs.iter().filter_map(|(_, s)| s.as_ref()).collect();
+    let Some(first) = runs.first() else {
+        return Ok(0);
+    };
+    let log = |v: f64| v.max(1e-12).log10();
+    let mut written = 0;
+    let longest = first.results.iter().map(|r| r.context).max().unwrap_or(0);
+    let mut texts: Vec<&str> = first.results.iter().map(|r| r.text.as_str()).collect();
+    texts.dedup();
+    for text in &texts {
+        let at = |s: &KvProbeSummary| {
+            s.results
+                .iter()
+                .find(|r| r.text == *text && r.context == longest)
+                .cloned()
+        };
+        let series = |f: &dyn Fn(&bllm_models::kv::probe::ProbeResult) -> Vec<(f64, f64)>| {
+            runs.iter()
+                .filter_map(|s| at(s).map(|r| (s.cache.clone(), f(&r))))
+                .collect::<Vec<_>>()
+        };
+        let plots: [(&str, &str, &str, Vec<(String, Vec<(f64, f64)>)>); 3] = [
+            (
+                "attention_kl_by_position",
+                "position",
+                "log10 attention KL",
+                series(&|r| {
+                    r.positions
+                        .iter()
+                        .map(|p| (p.start as f64, log(p.attention_kl)))
+                        .collect()
+                }),
+            ),
+            (
+                "nll_change_by_position",
+                "position",
+                "NLL change, nats",
+                series(&|r| {
+                    r.positions
+                        .iter()
+                        .map(|p| (p.start as f64, p.nll_change))
+                        .collect()
+                }),
+            ),
+            (
+                "attention_kl_by_layer",
+                "layer",
+                "log10 attention KL",
+                series(&|r| {
+                    r.layers
+                        .iter()
+                        .map(|l| (l.layer as f64, log(l.attention_kl)))
+                        .collect()
+                }),
+            ),
+        ];
+        for (key, x, y, s) in plots {
+            if s.is_empty() {
+                continue;
+            }
+            let file = dir.join(format!("kv_{key}_{text}_{longest}.png"));
+            let title = format!("{key} ({text}, context {longest})");
+            crate::plot::lines(&file, &title, x, y, &s)?;
+            written += 1;
+        }
+        // Perplexity change against memory, the caches ordered by bytes per token.
+        let mut pts: Vec<(f64, f64)> = runs
+            .iter()
+            .filter_map(|s| {
+                let r = at(s)?;
+                let b = s.bytes_per_token.iter().find(|(c, _)| *c == longest)?.1;
+                Some((b, log(r.perplexity_change.abs().max(1e-6))))
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if pts.len() > 1 {
+            let file = dir.join(format!("kv_perplexity_vs_bytes_{text}_{longest}.png"));
+            let title = format!("|perplexity change| vs cache size ({text}, context {longest})");
+            crate::plot::lines(
+                &file,
+                &title,
+                "bytes per token",
+                "log10 |ppl / ppl_float - 1|",
+                &[(text.to_string(), pts)],
+            )?;
+            written += 1;
+        }
+    }
+    let o = &first.outliers;
+    if !o.is_empty() {
+        let names = ["keys before RoPE", "keys after RoPE", "values"];
+        for (key, y, f) in [
+            ("max_over_median", "max / median of channel max |x|", 0usize),
+            ("kurtosis", "kurtosis", 1),
+        ] {
+            let s: Vec<(String, Vec<(f64, f64)>)> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let pts = o
+                        .iter()
+                        .map(|l| {
+                            let v = if f == 0 {
+                                l.max_over_median[i]
+                            } else {
+                                l.kurtosis[i]
+                            };
+                            (l.layer as f64, v)
+                        })
+                        .collect();
+                    (n.to_string(), pts)
+                })
+                .collect();
+            crate::plot::lines(
+                &dir.join(format!("kv_outliers_{key}.png")),
+                &format!("float cache: {y} per layer"),
+                "layer",
+                y,
+                &s,
+            )?;
+            written += 1;
+        }
+    }
+    Ok(written)
 }
