@@ -198,6 +198,9 @@ fn summaries<S: serde::de::DeserializeOwned>(runs: &[PathBuf]) -> Vec<(String, O
         .collect()
 }
 
+/// One named line of a plot.
+type Series = (String, Vec<(f64, f64)>);
+
 /// KV-probe plots (runs of `kind = "kv_probe"`): at the longest context, per text, attention
 /// KL and NLL change by position and attention KL by layer, one line per cache; perplexity
 /// change against bytes per token; the float model's outlier statistics per layer. KL is
@@ -224,7 +227,7 @@ fn kv_plots(dir: &Path, runs: &[(String, Option<KvProbeSummary>)]) -> Result<usi
                 .filter_map(|s| at(s).map(|r| (s.cache.clone(), f(&r))))
                 .collect::<Vec<_>>()
         };
-        let plots: [(&str, &str, &str, Vec<(String, Vec<(f64, f64)>)>); 3] = [
+        let plots: [(&str, &str, &str, Vec<Series>); 3] = [
             (
                 "attention_kl_by_position",
                 "position",
