@@ -651,18 +651,12 @@ pub(crate) fn kv_probe_tables(rows: &[(String, Option<KvProbeSummary>)]) -> (Str
     let mut csv = String::from(
         "run,cache,text,context,bytes_per_token,f16_bytes_per_token,saving,perplexity_float,perplexity,perplexity_change,top1_agreement,logit_kl,attention_kl,attention_kl_peaked,attention_kl_flat,entropy_kl_spearman,key_error,value_error\n",
     );
-    let mut md = String::from(
-        "| cache | text | context | B/token | saving vs f16 | Δppl | top-1 | logit KL | attn KL | peaked | flat | ρ(H, KL) | key err | value err |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut md = String::from(bllm_train::KV_PROBE_HEADER);
     for (run, s) in rows {
         let Some(s) = s else { continue };
+        md.push_str(&bllm_train::kv_probe_rows(s));
         for r in &s.results {
-            let b = s
-                .bytes_per_token
-                .iter()
-                .find(|(c, _)| *c == r.context)
-                .map_or(0.0, |x| x.1);
-            let saving = s.f16_bytes_per_token as f64 / b.max(1e-9);
+            let (b, saving) = bllm_train::kv_probe_bytes_at(s, r.context);
             csv.push_str(&format!(
                 "{run},{},{},{},{b:.2},{},{saving:.4},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.6e},{:.4},{:.6},{:.6}\n",
                 s.cache.replace(',', ";"),
@@ -672,21 +666,6 @@ pub(crate) fn kv_probe_tables(rows: &[(String, Option<KvProbeSummary>)]) -> (Str
                 r.perplexity_float,
                 r.perplexity,
                 r.perplexity_change,
-                r.top1_agreement,
-                r.logit_kl,
-                r.attention_kl,
-                r.attention_kl_peaked,
-                r.attention_kl_flat,
-                r.entropy_kl_spearman,
-                r.key_error,
-                r.value_error
-            ));
-            md.push_str(&format!(
-                "| {} | {} | {} | {b:.0} | {saving:.2}× | {:+.2} % | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.2} | {:.3} | {:.3} |\n",
-                s.cache,
-                r.text,
-                r.context,
-                100.0 * r.perplexity_change,
                 r.top1_agreement,
                 r.logit_kl,
                 r.attention_kl,

@@ -39,7 +39,10 @@ mod trainer;
 pub use error::{Result, TrainError};
 pub use kinds::adapter::{AdapterSummary, run_adapter};
 pub use kinds::classify::{ClassifyMlp, RunSummary, run};
-pub use kinds::kv_probe::{KvProbeSummary, markdown as kv_probe_markdown, run_kv_probe};
+pub use kinds::kv_probe::{
+    KvProbeSummary, MARKDOWN_HEADER as KV_PROBE_HEADER, bytes_at as kv_probe_bytes_at,
+    markdown as kv_probe_markdown, markdown_rows as kv_probe_rows, run_kv_probe,
+};
 pub use kinds::lm::{LmSummary, lm_config, run_lm};
 pub use kinds::moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
 pub use kinds::retrieval::{RetrievalSummary, run_retrieval};

@@ -6,7 +6,7 @@
 //! `q = clamp(round((x − m)/Δ), 0, 2ᵇ − 1)`, `x̂ = m + q·Δ`; hence `|x − x̂| ≤ Δ/2` up to f32
 //! rounding. Bytes per token row: `⌈c·b/64⌉·8` of codes, plus 2 (Δ) + 2 (m) per group.
 
-use super::{Axis, KvQuantizer, f16_down, f16_up, groups, packed_bytes};
+use super::{Axis, KvQuantizer, block_of, f16_down, f16_up, group_count, groups, packed_bytes};
 
 /// The integer quantizer.
 #[derive(Clone, Debug)]
@@ -59,17 +59,11 @@ impl KvQuantizer for Int {
     }
 
     fn block(&self) -> usize {
-        match self.axis {
-            Axis::Token => 1,
-            Axis::Channel => self.group,
-        }
+        block_of(self.axis, self.group)
     }
 
     fn bytes(&self, t: usize) -> usize {
-        let groups = match self.axis {
-            Axis::Token => t * self.channels.div_ceil(self.group.max(1)),
-            Axis::Channel => t.div_ceil(self.group.max(1)) * self.channels,
-        };
+        let groups = group_count(self.axis, self.group, t, self.channels);
         t * packed_bytes(self.channels, self.bits as usize) + groups * 4
     }
 }

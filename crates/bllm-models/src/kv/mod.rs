@@ -407,6 +407,23 @@ pub(crate) fn groups(t: usize, c: usize, axis: Axis, group: usize) -> Vec<(usize
     out
 }
 
+/// Tokens per scale block along time for a scheme with scales on `axis` (see
+/// [`KvQuantizer::block`]).
+pub(crate) fn block_of(axis: Axis, group: usize) -> usize {
+    match axis {
+        Axis::Token => 1,
+        Axis::Channel => group,
+    }
+}
+
+/// Scale groups of `t` tokens of `c` channels (the count [`groups`] yields).
+pub(crate) fn group_count(axis: Axis, group: usize, t: usize, c: usize) -> usize {
+    match axis {
+        Axis::Token => t * c.div_ceil(group.max(1)),
+        Axis::Channel => t.div_ceil(group.max(1)) * c,
+    }
+}
+
 /// Nearest f16 of `v`, as f32.
 pub(crate) fn f16_round(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()

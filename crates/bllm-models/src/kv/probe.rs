@@ -555,40 +555,6 @@ pub fn probe_text<B: Backend>(
     Ok(summarise(text, context, windows, &sums, &model.config))
 }
 
-fn spearman(x: &[f64], y: &[f64]) -> f64 {
-    let rank = |v: &[f64]| {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-        let mut r = vec![0.0; v.len()];
-        let mut i = 0;
-        while i < idx.len() {
-            let mut j = i;
-            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-                j += 1;
-            }
-            for &k in &idx[i..=j] {
-                r[k] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    };
-    let (rx, ry) = (rank(x), rank(y));
-    let n = x.len() as f64;
-    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in rx.iter().zip(&ry) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx).powi(2);
-        syy += (b - my).powi(2);
-    }
-    if sxx > 0.0 && syy > 0.0 {
-        sxy / (sxx * syy).sqrt()
-    } else {
-        0.0
-    }
-}
-
 fn summarise(
     text: &str,
     context: usize,
@@ -643,7 +609,7 @@ fn summarise(
         attention_kl_middle: t1.1,
         attention_kl_flat: t2.1,
         entropy_thirds: [t0.0, t1.0, t2.0],
-        entropy_kl_spearman: spearman(
+        entropy_kl_spearman: bllm_monitor::spearman(
             &heads.iter().map(|h| h.0).collect::<Vec<_>>(),
             &heads.iter().map(|h| h.1).collect::<Vec<_>>(),
         ),

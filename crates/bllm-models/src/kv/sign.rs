@@ -7,7 +7,7 @@
 //! min/max does for 2 bits). `sign(0) = +1`; `s` and `m` are stored as f16 and used as stored.
 //! Bytes per token row: `⌈c/64⌉·8` of sign bits, plus 2 (scale) and 2 (zero point) per group.
 
-use super::{Axis, KvQuantizer, f16_round, groups, packed_bytes};
+use super::{Axis, KvQuantizer, block_of, f16_round, group_count, groups, packed_bytes};
 
 /// The sign quantizer.
 #[derive(Clone, Debug)]
@@ -45,18 +45,12 @@ impl KvQuantizer for Sign {
     }
 
     fn block(&self) -> usize {
-        match self.axis {
-            Axis::Token => 1,
-            Axis::Channel => self.group,
-        }
+        block_of(self.axis, self.group)
     }
 
     fn bytes(&self, t: usize) -> usize {
         let per_group = if self.zero_point { 4 } else { 2 };
-        let groups = match self.axis {
-            Axis::Token => t * self.channels.div_ceil(self.group.max(1)),
-            Axis::Channel => t.div_ceil(self.group.max(1)) * self.channels,
-        };
+        let groups = group_count(self.axis, self.group, t, self.channels);
         t * packed_bytes(self.channels, 1) + groups * per_group
     }
 }

@@ -277,35 +277,57 @@ fn run_kv_probe_on<B: AutodiffBackend>(
     Ok(summary)
 }
 
-/// The run's table: one row per (text, context).
-pub fn markdown(s: &KvProbeSummary) -> String {
-    let mut md = format!(
-        "# KV-cache probe: {}\n\nmodel `{}`; f16 cache {} B/token\n\n",
-        s.cache, s.model, s.f16_bytes_per_token
-    );
-    md.push_str("| text | context | B/token | vs f16 | ppl float | ppl | Δppl | top-1 | logit KL | attn KL | peaked | flat | ρ(entropy, KL) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+/// The header of [`markdown_rows`]' table.
+pub const MARKDOWN_HEADER: &str = "| cache | text | context | B/token | saving vs f16 | Δppl | top-1 | logit KL | attn KL | peaked | flat | ρ(H, KL) | key err | value err |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+
+/// Bytes per token at `context` and the saving against the f16 cache.
+pub fn bytes_at(s: &KvProbeSummary, context: usize) -> (f64, f64) {
+    let b = s
+        .bytes_per_token
+        .iter()
+        .find(|(c, _)| *c == context)
+        .map_or(0.0, |x| x.1);
+    (b, s.f16_bytes_per_token as f64 / b.max(1e-9))
+}
+
+/// One markdown row per (text, context) of a run (columns of [`MARKDOWN_HEADER`]).
+pub fn markdown_rows(s: &KvProbeSummary) -> String {
+    let mut md = String::new();
     for r in &s.results {
-        let b = s
-            .bytes_per_token
-            .iter()
-            .find(|(c, _)| *c == r.context)
-            .map_or(0.0, |x| x.1);
+        let (b, saving) = bytes_at(s, r.context);
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2}× | {:.3} | {:.3} | {:+.2} % | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.2} |\n",
+            "| {} | {} | {} | {b:.0} | {saving:.2}× | {:+.2} % | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.2} | {:.3} | {:.3} |\n",
+            s.cache,
             r.text,
             r.context,
-            b,
-            s.f16_bytes_per_token as f64 / b.max(1e-9),
-            r.perplexity_float,
-            r.perplexity,
             100.0 * r.perplexity_change,
             r.top1_agreement,
             r.logit_kl,
             r.attention_kl,
             r.attention_kl_peaked,
             r.attention_kl_flat,
-            r.entropy_kl_spearman
+            r.entropy_kl_spearman,
+            r.key_error,
+            r.value_error
         ));
     }
     md
+}
+
+/// The run's table (`results.md`): one row per (text, context).
+pub fn markdown(s: &KvProbeSummary) -> String {
+    format!(
+        "# KV-cache probe: {}\n\nmodel `{}`; f16 cache {} B/token; perplexity: float → this cache\n\n{}\n{MARKDOWN_HEADER}{}",
+        s.cache,
+        s.model,
+        s.f16_bytes_per_token,
+        s.results
+            .iter()
+            .map(|r| format!(
+                "- {} @ {}: {:.3} → {:.3}\n",
+                r.text, r.context, r.perplexity_float, r.perplexity
+            ))
+            .collect::<String>(),
+        markdown_rows(s)
+    )
 }
