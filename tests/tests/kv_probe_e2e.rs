@@ -221,6 +221,14 @@ fn float_cache_is_exact_and_one_bit_caches_hurt_more_than_f16() {
         );
     }
     assert!(f(&sign["bytes_per_token"][0][1]) < 64.0);
+    // Every layer × head, each with its entropy.
+    let heads = sign["results"][1]["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 2 * 6);
+    assert!(
+        heads
+            .iter()
+            .all(|h| f(&h["entropy"]) >= 0.0 && f(&h["attention_kl"]) >= 0.0)
+    );
     // Same recipe and seed → the same results (the wall time aside).
     let again = st
         .run("keys = { kind = \"sign\", axis = \"channel\", group = 16 }\nvalues = { kind = \"sign\" }", "sign2", &[])

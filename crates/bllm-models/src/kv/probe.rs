@@ -433,6 +433,10 @@ pub struct ProbeResult {
     pub score_error: f64,
     /// Per layer: attention KL, key error, value error.
     pub layers: Vec<LayerResult>,
+    /// Per layer and head: the exact attention's mean entropy and the attention KL (absent
+    /// from results written before it existed).
+    #[serde(default)]
+    pub heads: Vec<HeadResult>,
     /// By position.
     pub positions: Vec<PositionResult>,
 }
@@ -450,6 +454,19 @@ pub struct LayerResult {
     pub key_error: f64,
     /// `‖v̂ − v‖ / ‖v‖`.
     pub value_error: f64,
+}
+
+/// One head's row of a [`ProbeResult`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadResult {
+    /// Layer.
+    pub layer: usize,
+    /// Query head.
+    pub head: usize,
+    /// Mean entropy of the exact attention over the sampled rows, nats.
+    pub entropy: f64,
+    /// Mean attention KL, nats.
+    pub attention_kl: f64,
 }
 
 /// One position bucket of a [`ProbeResult`].
@@ -629,6 +646,16 @@ fn summarise(
                     key_error: rel(v[0], v[1]),
                     value_error: rel(v[2], v[3]),
                 }
+            })
+            .collect(),
+        heads: heads
+            .iter()
+            .enumerate()
+            .map(|(i, &(entropy, attention_kl))| HeadResult {
+                layer: i / nh,
+                head: i % nh,
+                entropy,
+                attention_kl,
             })
             .collect(),
         positions: s
