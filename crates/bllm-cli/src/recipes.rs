@@ -13,16 +13,41 @@ use clap::Args;
 pub struct Components;
 
 impl ComponentCheck for Components {
-    fn cache_quantizer(&self, table: &toml::Table) -> Vec<(String, String, String)> {
+    fn kv_cache(&self, keys: &toml::Table, values: &toml::Table) -> Vec<(String, String, String)> {
         let expected = "a cache quantizer table: kind = one of float, f16, sign, int, qjl and its options (bits, axis, group, zero_point, outliers, pre_rope, sketch)";
-        match toml::Value::Table(table.clone()).try_into::<bllm_models::kv::QuantSpec>() {
-            Ok(q) => q.validate().err().into_iter().collect(),
-            Err(e) => vec![(
-                String::new(),
-                expected.to_owned(),
-                e.to_string().trim().replace('\n', " "),
-            )],
+        let side = |key: &str, t: &toml::Table| {
+            toml::Value::Table(t.clone())
+                .try_into::<bllm_models::kv::QuantSpec>()
+                .map_err(|e| {
+                    (
+                        key.to_owned(),
+                        expected.to_owned(),
+                        e.to_string().trim().replace('\n', " "),
+                    )
+                })
+        };
+        // Each side's own problems, then (both valid) what only keys may have.
+        let (keys, values) = (side("keys", keys), side("values", values));
+        let mut problems: Vec<_> = [&keys, &values]
+            .into_iter()
+            .zip(["keys", "values"])
+            .filter_map(|(q, key)| match q {
+                Ok(q) => q
+                    .validate()
+                    .err()
+                    .map(|(k, e, f)| (format!("{key}.{k}"), e, f)),
+                Err(p) => Some(p.clone()),
+            })
+            .collect();
+        if let (Ok(keys), Ok(values), true) = (keys, values, problems.is_empty()) {
+            let spec = bllm_models::kv::CacheSpec {
+                keys,
+                values,
+                window: 0,
+            };
+            problems.extend(spec.validate().err());
         }
+        problems
     }
 
     fn estimator(&self, table: &toml::Table) -> Vec<(String, String, String)> {

@@ -101,7 +101,8 @@ pub struct KvProbeTask {
     pub bucket: usize,
     /// `cache.name`: a label for tables (default: built from the quantizers).
     pub cache_name: String,
-    /// `cache.keys`: a `bllm_models::kv::QuantSpec` table, checked by [`ComponentCheck`].
+    /// `cache.keys`: a `bllm_models::kv::QuantSpec` table, checked with `cache.values` by
+    /// [`ComponentCheck::kv_cache`].
     pub keys: Table,
     /// `cache.values`: same.
     pub values: Table,
@@ -710,10 +711,10 @@ pub struct Recipe {
 pub trait ComponentCheck {
     /// Checks the `[estimator]` table.
     fn estimator(&self, table: &Table) -> Vec<(String, String, String)>;
-    /// Checks one KV-cache quantizer table (`cache.keys`, `cache.values`; `pre_rope` is
-    /// checked for values by the recipe itself).
-    fn cache_quantizer(&self, table: &Table) -> Vec<(String, String, String)> {
-        let _ = table;
+    /// Checks a KV cache's `keys` and `values` quantizer tables together (what only keys may
+    /// have is a rule across the two); keys are relative to `cache`, e.g. `values.kind`.
+    fn kv_cache(&self, keys: &Table, values: &Table) -> Vec<(String, String, String)> {
+        let _ = (keys, values);
         Vec::new()
     }
 }
@@ -810,22 +811,8 @@ impl Recipe {
             Kind::Adapter => adapter_sections(&mut root, r),
             Kind::KvProbe => kv_probe_sections(&mut root, r, check),
         };
-        let estimator = match root.raw_table("estimator", r) {
-            Some(t) => t,
-            None => {
-                let mut t = Table::new();
-                t.insert("kind".into(), Value::String("clipped".into()));
-                t
-            }
-        };
-        for (key, expected, found) in check.estimator(&estimator) {
-            let key = if key.is_empty() {
-                "estimator".to_owned()
-            } else {
-                format!("estimator.{key}")
-            };
-            r.push(&key, expected, found);
-        }
+        let estimator = component_table(&mut root, "estimator", "clipped", r);
+        push_component("estimator", check.estimator(&estimator), r);
 
         let mut o = root.table("optimizer", r);
         let opt_kind = match o
@@ -1117,6 +1104,33 @@ fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     Task::Lm(Box::new(LmTask { data, model }))
 }
 
+/// A component table of `sec` (`[estimator]`, `cache.keys`, …), or `{ kind = default_kind }`
+/// when absent.
+fn component_table(
+    sec: &mut Section<'_>,
+    key: &str,
+    default_kind: &str,
+    r: &mut Report<'_>,
+) -> Table {
+    sec.raw_table(key, r).unwrap_or_else(|| {
+        let mut t = Table::new();
+        t.insert("kind".into(), Value::String(default_kind.into()));
+        t
+    })
+}
+
+/// Records a [`ComponentCheck`]'s problems, their keys relative to `prefix`.
+fn push_component(prefix: &str, problems: Vec<(String, String, String)>, r: &mut Report<'_>) {
+    for (key, expected, found) in problems {
+        let key = if key.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        r.push(&key, expected, found);
+    }
+}
+
 /// `[model]`, `[data]`, `[probe]` and `[cache]` of `kind = "kv_probe"`.
 fn kv_probe_sections(
     root: &mut Section<'_>,
@@ -1192,42 +1206,10 @@ fn kv_probe_sections(
     let mut c = root.table("cache", r);
     let cache_name = c.string("name", Some(""), r);
     let window = c.int("window", Some(0), 0, 1 << 30, r) as usize;
-    let side = |key: &str, c: &mut Section<'_>, r: &mut Report<'_>| -> Table {
-        let t = match c.raw_table(key, r) {
-            Some(t) => t,
-            None => {
-                let mut t = Table::new();
-                t.insert("kind".into(), Value::String("float".into()));
-                t
-            }
-        };
-        for (k, expected, found) in check.cache_quantizer(&t) {
-            let k = if k.is_empty() {
-                format!("cache.{key}")
-            } else {
-                format!("cache.{key}.{k}")
-            };
-            r.push(&k, expected, found);
-        }
-        t
-    };
-    let keys = side("keys", &mut c, r);
-    let values = side("values", &mut c, r);
+    let keys = component_table(&mut c, "keys", "float", r);
+    let values = component_table(&mut c, "values", "float", r);
     c.finish(r);
-    if values.get("pre_rope").and_then(Value::as_bool) == Some(true) {
-        r.push(
-            "cache.values.pre_rope",
-            "false (values have no rotary embedding)",
-            "true",
-        );
-    }
-    if values.get("kind").and_then(Value::as_str) == Some("qjl") {
-        r.push(
-            "cache.values.kind",
-            "a quantizer that reconstructs values (QJL sketches keys for the query's inner product)",
-            "the string \"qjl\"",
-        );
-    }
+    push_component("cache", check.kv_cache(&keys, &values), r);
     Task::KvProbe(Box::new(KvProbeTask {
         pretrained,
         texts,

@@ -244,10 +244,58 @@ struct Sums {
     buckets: BTreeMap<usize, [f64; 5]>,
 }
 
-struct ProbeHook<'a> {
-    cache: &'a ProbeCache,
+/// What a window of `t` tokens needs in every layer, built once per [`probe_text`].
+struct WindowPlan<B: Backend> {
+    /// Where queries read keys in full precision `[1, heads, t, t]` (`None`: nowhere).
+    key_float: Option<Tensor<B, 4, Bool>>,
+    /// Same for values.
+    value_float: Option<Tensor<B, 4, Bool>>,
+    /// The sampled query rows, ascending.
     rows: Vec<usize>,
+    /// The same as an index tensor.
+    row_index: Tensor<B, 1, Int>,
+    /// Positions per bucket.
     bucket: usize,
+}
+
+impl<B: Backend> WindowPlan<B> {
+    fn new(
+        cache: &ProbeCache,
+        heads: usize,
+        t: usize,
+        rows: Vec<usize>,
+        bucket: usize,
+        device: &B::Device,
+    ) -> Self {
+        let w = cache.spec.window;
+        let mask = |block: usize| {
+            float_mask(t, w, block).map(|m| {
+                Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [t, t]), device)
+                    .reshape([1, 1, t, t])
+                    .expand([1, heads, t, t])
+            })
+        };
+        let row_index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            device,
+        );
+        // Every layer's quantizer is built from the same spec, so one block size serves all.
+        Self {
+            key_float: mask(cache.keys.first().map_or(1, |q| q.block())),
+            value_float: mask(cache.values.first().map_or(1, |q| q.block())),
+            rows,
+            row_index,
+            bucket,
+        }
+    }
+}
+
+struct ProbeHook<'a, B: Backend> {
+    cache: &'a ProbeCache,
+    plan: &'a WindowPlan<B>,
     sums: &'a mut Sums,
 }
 
@@ -265,7 +313,7 @@ fn float_mask(t: usize, window: usize, block: usize) -> Option<Vec<bool>> {
     )
 }
 
-impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
+impl<B: Backend> AttentionHook<B> for ProbeHook<'_, B> {
     fn attend(&mut self, model: &Llama<B>, a: AttentionInputs<B>) -> Tensor<B, 4> {
         let cfg = &model.config;
         let (nh, nkv, dh) = (
@@ -276,25 +324,26 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
         let [_, _, t, _] = a.q.dims();
         let device = a.q.device();
         let l = a.layer;
+        let plan = self.plan;
         let (kq, vq) = (&self.cache.keys[l], &self.cache.values[l]);
-        let w = self.cache.spec.window;
-        // What the cache returns.
-        let k_src = if self.cache.spec.keys.pre_rope {
-            a.k_pre.clone()
+        // What the cache returns, and the keys as attended (after RoPE) on the host for their
+        // relative error.
+        let k_host = token_major(a.k.clone());
+        let (k_hat, kh_host) = if self.cache.spec.keys.pre_rope {
+            let k_pre = kq.roundtrip(&token_major(a.k_pre.clone()), t);
+            let k_hat = apply_rope(
+                head_major::<B>(k_pre, nkv, t, dh, &device),
+                a.cos.clone(),
+                a.sin.clone(),
+            );
+            let kh = token_major(k_hat.clone());
+            (k_hat, kh)
         } else {
-            a.k.clone()
-        };
-        let k_hat = head_major::<B>(kq.roundtrip(&token_major(k_src), t), nkv, t, dh, &device);
-        let k_hat = if self.cache.spec.keys.pre_rope {
-            apply_rope(k_hat, a.cos.clone(), a.sin.clone())
-        } else {
-            k_hat
+            let kh = kq.roundtrip(&k_host, t);
+            (head_major::<B>(kh.clone(), nkv, t, dh, &device), kh)
         };
         let v_host = token_major(a.v.clone());
         let v_hat_host = vq.roundtrip(&v_host, t);
-        // Relative errors of keys (as attended, after RoPE) and values.
-        let k_host = token_major(a.k.clone());
-        let kh_host = token_major(k_hat.clone());
         let err = |x: &[f32], y: &[f32]| -> (f64, f64) {
             x.iter().zip(y).fold((0.0, 0.0), |(e, n), (&a, &b)| {
                 (e + ((a - b) as f64).powi(2), n + (a as f64).powi(2))
@@ -306,37 +355,23 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
 
         let s_float = model.attention_scores(a.q.clone(), a.k.clone());
         let s_cache = model.attention_scores(a.q, k_hat);
-        let mask = |block: usize| {
-            float_mask(t, w, block).map(|m| {
-                Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [t, t]), &device)
-                    .reshape([1, 1, t, t])
-                    .expand([1, nh, t, t])
-            })
-        };
-        let s = match mask(kq.block()) {
-            Some(m) => s_cache.mask_where(m, s_float.clone()),
+        let s = match &plan.key_float {
+            Some(m) => s_cache.mask_where(m.clone(), s_float.clone()),
             None => s_cache,
         };
         let p = masked_softmax(s.clone(), a.future);
         let mut out = p.clone().matmul(model.expand_kv(v_hat.clone()));
-        if let Some(m) = mask(vq.block()) {
-            let pf = p.mask_fill(m.bool_not(), 0.0);
+        if let Some(m) = &plan.value_float {
+            let pf = p.mask_fill(m.clone().bool_not(), 0.0);
             out = out + pf.matmul(model.expand_kv(a.v - v_hat));
         }
 
         // Attention statistics on the sampled rows.
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(
-                self.rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [self.rows.len()],
-            ),
-            &device,
-        );
-        let r = self.rows.len();
-        let sf = host(s_float.select(2, idx.clone()));
-        let sc = host(s.select(2, idx));
-        let rows = &self.rows;
-        let per: Vec<(usize, usize, [f64; 5])> = (0..nh * r)
+        let rows = &plan.rows;
+        let r = rows.len();
+        let sf = host(s_float.select(2, plan.row_index.clone()));
+        let sc = host(s.select(2, plan.row_index.clone()));
+        let per: Vec<(usize, usize, [f64; 4])> = (0..nh * r)
             .into_par_iter()
             .map(|hr| {
                 let (h, k) = (hr / r, hr % r);
@@ -360,7 +395,7 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
                 }
                 let kl = (kl - la + lb).max(0.0);
                 let ent = la - ps;
-                (h, i, [kl, ent, se, sn, 0.0])
+                (h, i, [kl, ent, se, sn])
             })
             .collect();
         let sums = &mut *self.sums;
@@ -373,7 +408,7 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
         lay[1] += kn;
         lay[2] += ve;
         lay[3] += vn;
-        for (h, i, [kl, ent, se, sn, _]) in per {
+        for (h, i, [kl, ent, se, sn]) in per {
             let hs = &mut sums.heads[l * nh + h];
             hs[0] += kl;
             hs[1] += ent;
@@ -382,7 +417,7 @@ impl<B: Backend> AttentionHook<B> for ProbeHook<'_> {
             lay[5] += sn;
             let b = sums
                 .buckets
-                .entry(i / self.bucket * self.bucket)
+                .entry(i / plan.bucket * plan.bucket)
                 .or_insert([0.0; 5]);
             b[0] += kl;
             b[1] += 1.0;
@@ -527,6 +562,14 @@ pub fn probe_text<B: Backend>(
         v
     };
     let bucket = opts.bucket.max(1);
+    let plan = WindowPlan::new(
+        cache,
+        model.config.num_attention_heads,
+        context,
+        rows,
+        bucket,
+        device,
+    );
     let mut sums = Sums::default();
     let ctx = Ctx::default().for_eval();
     let vocab = model.config.vocab_size;
@@ -542,8 +585,7 @@ pub fn probe_text<B: Backend>(
             x,
             &mut ProbeHook {
                 cache,
-                rows: rows.clone(),
-                bucket,
+                plan: &plan,
                 sums: &mut sums,
             },
             &ctx,

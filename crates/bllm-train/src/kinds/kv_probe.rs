@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bllm_data::TextCorpus;
 use bllm_models::kv::probe::{
     Calibration, OutlierStats, ProbeCache, ProbeOptions, ProbeResult, f16_bytes_per_token,
     probe_text,
@@ -56,45 +57,51 @@ struct Text {
     calibrate: String,
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        TrainError::io(
+/// Bytes of a corpus part as text: a part cut from one file may start or end inside a
+/// character (`TextCorpus` cuts at a line start only when one is near), so partial characters
+/// at its two ends are dropped; any other invalid byte is an error naming the corpus.
+fn utf8(bytes: Vec<u8>, path: &str, part: &str) -> Result<String> {
+    let start = bytes
+        .iter()
+        .take(3)
+        .take_while(|&&b| b & 0xC0 == 0x80)
+        .count();
+    let mut bytes = bytes;
+    bytes.drain(..start);
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) if e.utf8_error().error_len().is_none() => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut b = e.into_bytes();
+            b.truncate(valid);
+            Ok(String::from_utf8(b).unwrap_or_default())
+        }
+        Err(e) => Err(TrainError::io(
             path,
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+                format!(
+                    "the {part} part is not UTF-8 text (byte {})",
+                    e.utf8_error().valid_up_to() + start
+                ),
             ),
-        )
-    })
+        )),
+    }
 }
 
-/// A corpus directory (`valid.txt` probed, `train.txt` calibrates) or a text file (the last
-/// 10 % from a line start probed, the rest calibrates).
+/// A corpus as `TextCorpus` reads it: a directory (`valid.txt` probed, `train.txt`
+/// calibrates, `MANIFEST.json` checked) or one file (the last 10 % probed).
 fn load_text(spec: &str) -> Result<Text> {
     let path = PathBuf::from(spec);
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| spec.to_owned());
-    if path.is_dir() {
-        return Ok(Text {
-            name,
-            probe: read_text(&path.join("valid.txt"))?,
-            calibrate: read_text(&path.join("train.txt"))?,
-        });
-    }
-    let all = read_text(&path)?;
-    let cut = all.len() * 9 / 10;
-    let cut = all[..cut].rfind('\n').map_or(cut, |i| i + 1);
-    let cut = (0..=cut)
-        .rev()
-        .find(|&i| all.is_char_boundary(i))
-        .unwrap_or(0);
+    let corpus = TextCorpus::load(&path, 0.1)?;
     Ok(Text {
         name,
-        probe: all[cut..].to_owned(),
-        calibrate: all[..cut].to_owned(),
+        probe: utf8(corpus.valid, spec, "held-out")?,
+        calibrate: utf8(corpus.train, spec, "calibration")?,
     })
 }
 
