@@ -272,20 +272,157 @@ fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
     ]);
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
-    // 2 methods × 2 bit budgets × 2 k × (Hamming + 1 re-rank depth).
-    assert_eq!(rows.len(), 16);
+    // 2 methods × 2 bit budgets × 2 k × (Hamming + float and asymmetric at 1 re-rank depth).
+    assert_eq!(rows.len(), 24);
     for r in &rows {
         let recall = r["recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{r}");
-        for key in ["method", "bits", "k", "rerank"] {
+        for key in [
+            "method",
+            "bits",
+            "k",
+            "rerank",
+            "rerank_kind",
+            "bytes_per_row",
+        ] {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
+        // Float re-ranking keeps the float32 rows; the codes alone cost ⌈bits/64⌉·8 bytes.
+        let dim = 128;
+        let want = match r["rerank_kind"].as_str().unwrap() {
+            "float" => 8 + dim * 4,
+            "none" | "asymmetric" => 8,
+            other => panic!("rerank_kind {other}"),
+        };
+        assert_eq!(r["bytes_per_row"].as_u64().unwrap(), want as u64, "{r}");
     }
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
-        md.contains("| itq | 32 |") && md.contains("R@10 rerank 100"),
+        md.contains("| itq | 32 |")
+            && md.contains("R@10 rerank 100")
+            && md.contains("R@10 asym 100"),
         "{md}"
     );
     let e = bllm(&["codes", "compare", "--data", s(&data), "--queries", "5000"]).unwrap_err();
     assert!(e.contains("queries = 5000"), "{e}");
+}
+
+#[test]
+fn search_rescores_asymmetrically_from_the_codes_alone() {
+    let out = tempfile::tempdir().unwrap();
+    let data = repo_root().join("datasets/sample-clustered");
+    let (db, q) = (data.join("db.npy"), data.join("queries.npy"));
+    let (enc, dbc, qc) = (
+        out.path().join("enc"),
+        out.path().join("db"),
+        out.path().join("q"),
+    );
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "itq",
+        "--bits",
+        "32",
+        "--train",
+        s(&db),
+        "--out",
+        s(&enc),
+    ]);
+    for (input, dir) in [(&db, &dbc), (&q, &qc)] {
+        bllm_ok(&[
+            "encode",
+            "--encoder",
+            s(&enc),
+            "--input",
+            s(input),
+            "--out",
+            s(dir),
+        ]);
+    }
+    let tsv = out.path().join("hits.tsv");
+    let args = |k: &str, r: &str| {
+        vec![
+            "codes".to_string(),
+            "search".into(),
+            "--db".into(),
+            s(&dbc).into(),
+            "--queries".into(),
+            s(&qc).into(),
+            "-k".into(),
+            k.into(),
+            "--out".into(),
+            s(&tsv).into(),
+            "--rerank".into(),
+            r.into(),
+            "--rerank-query".into(),
+            s(&q).into(),
+            "--encoder".into(),
+            s(&enc).into(),
+        ]
+    };
+    let run = |a: Vec<String>| bllm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args("10", "100")).unwrap();
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    assert!(
+        text.starts_with("query_index\trank\tdb_index\tscore\n"),
+        "{text:.80}"
+    );
+    // Recompute every score densely: z = encoder projection of the query, s = ±1 code bits.
+    let encoder = bllm_hash::LinearEncoder::load(&enc).unwrap();
+    let qf = bllm_data::load_embeddings(&q, None).unwrap();
+    let z = encoder.project(&qf).unwrap();
+    let (codes, _) = bllm_codes::io::read_codes_dir(&dbc).unwrap();
+    let signs = codes.to_signs();
+    let mut last: Option<(usize, f64)> = None;
+    let mut lines = 0;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (qi, id, score): (usize, usize, f64) = (
+            f[0].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        );
+        let want: f64 = z[qi * 32..(qi + 1) * 32]
+            .iter()
+            .zip(&signs[id * 32..(id + 1) * 32])
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        assert!(
+            (score - want).abs() < 1e-3 * (1.0 + want.abs()),
+            "{line}: {want}"
+        );
+        if let Some((lq, ls)) = last
+            && lq == qi
+        {
+            assert!(score <= ls, "scores not descending at {line}");
+        }
+        last = Some((qi, score));
+        lines += 1;
+    }
+    assert_eq!(lines, qf.rows() * 10);
+    // Bad input: a smaller depth than k, an encoder of another length, a missing encoder.
+    let e = run(args("10", "5")).unwrap_err();
+    assert!(e.contains("--rerank 5"), "{e}");
+    let enc16 = out.path().join("enc16");
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "lsh",
+        "--bits",
+        "16",
+        "--train",
+        s(&db),
+        "--out",
+        s(&enc16),
+    ]);
+    let mut a = args("10", "100");
+    let last = a.len() - 1;
+    a[last] = s(&enc16).into();
+    let e = run(a).unwrap_err();
+    assert!(e.contains("16-bit") && e.contains("32-bit"), "{e}");
+    let mut a = args("10", "100");
+    a.truncate(a.len() - 2);
+    assert!(run(a).is_err());
 }

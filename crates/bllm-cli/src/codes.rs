@@ -222,9 +222,22 @@ pub struct SearchArgs {
     /// Neighbours per query.
     #[arg(short, long)]
     pub k: usize,
-    /// Output TSV: query_index, rank, db_index, distance (with a header line).
+    /// Output TSV: query_index, rank, db_index, distance (with a header line); after
+    /// asymmetric re-scoring the last column is `score` (higher is nearer).
     #[arg(long)]
     pub out: PathBuf,
+    /// Re-score the Hamming top R (R >= k) asymmetrically and keep the best k: the float query
+    /// projected by `--encoder` against the ±1 database codes. Needs `--rerank-query` and
+    /// `--encoder`; the float database is not needed.
+    #[arg(long, value_name = "R", requires_all = ["rerank_query", "encoder"])]
+    pub rerank: Option<usize>,
+    /// Float query embeddings (.npy, float32 or float16), row i ↔ query code i, for `--rerank`.
+    #[arg(long, value_name = "Q.npy", requires = "rerank")]
+    pub rerank_query: Option<PathBuf>,
+    /// The encoder directory that coded the database (`bllm codes fit` or a training run's
+    /// `export/encoder`), for `--rerank`.
+    #[arg(long, value_name = "DIR", requires = "rerank")]
+    pub encoder: Option<PathBuf>,
 }
 
 /// Arguments of `bllm codes recall`.
@@ -408,12 +421,55 @@ fn export(a: ExportArgs) -> Result<()> {
 fn search(a: SearchArgs) -> Result<()> {
     let db = read_dir_codes(&a.db)?;
     let q = read_dir_codes(&a.queries)?;
-    let hits = hamming::search(&db, &q, a.k).context("search failed")?;
-    let mut out = String::with_capacity(hits.ids.len() * 16 + 64);
-    out.push_str("query_index\trank\tdb_index\tdistance\n");
-    for qi in 0..hits.queries() {
-        for (rank, (id, d)) in hits.ids_of(qi).iter().zip(hits.dists_of(qi)).enumerate() {
-            let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
+    let mut out = String::with_capacity(q.rows() * a.k * 16 + 64);
+    match (a.rerank, &a.rerank_query, &a.encoder) {
+        (Some(r), Some(qpath), Some(encdir)) => {
+            if r < a.k {
+                bail!("--rerank {r} must be at least -k {}", a.k);
+            }
+            let enc = bllm_hash::LinearEncoder::load(encdir)
+                .with_context(|| format!("cannot load the encoder {}", encdir.display()))?;
+            if enc.bits != db.bits() {
+                bail!(
+                    "the encoder {} makes {}-bit codes but the database {} holds {}-bit codes",
+                    encdir.display(),
+                    enc.bits,
+                    a.db.display(),
+                    db.bits()
+                );
+            }
+            let qf = npy::read_float_matrix(qpath)
+                .with_context(|| format!("cannot read the float queries {}", qpath.display()))?;
+            if qf.rows() != q.rows() {
+                bail!(
+                    "{} has {} rows but the query codes {} have {}",
+                    qpath.display(),
+                    qf.rows(),
+                    a.queries.display(),
+                    q.rows()
+                );
+            }
+            let z = enc
+                .project(&qf)
+                .with_context(|| format!("cannot project {}", qpath.display()))?;
+            let hits = hamming::search(&db, &q, r.min(db.rows())).context("search failed")?;
+            let re = bllm_codes::metrics::asymmetric_rerank(&hits, &db, &z, a.k)
+                .context("asymmetric re-scoring failed")?;
+            out.push_str("query_index\trank\tdb_index\tscore\n");
+            for qi in 0..re.queries() {
+                for (rank, (id, d)) in re.ids_of(qi).iter().zip(re.dists_of(qi)).enumerate() {
+                    let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
+                }
+            }
+        }
+        _ => {
+            let hits = hamming::search(&db, &q, a.k).context("search failed")?;
+            out.push_str("query_index\trank\tdb_index\tdistance\n");
+            for qi in 0..hits.queries() {
+                for (rank, (id, d)) in hits.ids_of(qi).iter().zip(hits.dists_of(qi)).enumerate() {
+                    let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
+                }
+            }
         }
     }
     io::write_atomic(&a.out, out.as_bytes())?;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bllm_hash::compare::RerankKind;
 use bllm_recipe::{Kind, MemoryLimit, expand_sweep, parse_override};
 use bllm_train::{
     AdapterSummary, KvProbeSummary, LmSummary, MoeSummary, RetrievalSummary, RunOptions,
@@ -484,9 +485,11 @@ pub(crate) fn tables(rows: &[(String, Option<RunSummary>)]) -> (String, String) 
 /// group (seeds), for every (method, bits, k, rerank) the runs evaluated.
 pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (String, String) {
     let groups = group_order(rows);
-    let mut csv = String::from("group,runs,stopped,method,bits,k,rerank,recall_mean,recall_std\n");
+    let mut csv = String::from(
+        "group,runs,stopped,method,bits,k,rerank,rerank_kind,bytes_per_row,recall_mean,recall_std\n",
+    );
     let mut md = String::from(
-        "| group | runs | stopped | method | bits | k | rerank | recall |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
+        "| group | runs | stopped | method | bits | k | rerank | kind | bytes/row | recall |\n|---|---:|---:|---|---:|---:|---:|---|---:|---:|\n",
     );
     for g in groups {
         let runs: Vec<&RetrievalSummary> = rows
@@ -496,10 +499,22 @@ pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (
             .collect();
         let n = rows.iter().filter(|(k, _)| k == g).count();
         let stopped = n - runs.len();
-        let mut keys: Vec<(String, usize, usize, usize)> = Vec::new();
+        let mut keys: Vec<(String, usize, usize, usize, RerankKind, usize)> = Vec::new();
         for s in &runs {
             for r in &s.results {
-                let key = (r.method.clone(), r.bits, r.k, r.rerank);
+                let kind = if r.rerank == 0 {
+                    RerankKind::None
+                } else {
+                    r.rerank_kind
+                };
+                let key = (
+                    r.method.clone(),
+                    r.bits,
+                    r.k,
+                    r.rerank,
+                    kind,
+                    r.bytes_per_row,
+                );
                 if !keys.contains(&key) {
                     keys.push(key);
                 }
@@ -507,20 +522,21 @@ pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (
         }
         let name = if g.is_empty() { "(all)" } else { g };
         if keys.is_empty() {
-            csv.push_str(&format!("{name},{n},{stopped},,,,,,\n"));
-            md.push_str(&format!("| {name} | {n} | {stopped} | – | | | | |\n"));
+            csv.push_str(&format!("{name},{n},{stopped},,,,,,,,\n"));
+            md.push_str(&format!("| {name} | {n} | {stopped} | – | | | | | | |\n"));
         }
-        for (method, bits, k, rerank) in keys {
+        for (method, bits, k, rerank, kind, bytes) in keys {
             let vals: Vec<f64> = runs
                 .iter()
-                .filter_map(|s| s.recall(&method, bits, k, rerank))
+                .filter_map(|s| s.recall_of(&method, bits, k, rerank, kind))
                 .collect();
             let (m, sd) = mean_std(&vals);
+            let kind = kind.name();
             csv.push_str(&format!(
-                "{name},{n},{stopped},{method},{bits},{k},{rerank},{m:.6},{sd:.6}\n"
+                "{name},{n},{stopped},{method},{bits},{k},{rerank},{kind},{bytes},{m:.6},{sd:.6}\n"
             ));
             md.push_str(&format!(
-                "| {name} | {n} | {stopped} | {method} | {bits} | {k} | {rerank} | {m:.4} ± {sd:.4} |\n"
+                "| {name} | {n} | {stopped} | {method} | {bits} | {k} | {rerank} | {kind} | {bytes} | {m:.4} ± {sd:.4} |\n"
             ));
         }
     }

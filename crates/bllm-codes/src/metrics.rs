@@ -7,6 +7,10 @@
 //! * recall after re-ranking: take the Hamming top `R >= k`, re-score those candidates exactly
 //!   with the float vectors, keep the best k, and compute Recall@k of that list.
 //!
+//! * recall after *asymmetric* re-scoring: the same Hamming top `R`, re-scored by the inner
+//!   product of the float query's projection `z = (q − μ)·P − t` with the database row's ±1
+//!   code ([`asymmetric_rerank`]) — no float database is kept, only its codes.
+//!
 //! Hamming distances tie often; ties at the k-th place are broken by the lower database index
 //! (see [`crate::hamming`]), which makes every number here deterministic.
 
@@ -91,6 +95,73 @@ pub fn rerank(
             for id in ids {
                 let s = similarity(metric, queries.row(q), db.row(id as usize));
                 push_best(&mut best, k, s, id);
+            }
+            best
+        })
+        .collect();
+    Ok(Neighbors {
+        k,
+        ids: per_query.iter().flatten().map(|x| x.1).collect(),
+        dists: per_query.iter().flatten().map(|x| x.0).collect(),
+    })
+}
+
+/// Re-scores each query's Hamming candidates asymmetrically and keeps the best `k`: the score
+/// of database row `i` for query `q` is `Σ_j z_qj · s_ij`, with `z` the query's float
+/// projection (`queries_projected`, row-major `[queries, bits]`, e.g.
+/// `LinearEncoder::project`) and `s_ij = +1` where bit `j` of code `i` is set, else `−1`
+/// (BPR, Yamada et al. 2021; sentence-transformers' binary rescoring). Only the database's
+/// codes are read, so re-ranking needs no float database. Ties go to the lower index.
+///
+/// The score is computed as `2·Σ_{j: bit set} z_j − Σ_j z_j`, summing in bit order, so it is
+/// deterministic for any thread count.
+pub fn asymmetric_rerank(
+    candidates: &Neighbors<u32>,
+    db: &PackedCodes,
+    queries_projected: &[f32],
+    k: usize,
+) -> Result<Neighbors<f32>> {
+    let bits = db.bits();
+    let nq = candidates.queries();
+    if queries_projected.len() != nq * bits {
+        return Err(CodesError::Mismatch(format!(
+            "{} projected query values for {nq} candidate lists × {bits} bits (expected {})",
+            queries_projected.len(),
+            nq * bits
+        )));
+    }
+    if k == 0 || k > candidates.k {
+        return Err(CodesError::InvalidArgument(format!(
+            "re-rank k ({k}) must be in 1..={} (the candidate count)",
+            candidates.k
+        )));
+    }
+    if let Some(&bad) = candidates.ids.iter().find(|&&id| id as usize >= db.rows()) {
+        return Err(CodesError::Mismatch(format!(
+            "candidate id {bad} is outside the database ({} rows)",
+            db.rows()
+        )));
+    }
+    let per_query: Vec<Vec<(f32, u32)>> = (0..nq)
+        .into_par_iter()
+        .map(|q| {
+            let z = &queries_projected[q * bits..(q + 1) * bits];
+            let total: f32 = z.iter().sum();
+            let mut ids: Vec<u32> = candidates.ids_of(q).to_vec();
+            ids.sort_unstable();
+            let mut best = Vec::with_capacity(k + 1);
+            for id in ids {
+                let row = db.row(id as usize);
+                let mut set = 0f32;
+                for (w, &word) in row.iter().enumerate() {
+                    let mut m = word;
+                    while m != 0 {
+                        let j = w * 64 + m.trailing_zeros() as usize;
+                        set += z[j];
+                        m &= m - 1;
+                    }
+                }
+                push_best(&mut best, k, 2.0 * set - total, id);
             }
             best
         })
@@ -197,6 +268,43 @@ mod tests {
         assert!((overlap_at_k(&a, &b, 1).unwrap() - 0.0).abs() < 1e-12);
         assert!(overlap_at_k(&a, &b, 4).is_err());
         assert!(overlap_at_k(&a, &nb(3, vec![1, 2, 3]), 3).is_err());
+    }
+
+    #[test]
+    fn asymmetric_rerank_matches_the_dense_signed_inner_product() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let (rows, bits, nq, r, k) = (300, 130, 9, 40, 7);
+        let db_vals: Vec<f32> = (0..rows * bits)
+            .map(|_| rng.next_gaussian() as f32)
+            .collect();
+        let db = PackedCodes::from_f32_rows(&db_vals, bits, bits).unwrap();
+        let z: Vec<f32> = (0..nq * bits).map(|_| rng.next_gaussian() as f32).collect();
+        let qc = PackedCodes::from_f32_rows(&z, bits, bits).unwrap();
+        let hits = hamming::search(&db, &qc, r).unwrap();
+        let got = asymmetric_rerank(&hits, &db, &z, k).unwrap();
+        let signs = db.to_signs();
+        for q in 0..nq {
+            let zq = &z[q * bits..(q + 1) * bits];
+            let mut want: Vec<(f64, u32)> = hits
+                .ids_of(q)
+                .iter()
+                .map(|&id| {
+                    let s = &signs[id as usize * bits..(id as usize + 1) * bits];
+                    (zq.iter().zip(s).map(|(a, b)| (a * b) as f64).sum(), id)
+                })
+                .collect();
+            want.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+            let want_ids: Vec<u32> = want[..k].iter().map(|x| x.1).collect();
+            assert_eq!(got.ids_of(q), &want_ids[..], "query {q}");
+            for (g, w) in got.dists_of(q).iter().zip(&want[..k]) {
+                assert!((*g as f64 - w.0).abs() < 1e-3, "{g} vs {}", w.0);
+            }
+        }
+        // wrong shapes and ids are errors, not panics
+        assert!(asymmetric_rerank(&hits, &db, &z[1..], k).is_err());
+        assert!(asymmetric_rerank(&hits, &db, &z, r + 1).is_err());
+        let small = PackedCodes::from_f32_rows(&db_vals[..10 * bits], bits, bits).unwrap();
+        assert!(asymmetric_rerank(&hits, &small, &z, k).is_err());
     }
 
     #[test]

@@ -1,11 +1,39 @@
-//! Evaluation of encoders side by side: Recall@k (Hamming only, and after exact re-ranking of
-//! the Hamming top R) for every method × bit budget, as the rows of `results.json`.
+//! Evaluation of encoders side by side: Recall@k (Hamming only, after exact float re-ranking
+//! of the Hamming top R, and after asymmetric re-scoring of the same top R against the codes)
+//! for every method × bit budget, as the rows of `results.json`, each with the bytes a
+//! database row costs in that variant.
 
-use bllm_codes::metrics::{recall_at_k, rerank};
-use bllm_codes::{FloatMatrix, Metric, Neighbors, hamming};
+use bllm_codes::metrics::{asymmetric_rerank, recall_at_k, rerank};
+use bllm_codes::{FloatMatrix, Metric, Neighbors, PackedCodes, hamming};
 use serde::{Deserialize, Serialize};
 
 use crate::{HashError, LinearEncoder, Result};
+
+/// How the Hamming candidates of a row were re-ranked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RerankKind {
+    /// Hamming ranking only (`rerank = 0`).
+    None,
+    /// Exact cosine against the float database vectors (the database keeps its floats).
+    /// The default, so rows written before asymmetric re-scoring existed read as what they were.
+    #[default]
+    Float,
+    /// The float query's projection against the ±1 database codes
+    /// ([`bllm_codes::metrics::asymmetric_rerank`]); the database keeps only its codes.
+    Asymmetric,
+}
+
+impl RerankKind {
+    /// The name used in `results.json` and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            RerankKind::None => "none",
+            RerankKind::Float => "float",
+            RerankKind::Asymmetric => "asymmetric",
+        }
+    }
+}
 
 /// One result row: `rerank = 0` means Hamming ranking only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,8 +46,32 @@ pub struct ResultRow {
     pub k: usize,
     /// Hamming candidates re-ranked exactly (0 = none).
     pub rerank: usize,
+    /// How the top `rerank` were re-scored (`none` when `rerank = 0`).
+    #[serde(default)]
+    pub rerank_kind: RerankKind,
+    /// Bytes stored per database row for this variant: the packed code (`⌈bits/64⌉·8`), plus
+    /// the float32 vector (`dim·4`) when re-ranking against floats. The encoder's projection
+    /// (shared by all rows) is not counted.
+    #[serde(default)]
+    pub bytes_per_row: usize,
     /// Recall@k against exact cosine neighbours.
     pub recall: f64,
+}
+
+impl ResultRow {
+    /// The column label of this row's (k, rerank, kind): `R@10`, `R@10 rerank 100`,
+    /// `R@10 asym 100`.
+    pub fn column(&self) -> String {
+        column(self.k, self.rerank, self.rerank_kind)
+    }
+}
+
+fn column(k: usize, rerank: usize, kind: RerankKind) -> String {
+    match kind {
+        _ if rerank == 0 => format!("R@{k}"),
+        RerankKind::Asymmetric => format!("R@{k} asym {rerank}"),
+        _ => format!("R@{k} rerank {rerank}"),
+    }
 }
 
 /// The first `k` entries of each list of `n` (a top-k is the prefix of a longer top list,
@@ -36,7 +88,8 @@ fn prefix<D: Copy>(n: &Neighbors<D>, k: usize) -> Neighbors<D> {
 }
 
 /// Evaluates one encoder on `db`/`queries` for every `k` and re-rank depth, against `truth`
-/// (exact cosine top-`max k`).
+/// (exact cosine top-`max k`): Hamming only, then for each depth R both float re-ranking and
+/// asymmetric re-scoring of the same Hamming top R.
 pub fn evaluate_encoder(
     enc: &LinearEncoder,
     db: &FloatMatrix,
@@ -54,27 +107,46 @@ pub fn evaluate_encoder(
         .max(kmax)
         .min(db.rows());
     let dbc = enc.encode(db)?;
-    let qc = enc.encode(queries)?;
+    let zq = enc.project(queries)?;
+    let qc = PackedCodes::from_f32_rows(&zq, enc.bits, enc.bits)?;
     let hits = hamming::search(&dbc, &qc, depth)?;
+    let code_bytes = dbc.words_per_row() * 8;
     let mut rows = Vec::new();
     for &k in ks {
-        let row = |rerank: usize, recall: f64| ResultRow {
+        let row = |rerank: usize, rerank_kind: RerankKind, recall: f64| ResultRow {
             method: enc.method.clone(),
             bits: enc.bits,
             k,
             rerank,
+            rerank_kind,
+            bytes_per_row: match rerank_kind {
+                RerankKind::Float => code_bytes + db.cols() * 4,
+                _ => code_bytes,
+            },
             recall,
         };
         rows.push(row(
             0,
+            RerankKind::None,
             recall_at_k(&prefix(&hits, k), &prefix(truth, k), k)?,
         ));
         for &r in reranks {
             if r < k || r > depth {
                 continue;
             }
-            let re = rerank(&prefix(&hits, r), db, queries, k, Metric::Cosine)?;
-            rows.push(row(r, recall_at_k(&re, &prefix(truth, k), k)?));
+            let top = prefix(&hits, r);
+            let re = rerank(&top, db, queries, k, Metric::Cosine)?;
+            rows.push(row(
+                r,
+                RerankKind::Float,
+                recall_at_k(&re, &prefix(truth, k), k)?,
+            ));
+            let asym = asymmetric_rerank(&top, &dbc, &zq, k)?;
+            rows.push(row(
+                r,
+                RerankKind::Asymmetric,
+                recall_at_k(&asym, &prefix(truth, k), k)?,
+            ));
         }
     }
     Ok(rows)
@@ -99,34 +171,38 @@ pub fn truth(db: &FloatMatrix, queries: &FloatMatrix, ks: &[usize]) -> Result<Ne
 
 /// `results.md`: one line per method and bits, one column per (k, rerank).
 pub fn markdown(rows: &[ResultRow]) -> String {
-    let mut cols: Vec<(usize, usize)> = Vec::new();
+    let mut cols: Vec<(usize, usize, RerankKind)> = Vec::new();
     let mut keys: Vec<(String, usize)> = Vec::new();
     for r in rows {
-        if !cols.contains(&(r.k, r.rerank)) {
-            cols.push((r.k, r.rerank));
+        let kind = if r.rerank == 0 {
+            RerankKind::None
+        } else {
+            r.rerank_kind
+        };
+        if !cols.contains(&(r.k, r.rerank, kind)) {
+            cols.push((r.k, r.rerank, kind));
         }
         if !keys.contains(&(r.method.clone(), r.bits)) {
             keys.push((r.method.clone(), r.bits));
         }
     }
     let mut md = String::from("| method | bits |");
-    for (k, r) in &cols {
-        md.push_str(&if *r == 0 {
-            format!(" R@{k} |")
-        } else {
-            format!(" R@{k} rerank {r} |")
-        });
+    for (k, r, kind) in &cols {
+        md.push_str(&format!(" {} |", column(*k, *r, *kind)));
     }
     md.push_str("\n|---|---:|");
     md.push_str(&"---:|".repeat(cols.len()));
     md.push('\n');
     for (m, b) in &keys {
         md.push_str(&format!("| {m} | {b} |"));
-        for (k, rr) in &cols {
-            match rows
-                .iter()
-                .find(|r| &r.method == m && r.bits == *b && r.k == *k && r.rerank == *rr)
-            {
+        for (k, rr, kind) in &cols {
+            match rows.iter().find(|r| {
+                &r.method == m
+                    && r.bits == *b
+                    && r.k == *k
+                    && r.rerank == *rr
+                    && (*rr == 0 || r.rerank_kind == *kind)
+            }) {
                 Some(r) => md.push_str(&format!(" {:.4} |", r.recall)),
                 None => md.push_str(" – |"),
             }
@@ -154,14 +230,23 @@ mod tests {
         let enc = crate::fit(crate::Method::Itq, &db, 16, 0).unwrap();
         let t = truth(&db, &q, &[1, 10]).unwrap();
         let rows = evaluate_encoder(&enc, &db, &q, &t, &[1, 10], &[50, 280]).unwrap();
-        assert_eq!(rows.len(), 2 * 3);
-        // Re-ranking the whole database is exact search.
+        assert_eq!(rows.len(), 2 * 5);
+        // Re-ranking the whole database against the floats is exact search.
         assert!(
             rows.iter()
-                .filter(|r| r.rerank == 280)
+                .filter(|r| r.rerank == 280 && r.rerank_kind == RerankKind::Float)
                 .all(|r| r.recall == 1.0),
             "{rows:?}"
         );
+        for r in &rows {
+            let want = match r.rerank_kind {
+                RerankKind::Float => 8 + 16 * 4,
+                _ => 8,
+            };
+            assert_eq!(r.bytes_per_row, want, "{r:?}");
+            assert_eq!(r.rerank == 0, r.rerank_kind == RerankKind::None, "{r:?}");
+            assert!((0.0..=1.0).contains(&r.recall));
+        }
         let h10 = rows
             .iter()
             .find(|r| r.k == 10 && r.rerank == 0)
@@ -173,10 +258,24 @@ mod tests {
             .unwrap()
             .recall;
         assert!(r10 >= h10, "{rows:?}");
+        // The float query against the codes ranks better than its own code does.
+        let a10 = rows
+            .iter()
+            .find(|r| r.k == 10 && r.rerank == 50 && r.rerank_kind == RerankKind::Asymmetric)
+            .unwrap()
+            .recall;
+        assert!(a10 > h10 && a10 <= r10, "{rows:?}");
         let md = markdown(&rows);
         assert!(
-            md.contains("| itq | 16 |") && md.contains("R@10 rerank 50"),
+            md.contains("| itq | 16 |")
+                && md.contains("R@10 rerank 50")
+                && md.contains("R@10 asym 50"),
             "{md}"
         );
+        // Rows written before `rerank_kind` existed read as float re-ranking.
+        let old: ResultRow =
+            serde_json::from_str(r#"{"method":"itq","bits":16,"k":10,"rerank":50,"recall":0.5}"#)
+                .unwrap();
+        assert_eq!(old.rerank_kind, RerankKind::Float);
     }
 }

@@ -2,7 +2,8 @@
 //! codes, evaluated beside the classic baselines and exported to the retrieval engine.
 //!
 //! ```text
-//! <run>/results.json     [{"method", "bits", "k", "rerank", "recall"}, …] (rerank 0 = Hamming only)
+//! <run>/results.json     [{"method", "bits", "k", "rerank", "rerank_kind", "bytes_per_row", "recall"}, …]
+//!                        (rerank 0 = Hamming only; rerank_kind "float" | "asymmetric")
 //! <run>/results.md       the same as a table
 //! <run>/export/encoder/  encoder.safetensors + encoder.json (bllm-hash LinearEncoder)
 //! <run>/export/codes/    database codes (.bcodes + manifest.json), faiss.index on request
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use bllm_codes::FloatMatrix;
 use bllm_codes::io::{ManifestInfo, SourceInfo};
-use bllm_hash::compare::{ResultRow, evaluate_encoder, markdown, truth};
+use bllm_hash::compare::{RerankKind, ResultRow, evaluate_encoder, markdown, truth};
 use bllm_hash::{LinearEncoder, Method};
 use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
@@ -70,11 +71,35 @@ pub struct RetrievalSummary {
 }
 
 impl RetrievalSummary {
-    /// Recall of `method` at `bits`, `k` and `rerank`, if evaluated.
+    /// Recall of `method` at `bits`, `k` and `rerank` (float re-ranking when `rerank > 0`), if
+    /// evaluated.
     pub fn recall(&self, method: &str, bits: usize, k: usize, rerank: usize) -> Option<f64> {
+        let kind = if rerank == 0 {
+            RerankKind::None
+        } else {
+            RerankKind::Float
+        };
+        self.recall_of(method, bits, k, rerank, kind)
+    }
+
+    /// Recall of `method` at `bits`, `k`, `rerank` and re-ranking kind, if evaluated.
+    pub fn recall_of(
+        &self,
+        method: &str,
+        bits: usize,
+        k: usize,
+        rerank: usize,
+        kind: RerankKind,
+    ) -> Option<f64> {
         self.results
             .iter()
-            .find(|r| r.method == method && r.bits == bits && r.k == k && r.rerank == rerank)
+            .find(|r| {
+                r.method == method
+                    && r.bits == bits
+                    && r.k == k
+                    && r.rerank == rerank
+                    && (rerank == 0 || r.rerank_kind == kind)
+            })
             .map(|r| r.recall)
     }
 }
