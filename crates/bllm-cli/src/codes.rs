@@ -418,11 +418,23 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The TSV of `bllm codes search`: a header naming the last column `what`, then
+/// query_index, rank, db_index and that value for every hit.
+fn hits_tsv<D: Copy + std::fmt::Display>(hits: &bllm_codes::Neighbors<D>, what: &str) -> String {
+    let mut out = String::with_capacity(hits.ids.len() * 16 + 64);
+    let _ = writeln!(out, "query_index\trank\tdb_index\t{what}");
+    for qi in 0..hits.queries() {
+        for (rank, (id, d)) in hits.ids_of(qi).iter().zip(hits.dists_of(qi)).enumerate() {
+            let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
+        }
+    }
+    out
+}
+
 fn search(a: SearchArgs) -> Result<()> {
     let db = read_dir_codes(&a.db)?;
     let q = read_dir_codes(&a.queries)?;
-    let mut out = String::with_capacity(q.rows() * a.k * 16 + 64);
-    match (a.rerank, &a.rerank_query, &a.encoder) {
+    let out = match (a.rerank, &a.rerank_query, &a.encoder) {
         (Some(r), Some(qpath), Some(encdir)) => {
             if r < a.k {
                 bail!("--rerank {r} must be at least -k {}", a.k);
@@ -455,23 +467,13 @@ fn search(a: SearchArgs) -> Result<()> {
             let hits = hamming::search(&db, &q, r.min(db.rows())).context("search failed")?;
             let re = bllm_codes::metrics::asymmetric_rerank(&hits, &db, &z, a.k)
                 .context("asymmetric re-scoring failed")?;
-            out.push_str("query_index\trank\tdb_index\tscore\n");
-            for qi in 0..re.queries() {
-                for (rank, (id, d)) in re.ids_of(qi).iter().zip(re.dists_of(qi)).enumerate() {
-                    let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
-                }
-            }
+            hits_tsv(&re, "score")
         }
-        _ => {
-            let hits = hamming::search(&db, &q, a.k).context("search failed")?;
-            out.push_str("query_index\trank\tdb_index\tdistance\n");
-            for qi in 0..hits.queries() {
-                for (rank, (id, d)) in hits.ids_of(qi).iter().zip(hits.dists_of(qi)).enumerate() {
-                    let _ = writeln!(out, "{qi}\t{rank}\t{id}\t{d}");
-                }
-            }
-        }
-    }
+        _ => hits_tsv(
+            &hamming::search(&db, &q, a.k).context("search failed")?,
+            "distance",
+        ),
+    };
     io::write_atomic(&a.out, out.as_bytes())?;
     println!(
         "searched {} queries against {} codes ({} bits), top {} each → {}",

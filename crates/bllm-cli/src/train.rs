@@ -502,17 +502,12 @@ pub(crate) fn retrieval_tables(rows: &[(String, Option<RetrievalSummary>)]) -> (
         let mut keys: Vec<(String, usize, usize, usize, RerankKind, usize)> = Vec::new();
         for s in &runs {
             for r in &s.results {
-                let kind = if r.rerank == 0 {
-                    RerankKind::None
-                } else {
-                    r.rerank_kind
-                };
                 let key = (
                     r.method.clone(),
                     r.bits,
                     r.k,
                     r.rerank,
-                    kind,
+                    r.kind(),
                     r.bytes_per_row,
                 );
                 if !keys.contains(&key) {

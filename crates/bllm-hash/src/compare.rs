@@ -59,13 +59,18 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
-    /// The column label of this row's (k, rerank, kind): `R@10`, `R@10 rerank 100`,
-    /// `R@10 asym 100`.
-    pub fn column(&self) -> String {
-        column(self.k, self.rerank, self.rerank_kind)
+    /// The re-ranking this row measured: [`RerankKind::None`] whenever `rerank = 0` (rows
+    /// written before `rerank_kind` existed carry the `float` default there).
+    pub fn kind(&self) -> RerankKind {
+        if self.rerank == 0 {
+            RerankKind::None
+        } else {
+            self.rerank_kind
+        }
     }
 }
 
+/// The column label of (k, rerank, kind): `R@10`, `R@10 rerank 100`, `R@10 asym 100`.
 fn column(k: usize, rerank: usize, kind: RerankKind) -> String {
     match kind {
         _ if rerank == 0 => format!("R@{k}"),
@@ -174,13 +179,8 @@ pub fn markdown(rows: &[ResultRow]) -> String {
     let mut cols: Vec<(usize, usize, RerankKind)> = Vec::new();
     let mut keys: Vec<(String, usize)> = Vec::new();
     for r in rows {
-        let kind = if r.rerank == 0 {
-            RerankKind::None
-        } else {
-            r.rerank_kind
-        };
-        if !cols.contains(&(r.k, r.rerank, kind)) {
-            cols.push((r.k, r.rerank, kind));
+        if !cols.contains(&(r.k, r.rerank, r.kind())) {
+            cols.push((r.k, r.rerank, r.kind()));
         }
         if !keys.contains(&(r.method.clone(), r.bits)) {
             keys.push((r.method.clone(), r.bits));
@@ -197,11 +197,7 @@ pub fn markdown(rows: &[ResultRow]) -> String {
         md.push_str(&format!("| {m} | {b} |"));
         for (k, rr, kind) in &cols {
             match rows.iter().find(|r| {
-                &r.method == m
-                    && r.bits == *b
-                    && r.k == *k
-                    && r.rerank == *rr
-                    && (*rr == 0 || r.rerank_kind == *kind)
+                &r.method == m && r.bits == *b && r.k == *k && r.rerank == *rr && r.kind() == *kind
             }) {
                 Some(r) => md.push_str(&format!(" {:.4} |", r.recall)),
                 None => md.push_str(" – |"),

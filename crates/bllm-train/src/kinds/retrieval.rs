@@ -98,7 +98,7 @@ impl RetrievalSummary {
                     && r.bits == bits
                     && r.k == k
                     && r.rerank == rerank
-                    && (rerank == 0 || r.rerank_kind == kind)
+                    && r.kind() == kind
             })
             .map(|r| r.recall)
     }
