@@ -104,9 +104,14 @@ pub struct CompareArgs {
     /// Neighbour counts.
     #[arg(short, long, value_delimiter = ',', default_value = "1,10,100")]
     pub k: Vec<usize>,
-    /// Re-rank depths (exact re-ranking of the Hamming top R).
+    /// Re-rank depths: the Hamming top R re-ranked exactly against the floats, asymmetrically,
+    /// and through the decoded codes.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub rerank: Vec<usize>,
+    /// Bytes per row of the decoder's product-quantised residual (`decoded_pq` rows; 0: none);
+    /// must divide the dimension.
+    #[arg(long, default_value_t = 8)]
+    pub pq_bytes: usize,
     /// Seed of the random parts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -130,9 +135,17 @@ pub struct FitArgs {
     /// Output encoder directory (encoder.safetensors + encoder.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// Seed of the random parts (hyperplanes, ITQ's initial rotation).
+    /// Seed of the random parts (hyperplanes, ITQ's initial rotation, the decoder's k-means).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also fit the code decoder on the training rows (decoder.safetensors + decoder.json in
+    /// the same directory), for `bllm codes search --rescore decoded`.
+    #[arg(long)]
+    pub decoder: bool,
+    /// Bytes per row of the decoder's product-quantised residual (0: none); must divide the
+    /// dimension.
+    #[arg(long, default_value_t = 8, requires = "decoder")]
+    pub pq_bytes: usize,
 }
 
 /// Arguments of `bllm encode`.
@@ -170,7 +183,42 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         enc.method,
         a.out.display()
     );
+    // With a residual decoder beside the encoder, the rows' residual bytes go beside the codes.
+    if a.encoder.join(bllm_hash::DECODER_JSON).exists() {
+        let dec = load_decoder(&a.encoder, &enc)?;
+        if dec.residual_bytes() > 0 {
+            let res = dec
+                .residual_codes(&codes, &x)
+                .with_context(|| format!("cannot code the residuals of {}", a.input.display()))?;
+            let path = a.out.join(bllm_hash::RESIDUAL_NPY);
+            npy::write_u8_npy(&path, codes.rows(), dec.residual_bytes(), &res)?;
+            println!(
+                "wrote {} residual bytes per row → {}",
+                dec.residual_bytes(),
+                path.display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// The decoder saved beside `enc` in `dir`, checked against it.
+fn load_decoder(dir: &Path, enc: &bllm_hash::LinearEncoder) -> Result<bllm_hash::CodeDecoder> {
+    let dec = bllm_hash::CodeDecoder::load(dir)
+        .with_context(|| format!("cannot load the decoder in {}", dir.display()))?;
+    if (dec.dim, dec.bits, dec.normalize) != (enc.dim, enc.bits, enc.normalize) {
+        bail!(
+            "the decoder in {} is for {} → {} bits (normalize {}), but the encoder there is {} → {} bits (normalize {})",
+            dir.display(),
+            dec.dim,
+            dec.bits,
+            dec.normalize,
+            enc.dim,
+            enc.bits,
+            enc.normalize
+        );
+    }
+    Ok(dec)
 }
 
 /// Arguments of `bllm codes pack`.
@@ -226,11 +274,17 @@ pub struct SearchArgs {
     /// asymmetric re-scoring the last column is `score` (higher is nearer).
     #[arg(long)]
     pub out: PathBuf,
-    /// Re-score the Hamming top R (R >= k) asymmetrically and keep the best k: the float query
-    /// projected by `--encoder` against the ±1 database codes. Needs `--rerank-query` and
-    /// `--encoder`; the float database is not needed.
+    /// Re-score the Hamming top R (R >= k) against the database codes and keep the best k (see
+    /// `--rescore`). Needs `--rerank-query` and `--encoder`; the float database is not needed.
     #[arg(long, value_name = "R", requires_all = ["rerank_query", "encoder"])]
     pub rerank: Option<usize>,
+    /// How `--rerank` scores a candidate: `asymmetric`, the float query projected by
+    /// `--encoder` against the ±1 code; `decoded`, the float query's cosine with the code
+    /// decoded by the decoder saved in `--encoder` (`bllm codes fit --decoder`, or a training
+    /// run's export), plus the row's residual from `<db>/residual.npy` when the decoder has a
+    /// residual quantizer.
+    #[arg(long, value_enum, default_value = "asymmetric", requires = "rerank")]
+    pub rescore: RescoreArg,
     /// Float query embeddings (.npy, float32 or float16), row i ↔ query code i, for `--rerank`.
     #[arg(long, value_name = "Q.npy", requires = "rerank")]
     pub rerank_query: Option<PathBuf>,
@@ -238,6 +292,15 @@ pub struct SearchArgs {
     /// `export/encoder`), for `--rerank`.
     #[arg(long, value_name = "DIR", requires = "rerank")]
     pub encoder: Option<PathBuf>,
+}
+
+/// How `bllm codes search --rerank` re-scores the Hamming candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RescoreArg {
+    /// The float query's projection against the ±1 database codes.
+    Asymmetric,
+    /// The float query's cosine with the decoded database codes (+ PQ residual).
+    Decoded,
 }
 
 /// Arguments of `bllm codes recall`.
@@ -461,12 +524,42 @@ fn search(a: SearchArgs) -> Result<()> {
                     q.rows()
                 );
             }
-            let z = enc
-                .project(&qf)
-                .with_context(|| format!("cannot project {}", qpath.display()))?;
             let hits = hamming::search(&db, &q, r.min(db.rows())).context("search failed")?;
-            let re = bllm_codes::metrics::asymmetric_rerank(&hits, &db, &z, a.k)
-                .context("asymmetric re-scoring failed")?;
+            let re = match a.rescore {
+                RescoreArg::Asymmetric => {
+                    let z = enc
+                        .project(&qf)
+                        .with_context(|| format!("cannot project {}", qpath.display()))?;
+                    bllm_codes::metrics::asymmetric_rerank(&hits, &db, &z, a.k)
+                        .context("asymmetric re-scoring failed")?
+                }
+                RescoreArg::Decoded => {
+                    let dec = load_decoder(encdir, &enc)?;
+                    let rpath = a.db.join(bllm_hash::RESIDUAL_NPY);
+                    let residual = if dec.residual_bytes() == 0 {
+                        None
+                    } else if rpath.exists() {
+                        let (rows, cols, bytes) = npy::read_u8_npy(&rpath)?;
+                        if (rows, cols) != (db.rows(), dec.residual_bytes()) {
+                            bail!(
+                                "{} is {rows} × {cols}, expected {} rows (the database codes) × {} residual bytes (the decoder's subspaces)",
+                                rpath.display(),
+                                db.rows(),
+                                dec.residual_bytes()
+                            );
+                        }
+                        Some(bytes)
+                    } else {
+                        eprintln!(
+                            "note: {} is missing; scoring the decoded codes without their residual",
+                            rpath.display()
+                        );
+                        None
+                    };
+                    dec.rerank(&hits, &db, residual.as_deref(), &qf, a.k)
+                        .context("decoded re-scoring failed")?
+                }
+            };
             hits_tsv(&re, "score")
         }
         _ => hits_tsv(
@@ -603,6 +696,19 @@ fn fit(a: FitArgs) -> Result<()> {
         x.rows(),
         a.out.display()
     );
+    if a.decoder {
+        let dec = bllm_hash::CodeDecoder::fit(&enc, &x, a.pq_bytes, a.seed)
+            .context("cannot fit the decoder")?;
+        dec.save(&a.out)?;
+        println!(
+            "fitted its decoder (least squares{}) → {}",
+            match a.pq_bytes {
+                0 => String::new(),
+                m => format!(", {m}-byte PQ residual"),
+            },
+            a.out.join(bllm_hash::DECODER_JSON).display()
+        );
+    }
     Ok(())
 }
 
@@ -627,8 +733,17 @@ fn compare(a: CompareArgs) -> Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let dec = if a.rerank.is_empty() {
+                None
+            } else {
+                Some(
+                    bllm_hash::CodeDecoder::fit(&enc, &split.train, a.pq_bytes, a.seed)
+                        .with_context(|| format!("cannot fit the decoder of {}", m.name()))?,
+                )
+            };
             rows.extend(evaluate_encoder(
                 &enc,
+                dec.as_ref(),
                 &split.db,
                 &split.queries,
                 &t,

@@ -1,5 +1,6 @@
 //! Evaluation of encoders side by side: Recall@k (Hamming only, after exact float re-ranking
-//! of the Hamming top R, and after asymmetric re-scoring of the same top R against the codes)
+//! of the Hamming top R, and after re-scoring the same top R against the codes alone —
+//! asymmetrically, through the decoded codes, and through the decoded codes plus a PQ residual)
 //! for every method × bit budget, as the rows of `results.json`, each with the bytes a
 //! database row costs in that variant.
 
@@ -7,7 +8,7 @@ use bllm_codes::metrics::{asymmetric_rerank, recall_at_k, rerank};
 use bllm_codes::{FloatMatrix, Metric, Neighbors, PackedCodes, hamming};
 use serde::{Deserialize, Serialize};
 
-use crate::{HashError, LinearEncoder, Result};
+use crate::{CodeDecoder, HashError, LinearEncoder, Result};
 
 /// How the Hamming candidates of a row were re-ranked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,13 @@ pub enum RerankKind {
     /// The float query's projection against the ±1 database codes
     /// ([`bllm_codes::metrics::asymmetric_rerank`]); the database keeps only its codes.
     Asymmetric,
+    /// The float query's cosine with the codes decoded by a least-squares [`CodeDecoder`]
+    /// (shared by all rows); the database keeps only its codes.
+    Decoded,
+    /// [`Decoded`](Self::Decoded) plus the row's product-quantised residual: the codes and
+    /// `subspaces` bytes per row.
+    #[serde(rename = "decoded_pq")]
+    DecodedPq,
 }
 
 impl RerankKind {
@@ -31,6 +39,8 @@ impl RerankKind {
             RerankKind::None => "none",
             RerankKind::Float => "float",
             RerankKind::Asymmetric => "asymmetric",
+            RerankKind::Decoded => "decoded",
+            RerankKind::DecodedPq => "decoded_pq",
         }
     }
 }
@@ -50,8 +60,9 @@ pub struct ResultRow {
     #[serde(default)]
     pub rerank_kind: RerankKind,
     /// Bytes stored per database row for this variant: the packed code (`⌈bits/64⌉·8`), plus
-    /// the float32 vector (`dim·4`) when re-ranking against floats. The encoder's projection
-    /// (shared by all rows) is not counted.
+    /// the float32 vector (`dim·4`) when re-ranking against floats, plus the residual bytes
+    /// with `decoded_pq`. What all rows share (the encoder's projection, the decoder's weights
+    /// and codebooks) is not counted.
     #[serde(default)]
     pub bytes_per_row: usize,
     /// Recall@k against exact cosine neighbours.
@@ -75,6 +86,8 @@ fn column(k: usize, rerank: usize, kind: RerankKind) -> String {
     match kind {
         _ if rerank == 0 => format!("R@{k}"),
         RerankKind::Asymmetric => format!("R@{k} asym {rerank}"),
+        RerankKind::Decoded => format!("R@{k} dec {rerank}"),
+        RerankKind::DecodedPq => format!("R@{k} dec+pq {rerank}"),
         _ => format!("R@{k} rerank {rerank}"),
     }
 }
@@ -93,10 +106,13 @@ fn prefix<D: Copy>(n: &Neighbors<D>, k: usize) -> Neighbors<D> {
 }
 
 /// Evaluates one encoder on `db`/`queries` for every `k` and re-rank depth, against `truth`
-/// (exact cosine top-`max k`): Hamming only, then for each depth R both float re-ranking and
-/// asymmetric re-scoring of the same Hamming top R.
+/// (exact cosine top-`max k`): Hamming only, then for each depth R float re-ranking and
+/// asymmetric re-scoring of the same Hamming top R, and with a `decoder` (fitted for `enc`)
+/// re-scoring through the decoded codes, and through the decoded codes plus the residual when
+/// the decoder has one.
 pub fn evaluate_encoder(
     enc: &LinearEncoder,
+    decoder: Option<&CodeDecoder>,
     db: &FloatMatrix,
     queries: &FloatMatrix,
     truth: &Neighbors<f32>,
@@ -116,6 +132,10 @@ pub fn evaluate_encoder(
     let qc = PackedCodes::from_f32_rows(&zq, enc.bits, enc.bits)?;
     let hits = hamming::search(&dbc, &qc, depth)?;
     let code_bytes = dbc.words_per_row() * 8;
+    let residual = match decoder {
+        Some(d) if d.residual_bytes() > 0 => Some(d.residual_codes(&dbc, db)?),
+        _ => None,
+    };
     let mut rows = Vec::new();
     for &k in ks {
         let row = |rerank: usize, rerank_kind: RerankKind, recall: f64| ResultRow {
@@ -126,6 +146,7 @@ pub fn evaluate_encoder(
             rerank_kind,
             bytes_per_row: match rerank_kind {
                 RerankKind::Float => code_bytes + db.cols() * 4,
+                RerankKind::DecodedPq => code_bytes + decoder.map_or(0, |d| d.residual_bytes()),
                 _ => code_bytes,
             },
             recall,
@@ -152,6 +173,22 @@ pub fn evaluate_encoder(
                 RerankKind::Asymmetric,
                 recall_at_k(&asym, &prefix(truth, k), k)?,
             ));
+            if let Some(dec) = decoder {
+                let re = dec.rerank(&top, &dbc, None, queries, k)?;
+                rows.push(row(
+                    r,
+                    RerankKind::Decoded,
+                    recall_at_k(&re, &prefix(truth, k), k)?,
+                ));
+                if let Some(res) = &residual {
+                    let re = dec.rerank(&top, &dbc, Some(res), queries, k)?;
+                    rows.push(row(
+                        r,
+                        RerankKind::DecodedPq,
+                        recall_at_k(&re, &prefix(truth, k), k)?,
+                    ));
+                }
+            }
         }
     }
     Ok(rows)
@@ -224,9 +261,10 @@ mod tests {
         .unwrap();
         let (q, db) = (x.slice_rows(0, 20).unwrap(), x.slice_rows(20, 300).unwrap());
         let enc = crate::fit(crate::Method::Itq, &db, 16, 0).unwrap();
+        let dec = CodeDecoder::fit(&enc, &db, 4, 0).unwrap();
         let t = truth(&db, &q, &[1, 10]).unwrap();
-        let rows = evaluate_encoder(&enc, &db, &q, &t, &[1, 10], &[50, 280]).unwrap();
-        assert_eq!(rows.len(), 2 * 5);
+        let rows = evaluate_encoder(&enc, Some(&dec), &db, &q, &t, &[1, 10], &[50, 280]).unwrap();
+        assert_eq!(rows.len(), 2 * 9);
         // Re-ranking the whole database against the floats is exact search.
         assert!(
             rows.iter()
@@ -237,6 +275,7 @@ mod tests {
         for r in &rows {
             let want = match r.rerank_kind {
                 RerankKind::Float => 8 + 16 * 4,
+                RerankKind::DecodedPq => 8 + 4,
                 _ => 8,
             };
             assert_eq!(r.bytes_per_row, want, "{r:?}");
@@ -261,11 +300,24 @@ mod tests {
             .unwrap()
             .recall;
         assert!(a10 > h10 && a10 <= r10, "{rows:?}");
+        let kind = |kind| {
+            rows.iter()
+                .find(|r| r.k == 10 && r.rerank == 50 && r.rerank_kind == kind)
+                .unwrap()
+                .recall
+        };
+        // Decoding ranks better than the code; the residual adds more.
+        let (d10, p10) = (kind(RerankKind::Decoded), kind(RerankKind::DecodedPq));
+        assert!(d10 > h10 && p10 > d10 && p10 <= r10, "{rows:?}");
+        let json = serde_json::to_string(&rows).unwrap();
+        assert!(json.contains(r#""rerank_kind":"decoded_pq""#), "{json}");
         let md = markdown(&rows);
         assert!(
             md.contains("| itq | 16 |")
                 && md.contains("R@10 rerank 50")
-                && md.contains("R@10 asym 50"),
+                && md.contains("R@10 asym 50")
+                && md.contains("R@10 dec 50")
+                && md.contains("R@10 dec+pq 50"),
             "{md}"
         );
         // Rows written before `rerank_kind` existed read as float re-ranking.

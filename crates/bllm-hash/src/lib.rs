@@ -10,13 +10,21 @@
 //!   alternating `B = sign(V R)` and the orthogonal Procrustes solution, minimising the
 //!   quantisation loss `‖B − V R‖²`;
 //! * [`centred_sign`] — `sign(x − μ)`, bits = dimension.
+//!
+//! [`CodeDecoder`] maps codes back to vectors (least squares, plus an optional product-quantised
+//! residual of a few bytes per row), so Hamming candidates can be re-scored against the float
+//! query without keeping the float database.
 
 pub mod compare;
+mod decoder;
 mod encoder;
 mod error;
 mod fit;
 
 pub use compare::ResultRow;
+pub use decoder::{
+    CodeDecoder, DECODER_JSON, DECODER_TENSORS, PQ_CENTROIDS, RESIDUAL_NPY, ResidualQuantizer,
+};
 pub use encoder::{
     ENCODER_JSON, ENCODER_METHODS, ENCODER_TENSORS, LinearEncoder, l2_norm, normalize_rows,
 };

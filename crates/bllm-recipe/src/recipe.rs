@@ -379,8 +379,12 @@ pub struct RetrievalEvalSection {
     pub bits: Vec<usize>,
     /// Recall@k for each k.
     pub k: Vec<usize>,
-    /// Re-ranking depths R (Hamming top-R re-ranked with exact cosines).
+    /// Re-ranking depths R (Hamming top-R re-ranked with exact cosines, asymmetrically, and
+    /// through the decoded codes).
     pub rerank: Vec<usize>,
+    /// Bytes per row of the product-quantised decoding residual of the `decoded_pq` rows
+    /// (`0`: no such rows); must divide the embedding dimension.
+    pub pq_bytes: usize,
 }
 
 /// Everything specific to `kind = "retrieval"`.
@@ -1548,6 +1552,7 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
             bits: Vec::new(),
             k: Vec::new(),
             rerank: Vec::new(),
+            pq_bytes: 0,
         },
     }))
 }
@@ -1586,6 +1591,7 @@ fn retrieval_eval(ev: &mut Section<'_>, r: &mut Report<'_>) -> RetrievalEvalSect
         bits: int_list(ev, "bits", &[64, 128, 256], true, r),
         k: int_list(ev, "k", &[1, 10, 100], false, r),
         rerank: int_list(ev, "rerank", &[100, 1000], true, r),
+        pq_bytes: ev.int("pq_bytes", Some(8), 0, 256, r) as usize,
     }
 }
 

@@ -312,6 +312,23 @@ pub fn write_u64_npy(path: &Path, rows: usize, cols: usize, data: &[u64]) -> Res
     write_matrix(path, Dtype::U64, rows, cols, data, u64::to_le_bytes)
 }
 
+/// Writes a row-major `uint8` matrix as `.npy`, atomically.
+pub fn write_u8_npy(path: &Path, rows: usize, cols: usize, data: &[u8]) -> Result<()> {
+    write_matrix(path, Dtype::U8, rows, cols, data, |b| [b])
+}
+
+/// Reads a 2-D `uint8` `.npy` matrix as `(rows, cols, row-major bytes)`.
+pub fn read_u8_npy(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let m = read_npy(path)?;
+    if m.dtype != Dtype::U8 {
+        return Err(CodesError::format(
+            path,
+            format!("dtype is {}, expected uint8", m.dtype.name()),
+        ));
+    }
+    Ok((m.rows, m.cols, m.bytes))
+}
+
 /// Writes a float32 matrix as `.npy`, atomically.
 pub fn write_f32_npy(path: &Path, m: &FloatMatrix) -> Result<()> {
     write_matrix(

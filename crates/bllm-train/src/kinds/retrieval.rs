@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! <run>/results.json     [{"method", "bits", "k", "rerank", "rerank_kind", "bytes_per_row", "recall"}, …]
-//!                        (rerank 0 = Hamming only; rerank_kind "float" | "asymmetric")
+//!                        (rerank 0 = Hamming only; rerank_kind "float" | "asymmetric" |
+//!                        "decoded" | "decoded_pq")
 //! <run>/results.md       the same as a table
-//! <run>/export/encoder/  encoder.safetensors + encoder.json (bllm-hash LinearEncoder)
-//! <run>/export/codes/    database codes (.bcodes + manifest.json), faiss.index on request
+//! <run>/export/encoder/  encoder.safetensors + encoder.json (bllm-hash LinearEncoder), and
+//!                        decoder.safetensors + decoder.json (bllm-hash CodeDecoder)
+//! <run>/export/codes/    database codes (.bcodes + manifest.json), faiss.index on request,
+//!                        residual.npy (uint8 [rows, eval.pq_bytes]) when pq_bytes > 0
 //! ```
 //!
 //! Every step encodes all training rows (`data.train_rows` caps them), samples
@@ -20,7 +23,7 @@ use std::path::{Path, PathBuf};
 use bllm_codes::FloatMatrix;
 use bllm_codes::io::{ManifestInfo, SourceInfo};
 use bllm_hash::compare::{RerankKind, ResultRow, evaluate_encoder, markdown, truth};
-use bllm_hash::{LinearEncoder, Method};
+use bllm_hash::{CodeDecoder, LinearEncoder, Method};
 use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
     similarity_loss,
@@ -406,6 +409,7 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         };
         let rows = evaluate_encoder(
             &enc,
+            None,
             &self.data.db_raw,
             &self.data.queries_raw,
             &self.truth,
@@ -449,8 +453,18 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         // The head, then every baseline at every budget, all on the raw inputs through the
         // same encoder code path as the export.
         let enc = self.encoder(head);
+        let seed = self.recipe.seed;
+        let decoder = |e: &LinearEncoder| {
+            if t.eval.rerank.is_empty() {
+                Ok(None)
+            } else {
+                CodeDecoder::fit(e, &data.train, t.eval.pq_bytes, seed).map(Some)
+            }
+        };
+        let dec = decoder(&enc)?;
         let mut rows = evaluate_encoder(
             &enc,
+            dec.as_ref(),
             &data.db_raw,
             &data.queries_raw,
             &self.truth,
@@ -476,6 +490,7 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
                 base.normalize = t.data.normalize;
                 rows.extend(evaluate_encoder(
                     &base,
+                    decoder(&base)?.as_ref(),
                     &data.db_raw,
                     &data.queries_raw,
                     &self.truth,
@@ -504,6 +519,19 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
                 &export.join("codes").join("faiss.index"),
                 &codes,
             )?;
+        }
+        // The head's decoder beside the encoder, and the residual bytes beside the codes.
+        if let Some(dec) = &dec {
+            dec.save(&export.join("encoder"))?;
+            if dec.residual_bytes() > 0 {
+                let res = dec.residual_codes(&codes, &data.db_raw)?;
+                bllm_codes::io::npy::write_u8_npy(
+                    &export.join("codes").join(bllm_hash::RESIDUAL_NPY),
+                    codes.rows(),
+                    dec.residual_bytes(),
+                    &res,
+                )?;
+            }
         }
         Ok(summary)
     }
@@ -578,6 +606,15 @@ fn run_retrieval_on<B: AutodiffBackend>(
         return Err(TrainError::Unsupported(format!(
             "eval.k = {kmax} exceeds the {} database rows of {}",
             data.db_raw.rows(),
+            data.name
+        )));
+    }
+    let dim = data.train.cols();
+    let pq = t.eval.pq_bytes;
+    if pq > 0 && (pq > dim || dim % pq != 0) {
+        return Err(TrainError::Unsupported(format!(
+            "eval.pq_bytes = {pq} must divide the embedding dimension {dim} of {} (each residual \
+             byte codes dim / pq_bytes dimensions); 0 turns the decoded_pq rows off",
             data.name
         )));
     }
