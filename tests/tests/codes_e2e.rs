@@ -272,8 +272,9 @@ fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
     ]);
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
-    // 2 methods × 2 bit budgets × 2 k × (Hamming + float and asymmetric at 1 re-rank depth).
-    assert_eq!(rows.len(), 24);
+    // 2 methods × 2 bit budgets × 2 k × (Hamming + float, asymmetric, decoded and decoded + PQ
+    // residual at 1 re-rank depth).
+    assert_eq!(rows.len(), 40);
     for r in &rows {
         let recall = r["recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{r}");
@@ -287,11 +288,13 @@ fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
         ] {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
-        // Float re-ranking keeps the float32 rows; the codes alone cost ⌈bits/64⌉·8 bytes.
+        // Float re-ranking keeps the float32 rows; the codes alone cost ⌈bits/64⌉·8 bytes; the
+        // PQ residual adds --pq-bytes (default 8).
         let dim = 128;
         let want = match r["rerank_kind"].as_str().unwrap() {
             "float" => 8 + dim * 4,
-            "none" | "asymmetric" => 8,
+            "none" | "asymmetric" | "decoded" => 8,
+            "decoded_pq" => 8 + 8,
             other => panic!("rerank_kind {other}"),
         };
         assert_eq!(r["bytes_per_row"].as_u64().unwrap(), want as u64, "{r}");
@@ -300,11 +303,24 @@ fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
     assert!(
         md.contains("| itq | 32 |")
             && md.contains("R@10 rerank 100")
-            && md.contains("R@10 asym 100"),
+            && md.contains("R@10 asym 100")
+            && md.contains("R@10 dec+pq 100"),
         "{md}"
     );
     let e = bllm(&["codes", "compare", "--data", s(&data), "--queries", "5000"]).unwrap_err();
     assert!(e.contains("queries = 5000"), "{e}");
+    let e = bllm(&[
+        "codes",
+        "compare",
+        "--data",
+        s(&data),
+        "--queries",
+        "50",
+        "--pq-bytes",
+        "7",
+    ])
+    .unwrap_err();
+    assert!(e.contains("pq_bytes = 7") && e.contains("128"), "{e}");
 }
 
 #[test]
@@ -425,4 +441,173 @@ fn search_rescores_asymmetrically_from_the_codes_alone() {
     let mut a = args("10", "100");
     a.truncate(a.len() - 2);
     assert!(run(a).is_err());
+}
+
+#[test]
+fn search_rescores_through_the_decoder_and_its_residual() {
+    let out = tempfile::tempdir().unwrap();
+    let data = repo_root().join("datasets/sample-clustered");
+    let (db, q) = (data.join("db.npy"), data.join("queries.npy"));
+    let (enc, dbc, qc) = (
+        out.path().join("enc"),
+        out.path().join("db"),
+        out.path().join("q"),
+    );
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "itq",
+        "--bits",
+        "32",
+        "--train",
+        s(&db),
+        "--out",
+        s(&enc),
+        "--decoder",
+        "--pq-bytes",
+        "8",
+    ]);
+    assert!(enc.join(bllm_hash::DECODER_JSON).is_file());
+    for (input, dir) in [(&db, &dbc), (&q, &qc)] {
+        bllm_ok(&[
+            "encode",
+            "--encoder",
+            s(&enc),
+            "--input",
+            s(input),
+            "--out",
+            s(dir),
+        ]);
+        assert!(dir.join(bllm_hash::RESIDUAL_NPY).is_file());
+    }
+    let tsv = out.path().join("hits.tsv");
+    let search = |extra: &[&str]| {
+        let mut a = vec![
+            "codes",
+            "search",
+            "--db",
+            s(&dbc),
+            "--queries",
+            s(&qc),
+            "-k",
+            "10",
+            "--out",
+            s(&tsv),
+            "--rerank",
+            "100",
+            "--rerank-query",
+            s(&q),
+            "--encoder",
+            s(&enc),
+            "--rescore",
+            "decoded",
+        ];
+        a.extend_from_slice(extra);
+        bllm(&a)
+    };
+    search(&[]).unwrap();
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    // Recompute every score densely: the decoded code plus its residual centroids.
+    let dec = bllm_hash::CodeDecoder::load(&enc).unwrap();
+    let qf = bllm_data::load_embeddings(&q, None).unwrap();
+    let dbf = bllm_data::load_embeddings(&db, None).unwrap();
+    let (codes, _) = bllm_codes::io::read_codes_dir(&dbc).unwrap();
+    let (_, _, res) = bllm_codes::io::npy::read_u8_npy(&dbc.join(bllm_hash::RESIDUAL_NPY)).unwrap();
+    let xh = dec.decode(&codes).unwrap();
+    let r = dec.residual.as_ref().unwrap();
+    let sub = dec.dim / r.subspaces;
+    let decoded = |id: usize| -> Vec<f32> {
+        let mut v = xh.row(id).to_vec();
+        for j in 0..r.subspaces {
+            let c = res[id * r.subspaces + j] as usize;
+            for t in 0..sub {
+                v[j * sub + t] += r.codebooks[(j * r.centroids + c) * sub + t];
+            }
+        }
+        v
+    };
+    let mut found = vec![Vec::new(); qf.rows()];
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (qi, id, score): (usize, usize, f64) = (
+            f[0].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        );
+        let v = decoded(id);
+        let dot: f64 = qf
+            .row(qi)
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| f64::from(a * b))
+            .sum();
+        let n: f64 = v.iter().map(|b| f64::from(b * b)).sum::<f64>().sqrt();
+        assert!((score - dot / n).abs() < 1e-4, "{line}: {}", dot / n);
+        found[qi].push(id as u32);
+    }
+    assert!(found.iter().all(|f| f.len() == 10));
+    // It ranks better than the Hamming order of the codes alone, against exact cosine truth.
+    let truth = bllm_codes::float::search(&dbf, &qf, 10, bllm_codes::Metric::Cosine).unwrap();
+    let (qcodes, _) = bllm_codes::io::read_codes_dir(&qc).unwrap();
+    let ham = bllm_codes::hamming::search(&codes, &qcodes, 10).unwrap();
+    let recall = |ids: &dyn Fn(usize) -> Vec<u32>| {
+        (0..qf.rows())
+            .map(|i| {
+                ids(i)
+                    .iter()
+                    .filter(|x| truth.ids_of(i).contains(x))
+                    .count()
+            })
+            .sum::<usize>() as f64
+            / (10 * qf.rows()) as f64
+    };
+    let (r_dec, r_ham) = (
+        recall(&|i| found[i].clone()),
+        recall(&|i| ham.ids_of(i).to_vec()),
+    );
+    assert!(r_dec > r_ham, "decoded {r_dec} vs Hamming {r_ham}");
+    // A residual file of the wrong shape is refused, naming it; a missing one is scored without.
+    let rp = dbc.join(bllm_hash::RESIDUAL_NPY);
+    bllm_codes::io::npy::write_u8_npy(&rp, 3, 8, &[0; 24]).unwrap();
+    let e = search(&[]).unwrap_err();
+    assert!(e.contains("residual.npy") && e.contains("3 × 8"), "{e}");
+    std::fs::remove_file(&rp).unwrap();
+    search(&[]).unwrap();
+    // An encoder directory without a decoder is a clear error.
+    let plain = out.path().join("plain");
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "itq",
+        "--bits",
+        "32",
+        "--train",
+        s(&db),
+        "--out",
+        s(&plain),
+    ]);
+    let e = bllm(&[
+        "codes",
+        "search",
+        "--db",
+        s(&dbc),
+        "--queries",
+        s(&qc),
+        "-k",
+        "10",
+        "--out",
+        s(&tsv),
+        "--rerank",
+        "100",
+        "--rerank-query",
+        s(&q),
+        "--encoder",
+        s(&plain),
+        "--rescore",
+        "decoded",
+    ])
+    .unwrap_err();
+    assert!(e.contains("decoder") && e.contains("plain"), "{e}");
 }

@@ -120,12 +120,20 @@ fn quickstart_trains_evaluates_exports_and_resumes_bit_identically() {
     };
     assert_eq!(read(&bcodes(&exported)), read(&bcodes(&again)));
     assert!(exported.join("faiss.index").exists());
+    // … and, through the exported decoder, to exactly the exported residual bytes.
+    assert!(enc_dir.join(bllm_hash::DECODER_JSON).is_file());
+    assert_eq!(
+        read(&exported.join(bllm_hash::RESIDUAL_NPY)),
+        read(&again.join(bllm_hash::RESIDUAL_NPY))
+    );
 
     // Same recipe and seed: bit-identical encoder and codes.
     let b = tmp.path().join("b");
     run(&b, &[]).unwrap();
     for f in [
         "export/encoder/encoder.safetensors",
+        "export/encoder/decoder.safetensors",
+        "export/codes/residual.npy",
         "final/model.mpk",
         "results.json",
     ] {
@@ -181,6 +189,10 @@ fn retrieval_inputs_are_checked() {
     ])
     .unwrap_err();
     assert!(e.contains("batch_size") && e.contains("50"), "{e}");
+    // A residual that does not split the dimension evenly (128) is refused by key.
+    let rd = s(&tmp.path().join("r3"));
+    let e = bllm(&["run", &q, &p, "eval.pq_bytes=7", "--run-dir", &rd]).unwrap_err();
+    assert!(e.contains("eval.pq_bytes = 7") && e.contains("128"), "{e}");
     // Recipe errors are all reported at once.
     let e = bllm(&[
         "validate",
@@ -189,6 +201,7 @@ fn retrieval_inputs_are_checked() {
         "optimizer.kind=\"bop_adam\"",
         "eval.methods=[\"itq\", \"nope\"]",
         "objective.kind=\"triplet\"",
+        "eval.pq_bytes=-1",
     ])
     .unwrap_err();
     for key in [
@@ -196,6 +209,7 @@ fn retrieval_inputs_are_checked() {
         "optimizer.kind",
         "eval.methods[1]",
         "objective.kind",
+        "eval.pq_bytes",
     ] {
         assert!(e.contains(key), "{key} not reported: {e}");
     }
