@@ -280,8 +280,7 @@ impl CodeDecoder {
                 "the least-squares decoder has a non-finite weight {v}"
             )));
         }
-        if pq_bytes > 0 {
-            let s = d / pq_bytes;
+        if let Some(s) = d.checked_div(pq_bytes) {
             let centroids = PQ_CENTROIDS.min(n);
             let resid = dec.residuals(&codes, &xs);
             let mut codebooks = Vec::with_capacity(pq_bytes * centroids * s);
