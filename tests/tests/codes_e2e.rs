@@ -289,12 +289,14 @@ fn compare_writes_results_rows_for_every_method_bits_k_and_rerank() {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
         // Float re-ranking keeps the float32 rows; the codes alone cost ⌈bits/64⌉·8 bytes; the
-        // PQ residual adds --pq-bytes (default 8).
+        // decoded rows hold the f32 norm of the decoded row, the PQ residual adds --pq-bytes
+        // (default 8).
         let dim = 128;
         let want = match r["rerank_kind"].as_str().unwrap() {
             "float" => 8 + dim * 4,
-            "none" | "asymmetric" | "decoded" => 8,
-            "decoded_pq" => 8 + 8,
+            "none" | "asymmetric" => 8,
+            "decoded" => 8 + 4,
+            "decoded_pq" => 8 + 8 + 4,
             other => panic!("rerank_kind {other}"),
         };
         assert_eq!(r["bytes_per_row"].as_u64().unwrap(), want as u64, "{r}");
@@ -543,7 +545,14 @@ fn search_rescores_through_the_decoder_and_its_residual() {
             .map(|(a, b)| f64::from(a * b))
             .sum();
         let n: f64 = v.iter().map(|b| f64::from(b * b)).sum::<f64>().sqrt();
-        assert!((score - dot / n).abs() < 1e-4, "{line}: {}", dot / n);
+        let qn: f64 = qf
+            .row(qi)
+            .iter()
+            .map(|a| f64::from(a * a))
+            .sum::<f64>()
+            .sqrt();
+        let want = dot / (n * qn);
+        assert!((score - want).abs() < 1e-4, "{line}: {want}");
         found[qi].push(id as u32);
     }
     assert!(found.iter().all(|f| f.len() == 10));

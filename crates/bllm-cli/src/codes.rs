@@ -556,7 +556,8 @@ fn search(a: SearchArgs) -> Result<()> {
                         );
                         None
                     };
-                    dec.rerank(&hits, &db, residual.as_deref(), &qf, a.k)
+                    dec.index(&db, residual.as_deref())
+                        .and_then(|index| index.rerank(&hits, &qf, a.k))
                         .context("decoded re-scoring failed")?
                 }
             };

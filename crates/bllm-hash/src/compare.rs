@@ -60,9 +60,10 @@ pub struct ResultRow {
     #[serde(default)]
     pub rerank_kind: RerankKind,
     /// Bytes stored per database row for this variant: the packed code (`⌈bits/64⌉·8`), plus
-    /// the float32 vector (`dim·4`) when re-ranking against floats, plus the residual bytes
-    /// with `decoded_pq`. What all rows share (the encoder's projection, the decoder's weights
-    /// and codebooks) is not counted.
+    /// the float32 vector (`dim·4`) when re-ranking against floats; with `decoded` the f32 norm
+    /// of the decoded row (recomputed from the code when the index is built) and with
+    /// `decoded_pq` the residual bytes too. What all rows share (the encoder's projection, the
+    /// decoder's weights and codebooks) is not counted.
     #[serde(default)]
     pub bytes_per_row: usize,
     /// Recall@k against exact cosine neighbours.
@@ -136,58 +137,80 @@ pub fn evaluate_encoder(
         Some(d) if d.residual_bytes() > 0 => Some(d.residual_codes(&dbc, db)?),
         _ => None,
     };
+    let plain = decoder.map(|d| d.index(&dbc, None)).transpose()?;
+    let with_residual = match (decoder, &residual) {
+        (Some(d), Some(res)) => Some(d.index(&dbc, Some(res))?),
+        _ => None,
+    };
+    // Each depth is re-scored once, for the largest k it serves; a smaller k's list is the
+    // prefix (lists are ordered by score, then index).
+    let mut reranked: Vec<(usize, Vec<(RerankKind, Neighbors<f32>, usize)>)> = Vec::new();
+    for &r in reranks {
+        let Some(kk) = ks.iter().copied().filter(|&k| k <= r).max() else {
+            continue;
+        };
+        if r > depth || reranked.iter().any(|(d, _)| *d == r) {
+            continue;
+        }
+        let top = prefix(&hits, r);
+        let mut lists = vec![
+            (
+                RerankKind::Float,
+                rerank(&top, db, queries, kk, Metric::Cosine)?,
+                code_bytes + db.cols() * 4,
+            ),
+            (
+                RerankKind::Asymmetric,
+                asymmetric_rerank(&top, &dbc, &zq, kk)?,
+                code_bytes,
+            ),
+        ];
+        for (kind, index) in [
+            (RerankKind::Decoded, &plain),
+            (RerankKind::DecodedPq, &with_residual),
+        ] {
+            if let Some(index) = index {
+                lists.push((
+                    kind,
+                    index.rerank(&top, queries, kk)?,
+                    index.bytes_per_row(),
+                ));
+            }
+        }
+        reranked.push((r, lists));
+    }
     let mut rows = Vec::new();
     for &k in ks {
-        let row = |rerank: usize, rerank_kind: RerankKind, recall: f64| ResultRow {
-            method: enc.method.clone(),
-            bits: enc.bits,
-            k,
-            rerank,
-            rerank_kind,
-            bytes_per_row: match rerank_kind {
-                RerankKind::Float => code_bytes + db.cols() * 4,
-                RerankKind::DecodedPq => code_bytes + decoder.map_or(0, |d| d.residual_bytes()),
-                _ => code_bytes,
-            },
-            recall,
-        };
+        let row =
+            |rerank: usize, rerank_kind: RerankKind, bytes_per_row: usize, recall: f64| ResultRow {
+                method: enc.method.clone(),
+                bits: enc.bits,
+                k,
+                rerank,
+                rerank_kind,
+                bytes_per_row,
+                recall,
+            };
         rows.push(row(
             0,
             RerankKind::None,
+            code_bytes,
             recall_at_k(&prefix(&hits, k), &prefix(truth, k), k)?,
         ));
         for &r in reranks {
-            if r < k || r > depth {
+            let Some((_, lists)) = reranked.iter().find(|(d, _)| *d == r) else {
+                continue;
+            };
+            if r < k {
                 continue;
             }
-            let top = prefix(&hits, r);
-            let re = rerank(&top, db, queries, k, Metric::Cosine)?;
-            rows.push(row(
-                r,
-                RerankKind::Float,
-                recall_at_k(&re, &prefix(truth, k), k)?,
-            ));
-            let asym = asymmetric_rerank(&top, &dbc, &zq, k)?;
-            rows.push(row(
-                r,
-                RerankKind::Asymmetric,
-                recall_at_k(&asym, &prefix(truth, k), k)?,
-            ));
-            if let Some(dec) = decoder {
-                let re = dec.rerank(&top, &dbc, None, queries, k)?;
+            for (kind, list, bytes) in lists {
                 rows.push(row(
                     r,
-                    RerankKind::Decoded,
-                    recall_at_k(&re, &prefix(truth, k), k)?,
+                    *kind,
+                    *bytes,
+                    recall_at_k(&prefix(list, k), &prefix(truth, k), k)?,
                 ));
-                if let Some(res) = &residual {
-                    let re = dec.rerank(&top, &dbc, Some(res), queries, k)?;
-                    rows.push(row(
-                        r,
-                        RerankKind::DecodedPq,
-                        recall_at_k(&re, &prefix(truth, k), k)?,
-                    ));
-                }
             }
         }
     }
@@ -275,7 +298,8 @@ mod tests {
         for r in &rows {
             let want = match r.rerank_kind {
                 RerankKind::Float => 8 + 16 * 4,
-                RerankKind::DecodedPq => 8 + 4,
+                RerankKind::Decoded => 8 + 4,
+                RerankKind::DecodedPq => 8 + 4 + 4,
                 _ => 8,
             };
             assert_eq!(r.bytes_per_row, want, "{r:?}");
