@@ -93,6 +93,9 @@ fn column(k: usize, rerank: usize, kind: RerankKind) -> String {
     }
 }
 
+/// One re-scored candidate list: its kind, the lists (for the largest k) and bytes per row.
+type Rescored = (RerankKind, Neighbors<f32>, usize);
+
 /// The first `k` entries of each list of `n` (a top-k is the prefix of a longer top list,
 /// because lists are ordered by (score, index)).
 fn prefix<D: Copy>(n: &Neighbors<D>, k: usize) -> Neighbors<D> {
@@ -144,7 +147,7 @@ pub fn evaluate_encoder(
     };
     // Each depth is re-scored once, for the largest k it serves; a smaller k's list is the
     // prefix (lists are ordered by score, then index).
-    let mut reranked: Vec<(usize, Vec<(RerankKind, Neighbors<f32>, usize)>)> = Vec::new();
+    let mut reranked: Vec<(usize, Vec<Rescored>)> = Vec::new();
     for &r in reranks {
         let Some(kk) = ks.iter().copied().filter(|&k| k <= r).max() else {
             continue;
