@@ -22,6 +22,7 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::{f32_tensor, write_f32_safetensors};
 use crate::{HashError, LinearEncoder, Result, normalize_rows};
 
 /// File name of the decoder's tensors (safetensors: `offset` [dim], `weights` [bits, dim] and,
@@ -505,26 +506,22 @@ impl CodeDecoder {
             path: dir.to_owned(),
             reason: e.to_string(),
         })?;
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let (o, w) = (bytes(&self.offset), bytes(&self.weights));
-        let cb = self.residual.as_ref().map(|r| bytes(&r.codebooks));
-        fn view(shape: Vec<usize>, b: &[u8]) -> Result<safetensors::tensor::TensorView<'_>> {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b)
-                .map_err(|e| HashError::InvalidArgument(e.to_string()))
-        }
-        let mut tensors = vec![
-            ("offset".to_owned(), view(vec![self.dim], &o)?),
-            ("weights".to_owned(), view(vec![self.bits, self.dim], &w)?),
+        let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+            ("offset", vec![self.dim], &self.offset),
+            ("weights", vec![self.bits, self.dim], &self.weights),
         ];
-        if let (Some(r), Some(cb)) = (&self.residual, &cb) {
+        if let Some(r) = &self.residual {
             tensors.push((
-                "codebooks".to_owned(),
-                view(vec![r.subspaces, r.centroids, self.dim / r.subspaces], cb)?,
+                "codebooks",
+                vec![r.subspaces, r.centroids, self.dim / r.subspaces],
+                &r.codebooks,
             ));
         }
-        let data = safetensors::serialize(tensors, &None)
-            .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
-        bllm_codes::io::write_atomic(&dir.join(DECODER_TENSORS), &data)?;
+        let views: Vec<(&str, &[usize], &[f32])> = tensors
+            .iter()
+            .map(|(n, s, v)| (*n, s.as_slice(), *v))
+            .collect();
+        write_f32_safetensors(&dir.join(DECODER_TENSORS), &views)?;
         let json = DecoderJson {
             format: "bllm-code-decoder".into(),
             dim: self.dim,
@@ -594,24 +591,7 @@ impl CodeDecoder {
         let st =
             safetensors::SafeTensors::deserialize(&raw).map_err(|e| bad(&tpath, e.to_string()))?;
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| bad(&tpath, format!("tensor {name:?}: {e}")))?;
-            if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
-                return Err(bad(
-                    &tpath,
-                    format!(
-                        "tensor {name:?} is {:?} {:?}, expected F32 {shape:?}",
-                        t.dtype(),
-                        t.shape()
-                    ),
-                ));
-            }
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v = f32_tensor(&st, &tpath, name, shape)?;
             if let Some(x) = v.iter().find(|x| !x.is_finite()) {
                 return Err(bad(&tpath, format!("tensor {name:?} holds non-finite {x}")));
             }

@@ -141,27 +141,14 @@ impl LinearEncoder {
             path: dir.to_owned(),
             reason: e.to_string(),
         })?;
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let (m, p, t) = (
-            bytes(&self.mean),
-            bytes(&self.projection),
-            bytes(&self.thresholds),
-        );
-        fn view(shape: Vec<usize>, b: &[u8]) -> Result<safetensors::tensor::TensorView<'_>> {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b)
-                .map_err(|e| HashError::InvalidArgument(e.to_string()))
-        }
-        let tensors = vec![
-            ("mean".to_owned(), view(vec![self.dim], &m)?),
-            (
-                "projection".to_owned(),
-                view(vec![self.dim, self.bits], &p)?,
-            ),
-            ("thresholds".to_owned(), view(vec![self.bits], &t)?),
-        ];
-        let data = safetensors::serialize(tensors, &None)
-            .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
-        bllm_codes::io::write_atomic(&dir.join(ENCODER_TENSORS), &data)?;
+        write_f32_safetensors(
+            &dir.join(ENCODER_TENSORS),
+            &[
+                ("mean", &[self.dim], &self.mean),
+                ("projection", &[self.dim, self.bits], &self.projection),
+                ("thresholds", &[self.bits], &self.thresholds),
+            ],
+        )?;
         let json = EncoderJson {
             format: "bllm-linear-encoder".into(),
             method: self.method.clone(),
@@ -224,25 +211,7 @@ impl LinearEncoder {
         let raw = read(&tpath, bllm_codes::io::MAX_DATA_FILE)?;
         let st =
             safetensors::SafeTensors::deserialize(&raw).map_err(|e| bad(&tpath, e.to_string()))?;
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| bad(&tpath, format!("tensor {name:?}: {e}")))?;
-            if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
-                return Err(bad(
-                    &tpath,
-                    format!(
-                        "tensor {name:?} is {:?} {:?}, expected F32 {shape:?}",
-                        t.dtype(),
-                        t.shape()
-                    ),
-                ));
-            }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        };
+        let get = |name: &str, shape: &[usize]| f32_tensor(&st, &tpath, name, shape);
         let enc = Self {
             method: j.method,
             dim: j.dim,
@@ -318,6 +287,58 @@ unsafe fn matrixmultiply_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32
             1,
         );
     }
+}
+
+/// Writes named f32 tensors (`(name, shape, values)`, little-endian) as one safetensors file,
+/// atomically. Shared by the encoder and the decoder.
+pub(crate) fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+                .map(|v| ((*name).to_owned(), v))
+                .map_err(|e| HashError::InvalidArgument(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, &None)
+        .map_err(|e| HashError::InvalidArgument(e.to_string()))?;
+    bllm_codes::io::write_atomic(path, &data)?;
+    Ok(())
+}
+
+/// The f32 tensor `name` of `st` (read from `path`, named in errors), which must have `shape`.
+pub(crate) fn f32_tensor(
+    st: &safetensors::SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let bad = |reason: String| HashError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let t = st
+        .tensor(name)
+        .map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
+    if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
+        return Err(bad(format!(
+            "tensor {name:?} is {:?} {:?}, expected F32 {shape:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 #[cfg(test)]
