@@ -212,3 +212,174 @@ fn broken_model_files_are_clear_errors() {
     assert!(e.contains("hidden_act") && e.contains("relu"), "{e}");
     assert!(!dir.path().join("x.npy").exists());
 }
+
+/// `bllm encode --text` embeds each line with the sentence encoder and codes it: the same codes
+/// (and residual bytes) as `bllm embed` followed by `bllm encode --input`; a missing sentence
+/// encoder, a width mismatch and two inputs are clear errors.
+#[test]
+fn encode_text_gives_the_codes_of_its_embeddings() {
+    let Some(m) = model("minilm") else {
+        return;
+    };
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lines: Vec<String> = std::fs::read_to_string(root.join("datasets/kjv-minilm/verses.txt"))
+        .unwrap()
+        .lines()
+        .take(48)
+        .map(str::to_owned)
+        .collect();
+    let text = d.join("verses.txt");
+    std::fs::write(&text, lines.join("\n") + "\n").unwrap();
+    let enc = d.join("enc");
+    let train = root.join("datasets/kjv-minilm/embeddings.npy");
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "itq",
+        "--bits",
+        "64",
+        "--train",
+        s(&train),
+        "--out",
+        s(&enc),
+        "--decoder",
+        "--pq-bytes",
+        "8",
+    ]);
+    let emb = d.join("emb.npy");
+    embed(
+        None,
+        &m,
+        &text,
+        &emb,
+        &["--tab-field", "1", "--batch", "16"],
+    )
+    .unwrap();
+    let (via_npy, via_text) = (d.join("c1"), d.join("c2"));
+    bllm_ok(&[
+        "encode",
+        "--encoder",
+        s(&enc),
+        "--input",
+        s(&emb),
+        "--out",
+        s(&via_npy),
+    ]);
+    bllm_ok(&[
+        "encode",
+        "--encoder",
+        s(&enc),
+        "--text",
+        s(&text),
+        "--tab-field",
+        "1",
+        "--model",
+        s(&m),
+        "--batch",
+        "16",
+        "--out",
+        s(&via_text),
+    ]);
+    let mut compared = 0;
+    for f in std::fs::read_dir(&via_npy).unwrap() {
+        let name = f.unwrap().file_name();
+        if name == "manifest.json" {
+            continue;
+        }
+        let a = std::fs::read(via_npy.join(&name)).unwrap();
+        let b = std::fs::read(via_text.join(&name)).unwrap();
+        assert!(a == b, "{name:?} differs between --input and --text");
+        compared += 1;
+    }
+    assert!(
+        compared >= 2,
+        "codes and residual compared ({compared} files)"
+    );
+    let manifest = std::fs::read_to_string(via_text.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("embeddings of the text (tab field 1)"),
+        "{manifest}"
+    );
+
+    // No transformer beside the head and no --model.
+    let e = bllm(&[
+        "encode",
+        "--encoder",
+        s(&enc),
+        "--text",
+        s(&text),
+        "--out",
+        s(&d.join("c3")),
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("holds no transformer") && e.contains("--model"),
+        "{e}"
+    );
+    // A head fitted on 128-d vectors cannot code 384-d MiniLM embeddings.
+    let small = d.join("small");
+    let db = root.join("datasets/sample-clustered/db.npy");
+    bllm_ok(&[
+        "codes",
+        "fit",
+        "--method",
+        "lsh",
+        "--bits",
+        "32",
+        "--train",
+        s(&db),
+        "--out",
+        s(&small),
+    ]);
+    let e = bllm(&[
+        "encode",
+        "--encoder",
+        s(&small),
+        "--text",
+        s(&text),
+        "--model",
+        s(&m),
+        "--out",
+        s(&d.join("c4")),
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("384-dimensional") && e.contains("expects 128"),
+        "{e}"
+    );
+    // A line without the requested field names the file and line.
+    let e = bllm(&[
+        "encode",
+        "--encoder",
+        s(&enc),
+        "--text",
+        s(&text),
+        "--tab-field",
+        "5",
+        "--model",
+        s(&m),
+        "--out",
+        s(&d.join("c5")),
+    ])
+    .unwrap_err();
+    assert!(e.contains("verses.txt:1") && e.contains("field 5"), "{e}");
+    // --input and --text together.
+    assert!(
+        bllm(&[
+            "encode",
+            "--encoder",
+            s(&enc),
+            "--input",
+            s(&emb),
+            "--text",
+            s(&text),
+            "--out",
+            s(&d.join("c6")),
+        ])
+        .is_err()
+    );
+    assert!(!d.join("c3").exists() && !d.join("c4").exists() && !d.join("c5").exists());
+}

@@ -155,8 +155,27 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub encoder: PathBuf,
     /// Embeddings to encode (.npy, float32 or float16).
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    pub input: Option<PathBuf>,
+    /// Text file to encode instead (one text per line): each line is embedded by the sentence
+    /// encoder (`--model`, else the encoder directory itself when it holds a transformer), as
+    /// `bllm embed` does, then coded by the encoder.
     #[arg(long)]
-    pub input: PathBuf,
+    pub text: Option<PathBuf>,
+    /// Sentence-transformers / Hugging Face BERT directory that embeds `--text` (e.g.
+    /// models/minilm for a head trained on its embeddings). Default: `--encoder` when it holds
+    /// `config.json` and `model.safetensors`.
+    #[arg(long, requires = "text")]
+    pub model: Option<PathBuf>,
+    /// With `--text`: embed only this tab-separated field of each line (0-based).
+    #[arg(long, value_name = "N", requires = "text")]
+    pub tab_field: Option<usize>,
+    /// With `--text`: texts per forward pass.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// With `--text`: CPU backend of the sentence encoder (as `bllm embed`).
+    #[arg(long, value_enum, default_value_t = crate::models::CpuBackend::Flex)]
+    pub backend: crate::models::CpuBackend,
     /// Output codes directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -165,13 +184,23 @@ pub struct EncodeArgs {
 /// `bllm encode`: codes for new vectors through a saved encoder.
 pub fn encode(a: EncodeArgs) -> Result<()> {
     let enc = bllm_hash::LinearEncoder::load(&a.encoder)?;
-    let (x, source) = read_input(&a.input)?;
+    let (x, source, input, how) = match (&a.input, &a.text) {
+        (Some(p), _) => {
+            let (x, s) = read_input(p)?;
+            (x, s, p.clone(), String::new())
+        }
+        (None, Some(t)) => {
+            let (x, s, how) = embed_text(&a, t, &enc)?;
+            (x, s, t.clone(), how)
+        }
+        (None, None) => bail!("give --input EMBEDDINGS.npy or --text TEXTS.txt"),
+    };
     let codes = enc
         .encode(&x)
-        .with_context(|| format!("cannot encode {}", a.input.display()))?;
+        .with_context(|| format!("cannot encode {}", input.display()))?;
     let info = ManifestInfo {
         source: Some(source),
-        encoder: Some(format!("{} ({})", enc.method, a.encoder.display())),
+        encoder: Some(format!("{} ({}){how}", enc.method, a.encoder.display())),
         recipe: None,
         tool: Some(crate::tool_version()),
     };
@@ -189,7 +218,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         if dec.residual_bytes() > 0 {
             let res = dec
                 .residual_codes(&codes, &x)
-                .with_context(|| format!("cannot code the residuals of {}", a.input.display()))?;
+                .with_context(|| format!("cannot code the residuals of {}", input.display()))?;
             let path = a.out.join(bllm_hash::RESIDUAL_NPY);
             npy::write_u8_npy(&path, codes.rows(), dec.residual_bytes(), &res)?;
             println!(
@@ -200,6 +229,61 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--text` embedded by the sentence encoder of `bllm encode` (`--model`, else the encoder
+/// directory), checked against the encoder's input width.
+fn embed_text(
+    a: &EncodeArgs,
+    text: &Path,
+    enc: &bllm_hash::LinearEncoder,
+) -> Result<(bllm_codes::FloatMatrix, SourceInfo, String)> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None if a.encoder.join("config.json").is_file()
+            && a.encoder.join("model.safetensors").is_file() =>
+        {
+            a.encoder.clone()
+        }
+        None => bail!(
+            "--text needs a sentence encoder: {} holds no transformer (config.json + \
+             model.safetensors); pass --model DIR (e.g. models/minilm, the model whose \
+             embeddings the encoder was trained on)",
+            a.encoder.display()
+        ),
+    };
+    let (x, load_s, secs) =
+        crate::models::embed_file(a.backend, &model, text, a.tab_field, a.batch)?;
+    if x.cols() != enc.dim {
+        bail!(
+            "the sentence encoder {} gives {}-dimensional embeddings, but the encoder in {} \
+             expects {} (was it trained on another model's embeddings?)",
+            model.display(),
+            x.cols(),
+            a.encoder.display(),
+            enc.dim
+        );
+    }
+    println!(
+        "embedded {} texts with {} in {secs:.1} s (model loaded in {load_s:.1} s)",
+        x.rows(),
+        model.display()
+    );
+    let source = SourceInfo {
+        path: text.display().to_string(),
+        sha256: io::sha256_file(text)?,
+        dtype: "float32".into(),
+        rows: x.rows(),
+        dim: x.cols(),
+    };
+    let how = format!(
+        " on {} embeddings of the text{}",
+        model.display(),
+        a.tab_field
+            .map(|k| format!(" (tab field {k})"))
+            .unwrap_or_default()
+    );
+    Ok((x, source, how))
 }
 
 /// The decoder saved beside `enc` in `dir`, checked against it.

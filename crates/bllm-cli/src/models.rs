@@ -148,30 +148,48 @@ fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
 
 /// `bllm embed`.
 pub fn embed(a: EmbedArgs) -> Result<()> {
-    match a.backend {
-        CpuBackend::Ndarray => embed_on::<NdArray<f32>>(a),
-        CpuBackend::Flex => embed_on::<Flex>(a),
+    embed_on(a)
+}
+
+/// Texts of `input` (one per line; with `tab_field`, only that 0-based tab-separated field)
+/// embedded by the sentence encoder in `model` on the CPU backend `backend`, `batch` texts per
+/// forward pass (what `bllm embed` writes). Also returns the model-load and embedding seconds.
+pub(crate) fn embed_file(
+    backend: CpuBackend,
+    model: &Path,
+    input: &Path,
+    tab_field: Option<usize>,
+    batch: usize,
+) -> Result<(bllm_codes::FloatMatrix, f64, f64)> {
+    match backend {
+        CpuBackend::Ndarray => embed_file_on::<NdArray<f32>>(model, input, tab_field, batch),
+        CpuBackend::Flex => embed_file_on::<Flex>(model, input, tab_field, batch),
     }
 }
 
-fn embed_on<B: Backend>(a: EmbedArgs) -> Result<()> {
-    if a.batch == 0 {
+fn embed_file_on<B: Backend>(
+    model: &Path,
+    input: &Path,
+    tab_field: Option<usize>,
+    batch: usize,
+) -> Result<(bllm_codes::FloatMatrix, f64, f64)> {
+    if batch == 0 {
         bail!("--batch must be at least 1");
     }
     let device = Default::default();
     let t0 = Instant::now();
-    let enc = SentenceEncoder::<B>::load(&a.model, &device)?;
+    let enc = SentenceEncoder::<B>::load(model, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let text = std::fs::read_to_string(&a.input)
-        .with_context(|| format!("reading {}", a.input.display()))?;
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let mut texts = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let t = match a.tab_field {
+        let t = match tab_field {
             None => line,
             Some(k) => line.split('\t').nth(k).with_context(|| {
                 format!(
                     "{}:{}: no tab-separated field {k} (--tab-field is 0-based)",
-                    a.input.display(),
+                    input.display(),
                     i + 1
                 )
             })?,
@@ -179,14 +197,14 @@ fn embed_on<B: Backend>(a: EmbedArgs) -> Result<()> {
         texts.push(t);
     }
     if texts.is_empty() {
-        bail!("{}: no lines to embed", a.input.display());
+        bail!("{}: no lines to embed", input.display());
     }
     let bar = bar(texts.len() as u64, "texts");
     if let Some(b) = &bar {
         crate::log::show_bar(b);
     }
     let t1 = Instant::now();
-    let out = enc.encode(&texts, a.batch, &device, |done| {
+    let out = enc.encode(&texts, batch, &device, |done| {
         if let Some(b) = &bar {
             b.set_position(done as u64);
         }
@@ -197,11 +215,16 @@ fn embed_on<B: Backend>(a: EmbedArgs) -> Result<()> {
     }
     let out = out?;
     let secs = t1.elapsed().as_secs_f64();
-    let (n, d) = (texts.len(), enc.dim());
+    let m = bllm_codes::FloatMatrix::new(texts.len(), enc.dim(), out)?;
+    Ok((m, load_s, secs))
+}
+
+fn embed_on(a: EmbedArgs) -> Result<()> {
+    let (m, load_s, secs) = embed_file(a.backend, &a.model, &a.input, a.tab_field, a.batch)?;
+    let (n, d) = (m.rows(), m.cols());
+    let out = m.as_slice();
     match a.dtype {
-        Dtype::F32 => {
-            bllm_codes::io::npy::write_f32_npy(&a.out, &bllm_codes::FloatMatrix::new(n, d, out)?)?
-        }
+        Dtype::F32 => bllm_codes::io::npy::write_f32_npy(&a.out, &m)?,
         Dtype::F16 => {
             let h: Vec<half::f16> = out.iter().map(|&x| half::f16::from_f32(x)).collect();
             bllm_codes::io::npy::write_f16_npy(&a.out, n, d, &h)?
