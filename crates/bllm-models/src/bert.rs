@@ -152,6 +152,51 @@ pub struct Bert<B: Backend> {
     pub config: BertConfig,
 }
 
+/// Additive key mask `[b, 1, 1, t]` of a `[b, t]` mask: 0 for tokens, −1e30 for padding
+/// (exp → exactly 0).
+pub fn key_bias<B: Backend>(mask: Tensor<B, 2>) -> Tensor<B, 4> {
+    let [b, t] = mask.dims();
+    (mask.neg().add_scalar(1.0) * -1e30).reshape([b, 1, 1, t])
+}
+
+impl<B: Backend> BertLayer<B> {
+    /// One post-LN layer on token states `x` `[b·t, d]` with additive key bias `bias`
+    /// `[b, 1, 1, t]` ([`key_bias`]) → `[b·t, d]`. `ctx` is the layer's context (its
+    /// projections fork it 0–5).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        bias: Tensor<B, 4>,
+        b: usize,
+        t: usize,
+        c: &BertConfig,
+        ctx: &Ctx,
+    ) -> Tensor<B, 2> {
+        let d = c.hidden_size;
+        let h = c.num_attention_heads;
+        let dh = d / h;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let heads = |p: &Proj<B>, x: Tensor<B, 2>, k: u64| {
+            p.forward(x, &ctx.fork(k), None)
+                .reshape([b, t, h, dh])
+                .swap_dims(1, 2)
+        };
+        let q = heads(&self.query, x.clone(), 0);
+        let k = heads(&self.key, x.clone(), 1);
+        let v = heads(&self.value, x.clone(), 2);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias;
+        let att = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b * t, d]);
+        let att = self.attention_output.forward(att, &ctx.fork(3), None);
+        let x = self.attention_norm.forward(att + x);
+        let m = gelu(self.intermediate.forward(x.clone(), &ctx.fork(4), None));
+        let m = self.output.forward(m, &ctx.fork(5), None);
+        self.output_norm.forward(m + x)
+    }
+}
+
 fn layer_norm<B: Backend>(
     ck: &mut Checkpoint,
     prefix: &str,
@@ -259,10 +304,17 @@ impl<B: Backend> Bert<B> {
     /// output does not depend on how much padding its batch has.
     pub fn forward(&self, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2>, ctx: &Ctx) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
-        let c = &self.config;
-        let d = c.hidden_size;
-        let h = c.num_attention_heads;
-        let dh = d / h;
+        let x = self.embed(ids);
+        let n = self.layers.len();
+        self.forward_layers(0..n, x, mask, ctx)
+            .reshape([b, t, self.config.hidden_size])
+    }
+
+    /// The embedding block's output, token states flattened: `ids` `[batch, t]` →
+    /// `[batch·t, d]` (the input of layer 0).
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, t] = ids.dims();
+        let d = self.config.hidden_size;
         let e = &self.embeddings;
         let words = e
             .word_embeddings
@@ -274,35 +326,29 @@ impl<B: Backend> Bert<B> {
         // Token states stay `[b·t, d]` between layers so each projection is one 2-D matrix
         // product (a `[b, t, d]` input would be multiplied batch by batch, re-packing the
         // weight for every sequence).
-        let mut x = e
-            .layer_norm
+        e.layer_norm
             .forward(words + pos + types)
-            .reshape([b * t, d]);
-        // Additive key mask `[b, 1, 1, t]`: 0 for tokens, −1e30 for padding (exp → exactly 0).
-        let bias = (mask.neg().add_scalar(1.0) * -1e30).reshape([b, 1, 1, t]);
-        let scale = 1.0 / (dh as f64).sqrt();
-        for (i, l) in self.layers.iter().enumerate() {
-            let ctx = ctx.fork(i as u64);
-            let heads = |p: &Proj<B>, x: Tensor<B, 2>, k: u64| {
-                p.forward(x, &ctx.fork(k), None)
-                    .reshape([b, t, h, dh])
-                    .swap_dims(1, 2)
-            };
-            let q = heads(&l.query, x.clone(), 0);
-            let k = heads(&l.key, x.clone(), 1);
-            let v = heads(&l.value, x.clone(), 2);
-            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
-            let att = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b * t, d]);
-            let att = l.attention_output.forward(att, &ctx.fork(3), None);
-            x = l.attention_norm.forward(att + x);
-            let m = gelu(l.intermediate.forward(x.clone(), &ctx.fork(4), None));
-            let m = l.output.forward(m, &ctx.fork(5), None);
-            x = l.output_norm.forward(m + x);
+            .reshape([b * t, d])
+    }
+
+    /// Layers `range` (e.g. `0..n` for all, `4..6` for the top two) applied to token states
+    /// `x` `[batch·t, d]` with key mask `mask` `[batch, t]` → `[batch·t, d]`. Running
+    /// `0..k` then `k..n` gives exactly [`forward`](Self::forward)'s states, so the frozen lower
+    /// layers' output can be computed once and cached.
+    pub fn forward_layers(
+        &self,
+        range: std::ops::Range<usize>,
+        x: Tensor<B, 2>,
+        mask: Tensor<B, 2>,
+        ctx: &Ctx,
+    ) -> Tensor<B, 2> {
+        let [b, t] = mask.dims();
+        let bias = key_bias(mask);
+        let mut x = x;
+        for i in range {
+            x = self.layers[i].forward(x, bias.clone(), b, t, &self.config, &ctx.fork(i as u64));
         }
-        x.reshape([b, t, d])
+        x
     }
 
     /// Mean of the hidden states over the real tokens (sentence-transformers' mean pooling:
@@ -321,4 +367,107 @@ impl<B: Backend> Bert<B> {
 pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let n = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
     x / n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use burn_ndarray::NdArray;
+    use rand::{Rng, SeedableRng};
+    use safetensors::{Dtype, tensor::TensorView};
+
+    /// A random 3-layer BERT (vocab 40, d 16, 2 heads, MLP 32) written as a checkpoint.
+    fn tiny(dir: &Path) -> Bert<NdArray> {
+        let c = BertConfig {
+            vocab_size: 40,
+            hidden_size: 16,
+            num_hidden_layers: 3,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 12,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            position_embedding_type: "absolute".into(),
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut t: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![40, 16]),
+            ("embeddings.position_embeddings.weight".into(), vec![12, 16]),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                vec![2, 16],
+            ),
+            ("embeddings.LayerNorm.weight".into(), vec![16]),
+            ("embeddings.LayerNorm.bias".into(), vec![16]),
+        ];
+        for i in 0..3 {
+            let p = format!("encoder.layer.{i}");
+            for (n, o, k) in [
+                ("attention.self.query", 16, 16),
+                ("attention.self.key", 16, 16),
+                ("attention.self.value", 16, 16),
+                ("attention.output.dense", 16, 16),
+                ("intermediate.dense", 32, 16),
+                ("output.dense", 16, 32),
+            ] {
+                t.push((format!("{p}.{n}.weight"), vec![o, k]));
+                t.push((format!("{p}.{n}.bias"), vec![o]));
+            }
+            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                t.push((format!("{p}.{n}.weight"), vec![16]));
+                t.push((format!("{p}.{n}.bias"), vec![16]));
+            }
+        }
+        let bytes: Vec<Vec<u8>> = t
+            .iter()
+            .map(|(_, s)| {
+                (0..s.iter().product::<usize>())
+                    .flat_map(|_| rng.random_range(-0.5f32..0.5).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = t
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s), b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let p = dir.join("model.safetensors");
+        safetensors::serialize_to_file(views, &None, &p).unwrap();
+        let mut ck = Checkpoint::open(&p).unwrap();
+        Bert::from_checkpoint(c, &mut ck, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn lower_then_upper_layers_are_exactly_the_full_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = tiny(dir.path());
+        let dev = Default::default();
+        let ids = Tensor::<NdArray, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 9, 2, 0, 0, 3, 7, 7, 7, 8, 2], [2, 6]),
+            &dev,
+        );
+        let mask = Tensor::<NdArray, 2>::from_data(
+            TensorData::new(
+                vec![1f32, 1., 1., 1., 0., 0., 1., 1., 1., 1., 1., 1.],
+                [2, 6],
+            ),
+            &dev,
+        );
+        let ctx = Ctx::default().for_eval();
+        let full = m.forward(ids.clone(), mask.clone(), &ctx).into_data();
+        for k in 0..=3 {
+            let low = m.forward_layers(0..k, m.embed(ids.clone()), mask.clone(), &ctx);
+            let top = m
+                .forward_layers(k..3, low, mask.clone(), &ctx)
+                .reshape([2, 6, 16]);
+            assert_eq!(top.into_data(), full, "split at layer {k}");
+        }
+    }
 }
