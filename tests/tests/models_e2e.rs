@@ -268,21 +268,20 @@ fn encode_text_gives_the_codes_of_its_embeddings() {
         "--out",
         s(&via_npy),
     ]);
-    bllm_ok(&[
-        "encode",
-        "--encoder",
-        s(&enc),
-        "--text",
-        s(&text),
-        "--tab-field",
-        "1",
-        "--model",
-        s(&m),
-        "--batch",
-        "16",
-        "--out",
-        s(&via_text),
-    ]);
+    // `bllm encode --encoder ENC --text TEXT EXTRA… --out d/OUT`.
+    let encode_text = |enc: &Path, extra: &[&str], out: &str| -> Result<(), String> {
+        let out = d.join(out);
+        let mut a = vec!["encode", "--encoder", s(enc), "--text", s(&text)];
+        a.extend(extra);
+        a.extend(["--out", s(&out)]);
+        bllm(&a)
+    };
+    encode_text(
+        &enc,
+        &["--tab-field", "1", "--model", s(&m), "--batch", "16"],
+        "c2",
+    )
+    .unwrap();
     let mut compared = 0;
     for f in std::fs::read_dir(&via_npy).unwrap() {
         let name = f.unwrap().file_name();
@@ -305,16 +304,7 @@ fn encode_text_gives_the_codes_of_its_embeddings() {
     );
 
     // No transformer beside the head and no --model.
-    let e = bllm(&[
-        "encode",
-        "--encoder",
-        s(&enc),
-        "--text",
-        s(&text),
-        "--out",
-        s(&d.join("c3")),
-    ])
-    .unwrap_err();
+    let e = encode_text(&enc, &[], "c3").unwrap_err();
     assert!(
         e.contains("holds no transformer") && e.contains("--model"),
         "{e}"
@@ -334,37 +324,13 @@ fn encode_text_gives_the_codes_of_its_embeddings() {
         "--out",
         s(&small),
     ]);
-    let e = bllm(&[
-        "encode",
-        "--encoder",
-        s(&small),
-        "--text",
-        s(&text),
-        "--model",
-        s(&m),
-        "--out",
-        s(&d.join("c4")),
-    ])
-    .unwrap_err();
+    let e = encode_text(&small, &["--model", s(&m)], "c4").unwrap_err();
     assert!(
         e.contains("384-dimensional") && e.contains("expects 128"),
         "{e}"
     );
     // A line without the requested field names the file and line.
-    let e = bllm(&[
-        "encode",
-        "--encoder",
-        s(&enc),
-        "--text",
-        s(&text),
-        "--tab-field",
-        "5",
-        "--model",
-        s(&m),
-        "--out",
-        s(&d.join("c5")),
-    ])
-    .unwrap_err();
+    let e = encode_text(&enc, &["--tab-field", "5", "--model", s(&m)], "c5").unwrap_err();
     assert!(e.contains("verses.txt:1") && e.contains("field 5"), "{e}");
     // --input and --text together.
     assert!(
