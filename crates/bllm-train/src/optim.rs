@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bllm_nn::{Bop, MixedOptimizer, binary_param_ids};
 use bllm_recipe::{OptimizerKind, Recipe};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
@@ -164,6 +164,35 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Opt<B, M> {
         }
     }
 
+    /// One step at `lr`; the parameters of each `(ids, scale)` group step at `lr · scale`
+    /// (a group's gradients are taken out and applied first; Burn's optimizers leave a
+    /// parameter without a gradient untouched, and keep their state per parameter). With
+    /// `bop_adam` the groups are not applied: the trainer refuses them before training.
+    pub(crate) fn step_groups(
+        &mut self,
+        lr: f64,
+        model: M,
+        grads: B::Gradients,
+        groups: &[(Vec<ParamId>, f64)],
+    ) -> M {
+        if groups.is_empty() || matches!(self, Self::BopAdam(_)) {
+            return self.step(lr, model, grads);
+        }
+        let mut grads = grads;
+        let mut model = model;
+        for (ids, scale) in groups {
+            let g = GradientsParams::from_params(&mut grads, &model, ids);
+            model = match self {
+                Self::Adam(o) => o.step(lr * scale, model, g),
+                Self::AdamW(o) => o.step(lr * scale, model, g),
+                Self::Sgd(o) => o.step(lr * scale, model, g),
+                // Not reached (stepped whole above; the trainer refuses groups with Bop).
+                Self::BopAdam(_) => model,
+            };
+        }
+        self.step(lr, model, grads)
+    }
+
     pub(crate) fn step(&mut self, lr: f64, model: M, grads: B::Gradients) -> M {
         match self {
             Self::Adam(o) => {
@@ -317,6 +346,7 @@ pub(crate) fn clip_and_step<B: AutodiffBackend, M: AutodiffModule<B>>(
     mut grads: B::Gradients,
     grad_norm: f64,
     lr: f64,
+    groups: &[(Vec<ParamId>, f64)],
 ) -> M {
     if recipe.train.grad_clip > 0.0 && grad_norm > recipe.train.grad_clip {
         let mut sg = ScaleGrads {
@@ -325,7 +355,7 @@ pub(crate) fn clip_and_step<B: AutodiffBackend, M: AutodiffModule<B>>(
         };
         model.visit(&mut sg);
     }
-    opt.step(lr, model, grads)
+    opt.step_groups(lr, model, grads, groups)
 }
 
 /// The context of training step `step` of `total`: progress and a per-step seed.
@@ -421,4 +451,72 @@ pub fn write_safetensors<B: burn::tensor::backend::Backend, M: Module<B>>(
         message: e.to_string(),
     })?;
     std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Module;
+
+    type Ad = Autodiff<NdArray>;
+
+    #[derive(Module, Debug)]
+    struct Two<B: Backend> {
+        a: Param<Tensor<B, 1>>,
+        b: Param<Tensor<B, 1>>,
+    }
+
+    fn two() -> Two<Ad> {
+        let dev = Default::default();
+        let p = |v: [f32; 3]| Param::from_tensor(Tensor::<Ad, 1>::from_floats(v, &dev));
+        bllm_nn::with_deterministic_ids(
+            Two {
+                a: p([1.0, -2.0, 0.5]),
+                b: p([0.3, 0.1, -1.0]),
+            },
+            0,
+        )
+    }
+
+    /// One Adam step at lr 0.1 on `Σ a² + Σ b³` with the groups given; the new `a` and `b`.
+    fn stepped(groups: impl Fn(&Two<Ad>) -> Vec<(Vec<ParamId>, f64)>) -> (Vec<f32>, Vec<f32>) {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/smoke.toml");
+        let mut recipe = Recipe::load(Path::new(root), &[], &()).expect("smoke recipe");
+        recipe.optimizer.kind = OptimizerKind::Adam;
+        recipe.optimizer.weight_decay = 0.0;
+        let m = two();
+        let mut opt = Opt::<Ad, Two<Ad>>::new(&recipe, &m);
+        let loss = m.a.val().square().sum() + m.b.val().powi_scalar(3).sum();
+        let grads = loss.backward();
+        let g = groups(&m);
+        let m = opt.step_groups(0.1, m, grads, &g);
+        (to_vec(m.a.val().inner()), to_vec(m.b.val().inner()))
+    }
+
+    #[test]
+    fn groups_step_at_their_own_scale_and_leave_the_rest_as_one_step() {
+        let (a0, b0) = (vec![1.0f32, -2.0, 0.5], vec![0.3f32, 0.1, -1.0]);
+        let (a, b) = stepped(|_| Vec::new());
+        // A group at scale 1 is the plain step, bit for bit.
+        assert_eq!(
+            stepped(|m| vec![(vec![m.a.id], 1.0)]),
+            (a.clone(), b.clone())
+        );
+        // Scale 0 freezes the group; the rest steps as before.
+        let (af, bf) = stepped(|m| vec![(vec![m.a.id], 0.0)]);
+        assert_eq!((af, &bf), (a0.clone(), &b));
+        // Adam's first step moves each weight by ≈ lr; at scale 0.25 by a quarter of that.
+        let (aq, bq) = stepped(|m| vec![(vec![m.a.id], 0.25)]);
+        assert_eq!(bq, b);
+        for i in 0..3 {
+            let (full, quarter) = (a[i] - a0[i], aq[i] - a0[i]);
+            assert!(
+                (quarter - 0.25 * full).abs() < 1e-6,
+                "{i}: {quarter} vs {full}"
+            );
+            assert!((full.abs() - 0.1).abs() < 1e-4, "{i}: {full}");
+        }
+        assert_ne!(b, b0);
+    }
 }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use bllm_recipe::Recipe;
 use bllm_ste::{Ctx, Shadow};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -180,6 +180,13 @@ pub trait Kind<B: AutodiffBackend>: Sized {
     /// The kind's own monitors, besides the generic ones.
     fn monitors(&self, _model: &Self::Model) -> Result<Vec<Box<dyn Monitor<B, Self>>>> {
         Ok(Vec::new())
+    }
+
+    /// Parameters trained at a multiple of the scheduled learning rate, as `(ids, scale)`
+    /// groups (a pretrained encoder under a fresh head). Default: none, everything at the
+    /// scheduled rate. Not supported with `optimizer.kind = "bop_adam"`.
+    fn lr_groups(&self, _model: &Self::Model) -> Vec<(Vec<ParamId>, f64)> {
+        Vec::new()
     }
 
     /// Held-out evaluation after `step` of `total` (periodic and final).
@@ -373,6 +380,15 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
     // seed write the same bytes, for every kind.
     let model = bllm_nn::with_deterministic_ids(kind.model(&dev)?, 0);
     let opt = Opt::new(recipe, &model);
+    let groups = kind.lr_groups(&model);
+    if !groups.is_empty() && recipe.optimizer.kind == bllm_recipe::OptimizerKind::BopAdam {
+        return Err(crate::TrainError::Unsupported(format!(
+            "recipe {:?}: optimizer.kind = \"bop_adam\" cannot train parameter groups at their \
+             own learning rates ({} groups here); use adam or adamw",
+            recipe.name,
+            groups.len()
+        )));
+    }
     let mut monitors = crate::sites::generic_monitors::<B, K>(&kind, &model);
     monitors.extend(kind.monitors(&model)?);
     let fresh = TrainerState {
@@ -499,7 +515,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         if skip {
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
-            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr);
+            model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr, &groups);
             kind.after_update(&mut model, &out.stats);
         }
         state.step += 1;

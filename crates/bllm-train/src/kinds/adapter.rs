@@ -170,7 +170,7 @@ fn phase<B: AutodiffBackend>(
             });
         }
         let lr = lr(step);
-        model = clip_and_step(recipe, &mut opt, model, grads, gn, lr);
+        model = clip_and_step(recipe, &mut opt, model, grads, gn, lr, &[]);
         if let Some(run) = run {
             if (step + 1) % recipe.train.log_every == 0 || step == 0 {
                 run.append(
