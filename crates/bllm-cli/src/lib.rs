@@ -6,7 +6,7 @@ mod bench;
 mod bench_train;
 mod codes;
 pub mod log;
-pub(crate) mod models;
+mod models;
 mod plot;
 pub mod recipes;
 mod report;

@@ -148,7 +148,23 @@ fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
 
 /// `bllm embed`.
 pub fn embed(a: EmbedArgs) -> Result<()> {
-    embed_on(a)
+    let (m, load_s, secs) = embed_file(a.backend, &a.model, &a.input, a.tab_field, a.batch)?;
+    let (n, d) = (m.rows(), m.cols());
+    let out = m.as_slice();
+    match a.dtype {
+        Dtype::F32 => bllm_codes::io::npy::write_f32_npy(&a.out, &m)?,
+        Dtype::F16 => {
+            let h: Vec<half::f16> = out.iter().map(|&x| half::f16::from_f32(x)).collect();
+            bllm_codes::io::npy::write_f16_npy(&a.out, n, d, &h)?
+        }
+    }
+    println!(
+        "embedded {n} texts → {} ({n} × {d}, {:?}) in {secs:.1} s ({:.1} texts/s; model loaded in {load_s:.1} s)",
+        a.out.display(),
+        a.dtype,
+        n as f64 / secs
+    );
+    Ok(())
 }
 
 /// Texts of `input` (one per line; with `tab_field`, only that 0-based tab-separated field)
@@ -217,26 +233,6 @@ fn embed_file_on<B: Backend>(
     let secs = t1.elapsed().as_secs_f64();
     let m = bllm_codes::FloatMatrix::new(texts.len(), enc.dim(), out)?;
     Ok((m, load_s, secs))
-}
-
-fn embed_on(a: EmbedArgs) -> Result<()> {
-    let (m, load_s, secs) = embed_file(a.backend, &a.model, &a.input, a.tab_field, a.batch)?;
-    let (n, d) = (m.rows(), m.cols());
-    let out = m.as_slice();
-    match a.dtype {
-        Dtype::F32 => bllm_codes::io::npy::write_f32_npy(&a.out, &m)?,
-        Dtype::F16 => {
-            let h: Vec<half::f16> = out.iter().map(|&x| half::f16::from_f32(x)).collect();
-            bllm_codes::io::npy::write_f16_npy(&a.out, n, d, &h)?
-        }
-    }
-    println!(
-        "embedded {n} texts → {} ({n} × {d}, {:?}) in {secs:.1} s ({:.1} texts/s; model loaded in {load_s:.1} s)",
-        a.out.display(),
-        a.dtype,
-        n as f64 / secs
-    );
-    Ok(())
 }
 
 /// Reads `path`, keeping only the first `max_bytes` bytes cut after their last newline.

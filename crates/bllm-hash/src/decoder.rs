@@ -506,22 +506,21 @@ impl CodeDecoder {
             path: dir.to_owned(),
             reason: e.to_string(),
         })?;
-        let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
-            ("offset", vec![self.dim], &self.offset),
-            ("weights", vec![self.bits, self.dim], &self.weights),
-        ];
-        if let Some(r) = &self.residual {
-            tensors.push((
-                "codebooks",
-                vec![r.subspaces, r.centroids, self.dim / r.subspaces],
+        let (offset, weights) = ([self.dim], [self.bits, self.dim]);
+        let codebooks = self.residual.as_ref().map(|r| {
+            (
+                [r.subspaces, r.centroids, self.dim / r.subspaces],
                 &r.codebooks,
-            ));
+            )
+        });
+        let mut tensors: Vec<(&str, &[usize], &[f32])> = vec![
+            ("offset", &offset, &self.offset),
+            ("weights", &weights, &self.weights),
+        ];
+        if let Some((shape, values)) = &codebooks {
+            tensors.push(("codebooks", shape, values));
         }
-        let views: Vec<(&str, &[usize], &[f32])> = tensors
-            .iter()
-            .map(|(n, s, v)| (*n, s.as_slice(), *v))
-            .collect();
-        write_f32_safetensors(&dir.join(DECODER_TENSORS), &views)?;
+        write_f32_safetensors(&dir.join(DECODER_TENSORS), &tensors)?;
         let json = DecoderJson {
             format: "bllm-code-decoder".into(),
             dim: self.dim,

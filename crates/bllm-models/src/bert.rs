@@ -161,19 +161,18 @@ pub fn key_bias<B: Backend>(mask: Tensor<B, 2>) -> Tensor<B, 4> {
 
 impl<B: Backend> BertLayer<B> {
     /// One post-LN layer on token states `x` `[b·t, d]` with additive key bias `bias`
-    /// `[b, 1, 1, t]` ([`key_bias`]) → `[b·t, d]`. `ctx` is the layer's context (its
-    /// projections fork it 0–5).
+    /// `[b, 1, 1, t]` ([`key_bias`]) and `n_heads` attention heads → `[b·t, d]`. `ctx` is the
+    /// layer's context (its projections fork it 0–5).
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
         bias: Tensor<B, 4>,
-        b: usize,
-        t: usize,
-        c: &BertConfig,
+        n_heads: usize,
         ctx: &Ctx,
     ) -> Tensor<B, 2> {
-        let d = c.hidden_size;
-        let h = c.num_attention_heads;
+        let [b, _, _, t] = bias.dims();
+        let [_, d] = x.dims();
+        let h = n_heads;
         let dh = d / h;
         let scale = 1.0 / (dh as f64).sqrt();
         let heads = |p: &Proj<B>, x: Tensor<B, 2>, k: u64| {
@@ -338,15 +337,14 @@ impl<B: Backend> Bert<B> {
     pub fn forward_layers(
         &self,
         range: std::ops::Range<usize>,
-        x: Tensor<B, 2>,
+        mut x: Tensor<B, 2>,
         mask: Tensor<B, 2>,
         ctx: &Ctx,
     ) -> Tensor<B, 2> {
-        let [b, t] = mask.dims();
         let bias = key_bias(mask);
-        let mut x = x;
+        let h = self.config.num_attention_heads;
         for i in range {
-            x = self.layers[i].forward(x, bias.clone(), b, t, &self.config, &ctx.fork(i as u64));
+            x = self.layers[i].forward(x, bias.clone(), h, &ctx.fork(i as u64));
         }
         x
     }
