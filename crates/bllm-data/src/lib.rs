@@ -19,4 +19,4 @@ pub use bllm_codes::FloatMatrix;
 pub use error::{DataError, Result};
 pub use load::{check_manifest, load_embeddings, load_embeddings_typed, write_fvecs};
 pub use split::Split;
-pub use text::{MAX_CORPUS_FILE, TextCorpus};
+pub use text::{MAX_CORPUS_FILE, TextCorpus, read_lines};

@@ -96,8 +96,73 @@ impl TextCorpus {
     }
 }
 
+/// The texts of `path`, one per line (a final newline ends the last line; `\r\n` endings are
+/// accepted). With `field`, only that 0-based tab-separated field of each line (the bundled
+/// `verses.txt` is `reference TAB text`, so field 1). Errors name the file and line: a file
+/// that is not UTF-8, a line without the field, an empty file.
+pub fn read_lines(path: &Path, field: Option<usize>) -> Result<Vec<String>> {
+    let bytes = read_file(path, MAX_CORPUS_FILE)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        DataError::file(
+            path,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = match field {
+            None => line,
+            Some(k) => line.split('\t').nth(k).ok_or_else(|| {
+                DataError::file(
+                    path,
+                    format!(
+                        "line {}: no tab-separated field {k} (fields are 0-based)",
+                        i + 1
+                    ),
+                )
+            })?,
+        };
+        out.push(t.to_owned());
+    }
+    if out.is_empty() {
+        return Err(DataError::file(
+            path,
+            "no lines: expected one text per line",
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_lines_takes_a_field_and_names_the_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        std::fs::write(&p, "a\tone\r\nb\ttwo\n").unwrap();
+        assert_eq!(super::read_lines(&p, None).unwrap(), ["a\tone", "b\ttwo"]);
+        assert_eq!(super::read_lines(&p, Some(1)).unwrap(), ["one", "two"]);
+        let e = super::read_lines(&p, Some(2)).unwrap_err().to_string();
+        assert!(
+            e.contains("t.txt") && e.contains("line 1") && e.contains("field 2"),
+            "{e}"
+        );
+        std::fs::write(&p, "").unwrap();
+        assert!(
+            super::read_lines(&p, None)
+                .unwrap_err()
+                .to_string()
+                .contains("no lines")
+        );
+        std::fs::write(&p, [0xffu8, 0xfe]).unwrap();
+        assert!(
+            super::read_lines(&p, None)
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
+    }
+
     use super::*;
 
     #[test]

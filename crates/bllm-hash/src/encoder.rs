@@ -14,9 +14,10 @@ pub const ENCODER_TENSORS: &str = "encoder.safetensors";
 pub const ENCODER_JSON: &str = "encoder.json";
 /// Every [`LinearEncoder::method`] there is: the baselines (the names of
 /// [`Method::ALL`](crate::Method::ALL)) and the retrieval trainer's learned heads,
-/// `learned_<objective.kind>`. [`LinearEncoder::save`] and [`LinearEncoder::load`] refuse any
+/// `learned_<objective.kind>`, and the heads trained under a fine-tuned sentence encoder,
+/// `finetuned_<objective.kind>`. [`LinearEncoder::save`] and [`LinearEncoder::load`] refuse any
 /// other, so a writer cannot produce what the reader refuses.
-pub const ENCODER_METHODS: [&str; 7] = [
+pub const ENCODER_METHODS: [&str; 9] = [
     "lsh",
     "lsh_centred",
     "pca",
@@ -24,6 +25,8 @@ pub const ENCODER_METHODS: [&str; 7] = [
     "sign",
     "learned_listwise",
     "learned_similarity",
+    "finetuned_listwise",
+    "finetuned_similarity",
 ];
 
 /// A linear binary encoder: `bit_j(x) = [((x̂ − μ) · P)_j − t_j ≥ 0]`, where `x̂ = x / ‖x‖`

@@ -196,6 +196,58 @@ impl<B: Backend> BertLayer<B> {
     }
 }
 
+impl<B: Backend> BertLayer<B> {
+    /// The layer's weights under the checkpoint's names (`{prefix}.attention.self.query.weight`,
+    /// …, with `prefix` e.g. `encoder.layer.5`) and PyTorch layouts (`[d_out, d_in]`), as
+    /// `(name, shape, values)`. Only float projections can be written this way.
+    pub fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(16);
+        let host = |t: Tensor<B, 1>| -> Vec<f32> {
+            t.into_data().convert::<f32>().to_vec().unwrap_or_default()
+        };
+        for (name, p) in [
+            ("attention.self.query", &self.query),
+            ("attention.self.key", &self.key),
+            ("attention.self.value", &self.value),
+            ("attention.output.dense", &self.attention_output),
+            ("intermediate.dense", &self.intermediate),
+            ("output.dense", &self.output),
+        ] {
+            let lin = p.float.as_ref().filter(|_| p.adapter.is_none()).ok_or_else(|| {
+                ModelError::Input(format!(
+                    "{prefix}.{name}: only a float projection can be saved as a checkpoint tensor"
+                ))
+            })?;
+            let [d_in, d_out] = lin.weight.val().dims();
+            let w = host(lin.weight.val().reshape([d_in * d_out]));
+            out.push((
+                format!("{prefix}.{name}.weight"),
+                vec![d_out, d_in],
+                crate::common::transpose(&w, d_in, d_out),
+            ));
+            let b = lin
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; d_out], |b| host(b.val()));
+            out.push((format!("{prefix}.{name}.bias"), vec![d_out], b));
+        }
+        for (name, ln) in [
+            ("attention.output.LayerNorm", &self.attention_norm),
+            ("output.LayerNorm", &self.output_norm),
+        ] {
+            let g = host(ln.gamma.val());
+            let d = g.len();
+            out.push((format!("{prefix}.{name}.weight"), vec![d], g));
+            let b = ln
+                .beta
+                .as_ref()
+                .map_or_else(|| vec![0.0; d], |b| host(b.val()));
+            out.push((format!("{prefix}.{name}.bias"), vec![d], b));
+        }
+        Ok(out)
+    }
+}
+
 fn layer_norm<B: Backend>(
     ck: &mut Checkpoint,
     prefix: &str,

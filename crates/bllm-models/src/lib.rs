@@ -29,13 +29,13 @@ mod sentence;
 mod tokenizer;
 mod weights;
 
-pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, l2_normalize};
+pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, key_bias, l2_normalize};
 pub use common::transpose;
 pub use error::{ModelError, Result};
 pub use llama::{
     AttentionHook, AttentionInputs, KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer,
     LlamaMlp, LoadedLlama, RmsNorm, apply_rope, masked_softmax, rope_tables, unpermute_rope_rows,
 };
-pub use sentence::{Pooling, SentenceEncoder};
+pub use sentence::{Pooling, SentenceEncoder, TokenStates, length_chunks};
 pub use tokenizer::{GGUF_PRE_TOKENIZERS, TextTokenizer};
 pub use weights::Checkpoint;

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::bert::{Bert, l2_normalize};
+use crate::bert::{Bert, BertLayer, l2_normalize};
 use crate::common::read_json;
 use crate::{ModelError, Result, TextTokenizer};
 
@@ -157,11 +157,23 @@ impl<B: Backend> SentenceEncoder<B> {
     /// Embeddings of already tokenized inputs, in their order, `[n, d]` row-major. Each batch
     /// is padded to its longest member; padding does not change a row.
     pub fn embed_ids(&self, ids: &[Vec<u32>], device: &B::Device) -> Result<Vec<f32>> {
-        let b = ids.len();
-        let d = self.bert.config.hidden_size;
-        if b == 0 {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let (ids_t, mask_t) = self.padded(ids, device)?;
+        let ctx = Ctx::default().for_eval();
+        let h = self.bert.forward(ids_t, mask_t.clone(), &ctx);
+        host(self.pooling.apply(h, mask_t, self.normalize))
+    }
+
+    /// `ids` padded to the longest: ids `[b, t]` (0 for padding) and mask `[b, t]`; checks
+    /// lengths and ids against the model.
+    fn padded(
+        &self,
+        ids: &[Vec<u32>],
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+        let b = ids.len();
         let t = ids.iter().map(Vec::len).max().unwrap_or(0);
         if t == 0 || t > self.max_len {
             return Err(ModelError::Input(format!(
@@ -183,22 +195,70 @@ impl<B: Backend> SentenceEncoder<B> {
                 mask[r * t + j] = 1.0;
             }
         }
-        let ids_t = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), device);
-        let mask_t = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), device);
+        Ok((
+            Tensor::from_data(TensorData::new(flat, [b, t]), device),
+            Tensor::from_data(TensorData::new(mask, [b, t]), device),
+        ))
+    }
+
+    /// Token ids of `texts` as the encoder sees them ([`token_ids`](Self::token_ids) for each).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        Ok(self
+            .tokenizer
+            .encode_batch(texts, true)?
+            .into_iter()
+            .map(|v| self.truncate(v))
+            .collect())
+    }
+
+    /// The token states of every input after layers `0..split`, computed in the chunks
+    /// [`encode`](Self::encode) uses at this `batch` ([`length_chunks`]), so that the upper
+    /// layers run on them chunk by chunk reproduce `encode`'s bytes. `progress` gets the
+    /// number of inputs done.
+    pub fn token_states(
+        &self,
+        ids: &[Vec<u32>],
+        split: usize,
+        batch: usize,
+        device: &B::Device,
+        mut progress: impl FnMut(usize),
+    ) -> Result<TokenStates> {
+        let n_layers = self.bert.config.num_hidden_layers;
+        if split > n_layers {
+            return Err(ModelError::Input(format!(
+                "split after layer {split} of a {n_layers}-layer encoder"
+            )));
+        }
+        let d = self.dim();
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut offsets = Vec::with_capacity(lens.len() + 1);
+        offsets.push(0);
+        for l in &lens {
+            offsets.push(offsets[offsets.len() - 1] + l);
+        }
+        let mut data = vec![0f32; offsets[lens.len()] * d];
         let ctx = Ctx::default().for_eval();
-        let h = self.bert.forward(ids_t, mask_t.clone(), &ctx);
-        let pooled = match self.pooling {
-            Pooling::Mean => Bert::mean_pool(h, mask_t),
-            Pooling::Cls => h.slice([0..b, 0..1]).reshape([b, d]),
-        };
-        let out = if self.normalize {
-            l2_normalize(pooled)
-        } else {
-            pooled
-        };
-        out.into_data()
-            .into_vec::<f32>()
-            .map_err(|e| ModelError::Input(format!("reading embeddings: {e:?}")))
+        let mut done = 0;
+        for chunk in length_chunks(&lens, batch) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let (ids_t, mask_t) = self.padded(&rows, device)?;
+            let t = mask_t.dims()[1];
+            let x = self.bert.embed(ids_t);
+            let x = host(self.bert.forward_layers(0..split, x, mask_t, &ctx))?;
+            for (k, &i) in chunk.iter().enumerate() {
+                let src = &x[k * t * d..(k * t + lens[i]) * d];
+                data[offsets[i] * d..offsets[i + 1] * d].copy_from_slice(src);
+            }
+            done += chunk.len();
+            progress(done);
+        }
+        Ok(TokenStates {
+            split,
+            dim: d,
+            lens,
+            offsets,
+            data,
+        })
     }
 
     /// Embeddings of `texts`, `[n, d]` row-major, in the input order. Like sentence-transformers,
@@ -212,17 +272,11 @@ impl<B: Backend> SentenceEncoder<B> {
         mut progress: impl FnMut(usize),
     ) -> Result<Vec<f32>> {
         let d = self.bert.config.hidden_size;
-        let ids: Vec<Vec<u32>> = self
-            .tokenizer
-            .encode_batch(texts, true)?
-            .into_iter()
-            .map(|v| self.truncate(v))
-            .collect();
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let ids = self.tokenize(texts)?;
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut out = vec![0f32; texts.len() * d];
         let mut done = 0;
-        for chunk in order.chunks(batch.max(1)) {
+        for chunk in length_chunks(&lens, batch) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             let e = self.embed_ids(&rows, device)?;
             for (k, &i) in chunk.iter().enumerate() {
@@ -234,8 +288,206 @@ impl<B: Backend> SentenceEncoder<B> {
         Ok(out)
     }
 
+    /// Writes `dst` as a sentence-transformers / Hugging Face directory of this encoder with
+    /// layers `first..first + layers.len()` replaced by `layers`: `model.safetensors` holds
+    /// every tensor of the original checkpoint under its own name (the replaced ones as f32,
+    /// the others byte for byte), and the directory's config, tokenizer and module files
+    /// (`*.json`, `*.txt`, and the module folders `modules.json` names) are copied. Each file
+    /// is written to a temporary name and renamed, so a crash leaves no half-written file.
+    pub fn save_with_layers<B2: Backend>(
+        &self,
+        dst: &Path,
+        first: usize,
+        layers: &[BertLayer<B2>],
+    ) -> Result<()> {
+        let src_st = self.dir.join("model.safetensors");
+        let bytes = std::fs::read(&src_st).map_err(|e| ModelError::io(&src_st, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| ModelError::format(&src_st, e.to_string()))?;
+        let pre = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
+        let mut replaced = std::collections::BTreeMap::new();
+        for (j, layer) in layers.iter().enumerate() {
+            for (name, shape, v) in
+                layer.named_tensors(&format!("{pre}encoder.layer.{}", first + j))?
+            {
+                replaced.insert(name, (shape, v));
+            }
+        }
+        let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+        names.sort();
+        for name in replaced.keys() {
+            if !names.contains(name) {
+                return Err(ModelError::format(
+                    &src_st,
+                    format!("no tensor `{name}` to replace"),
+                ));
+            }
+        }
+        let owned: Vec<Vec<u8>> = replaced
+            .values()
+            .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let mut views = Vec::with_capacity(names.len());
+        for name in &names {
+            let view = match replaced.keys().position(|k| k == name) {
+                Some(i) => {
+                    let shape = replaced[name].0.clone();
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &owned[i])
+                }
+                None => {
+                    let t = st
+                        .tensor(name)
+                        .map_err(|e| ModelError::format(&src_st, e.to_string()))?;
+                    safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data())
+                }
+            }
+            .map_err(|e| ModelError::format(&src_st, format!("tensor `{name}`: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        let data = safetensors::serialize(views, &None)
+            .map_err(|e| ModelError::format(&dst.join("model.safetensors"), e.to_string()))?;
+        std::fs::create_dir_all(dst).map_err(|e| ModelError::io(dst, e))?;
+        write_atomic(&dst.join("model.safetensors"), &data)?;
+        copy_configs(&self.dir, dst)?;
+        let modules = self.dir.join("modules.json");
+        if modules.is_file() {
+            let entries: Vec<ModuleEntry> = read_json(&modules)?;
+            for m in entries.iter().filter(|m| !m.path.is_empty()) {
+                let sub = self.dir.join(&m.path);
+                if sub.is_dir() {
+                    let out = dst.join(&m.path);
+                    std::fs::create_dir_all(&out).map_err(|e| ModelError::io(&out, e))?;
+                    copy_configs(&sub, &out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Width of the embeddings.
     pub fn dim(&self) -> usize {
         self.bert.config.hidden_size
     }
+}
+
+impl Pooling {
+    /// Pools token states `h` `[b, t, d]` over mask `[b, t]` → `[b, d]`, then L2-normalises
+    /// when `normalize` (what the encoder's modules do after the transformer).
+    pub fn apply<B: Backend>(
+        self,
+        h: Tensor<B, 3>,
+        mask: Tensor<B, 2>,
+        normalize: bool,
+    ) -> Tensor<B, 2> {
+        let [b, _, d] = h.dims();
+        let pooled = match self {
+            Self::Mean => Bert::mean_pool(h, mask),
+            Self::Cls => h.slice([0..b, 0..1]).reshape([b, d]),
+        };
+        if normalize {
+            l2_normalize(pooled)
+        } else {
+            pooled
+        }
+    }
+}
+
+/// The order in which [`SentenceEncoder::encode`] runs inputs of token lengths `lens`: sorted
+/// by decreasing length (stable, so ties keep their input order), `batch` at a time. Each
+/// chunk is padded to its first (longest) member.
+pub fn length_chunks(lens: &[usize], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// Token states of a set of inputs after the encoder's first `split` layers
+/// ([`SentenceEncoder::token_states`]), unpadded, f32: what fine-tuning the upper layers reads
+/// instead of running the frozen lower ones again.
+#[derive(Clone, Debug)]
+pub struct TokenStates {
+    /// Layers applied.
+    pub split: usize,
+    /// Width of a state.
+    pub dim: usize,
+    /// Tokens of each input.
+    pub lens: Vec<usize>,
+    offsets: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl TokenStates {
+    /// Inputs held.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether no input is held.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Bytes of states held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+
+    /// The states of inputs `rows`, zero-padded to the longest: `[b·t, d]` and the mask
+    /// `[b, t]`. Zero padding gives the real tokens the same upper-layer output as the padding
+    /// the lower layers computed (padded keys get exactly zero attention weight).
+    pub fn batch<B: Backend>(
+        &self,
+        rows: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let d = self.dim;
+        let b = rows.len();
+        let t = rows.iter().map(|&i| self.lens[i]).max().unwrap_or(0);
+        let mut x = vec![0f32; b * t * d];
+        let mut mask = vec![0f32; b * t];
+        for (k, &i) in rows.iter().enumerate() {
+            let src = &self.data[self.offsets[i] * d..self.offsets[i + 1] * d];
+            x[k * t * d..k * t * d + src.len()].copy_from_slice(src);
+            mask[k * t..k * t + self.lens[i]].fill(1.0);
+        }
+        (
+            Tensor::from_data(TensorData::new(x, [b * t, d]), device),
+            Tensor::from_data(TensorData::new(mask, [b, t]), device),
+        )
+    }
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .into_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading embeddings: {e:?}")))
+}
+
+/// `data` written to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// Copies the `*.json` and `*.txt` files of `src` (configs, tokenizer, vocabulary) into `dst`.
+fn copy_configs(src: &Path, dst: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(src).map_err(|e| ModelError::io(src, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "txt"))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.file_name().unwrap_or_default();
+        let data = std::fs::read(&f).map_err(|e| ModelError::io(&f, e))?;
+        write_atomic(&dst.join(name), &data)?;
+    }
+    Ok(())
 }

@@ -864,7 +864,15 @@ fn retrieval(recipe: &Recipe, t: &crate::RetrievalTask) -> MemoryEstimate {
             let q = (t.data.queries as f64).min(rows);
             Some((rows - q, q, s.dim as f64))
         }
-        (None, None) => None,
+        (None, None) => {
+            if let Some(tx) = &t.data.texts {
+                notes.push(format!(
+                    "data: the token-state cache of fine-tuning on {tx} (lines × tokens × \
+                     hidden width × 4 B) and the encoder layers are not counted"
+                ));
+            }
+            None
+        }
     };
     let bits = t.model.bits as f64;
     let batch = recipe.train.batch_size as f64;

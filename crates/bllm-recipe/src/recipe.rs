@@ -338,6 +338,35 @@ pub struct EmbeddingSection {
     pub normalize: bool,
     /// Train on at most this many database rows, evenly spaced (0 = all).
     pub train_rows: usize,
+    /// A text file, one text per line (the first `queries` lines are the queries), for
+    /// fine-tuning the encoder of `[encoder]`; exclusive with `path`, `synthetic` and
+    /// `queries_path` (the frozen encoder itself is the teacher).
+    pub texts: Option<String>,
+    /// Only this 0-based tab-separated field of each line of `texts` (the bundled
+    /// `verses.txt` is `reference TAB text`: 1); `None`: the whole line.
+    pub text_field: Option<usize>,
+}
+
+/// `[encoder]` of `kind = "retrieval"` with `data.texts`: the sentence encoder fine-tuned
+/// under the hash head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderSection {
+    /// A sentence-transformers directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`, …), e.g. `models/minilm`.
+    pub pretrained: String,
+    /// How many top layers are trained; the lower ones run once and their token states are
+    /// cached.
+    pub train_layers: usize,
+    /// The encoder layers' learning rate at the start of the schedule (the head trains at
+    /// `optimizer.lr`; both follow `[schedule]`).
+    pub lr: f64,
+    /// Texts per forward pass when caching and exporting; `bllm encode --text --batch` with the
+    /// same value reproduces the exported codes byte for byte.
+    pub batch: usize,
+    /// Database rows (evenly spaced) whose embeddings each anchor is ranked against.
+    pub bank: usize,
+    /// The bank's embeddings are recomputed with the current encoder every this many steps.
+    pub refresh_every: usize,
 }
 
 /// `[model]` of `kind = "retrieval"`: the projection head.
@@ -398,6 +427,8 @@ pub struct RetrievalTask {
     pub objective: ObjectiveSection,
     /// `[eval]`.
     pub eval: RetrievalEvalSection,
+    /// `[encoder]`: fine-tune a sentence encoder under the head (with `data.texts`).
+    pub encoder: Option<EncoderSection>,
 }
 
 /// `[data]`: the synthetic classification task of `kind = "classify"`.
@@ -1493,10 +1524,15 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
             Some(s)
         }
     };
-    if path.is_none() && synthetic.is_none() {
+    let texts = d.raw("texts").is_some().then(|| d.string("texts", None, r));
+    let text_field = d
+        .raw("text_field")
+        .is_some()
+        .then(|| d.int("text_field", None, 0, 1 << 20, r) as usize);
+    if path.is_none() && synthetic.is_none() && texts.is_none() {
         r.push(
             "data.path",
-            "a file of embeddings (or a [data.synthetic] table)",
+            "a file of embeddings (or a [data.synthetic] table, or data.texts with [encoder])",
             "nothing (the key is required)",
         );
     }
@@ -1504,6 +1540,24 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         .raw("queries_path")
         .is_some()
         .then(|| d.string("queries_path", None, r));
+    if texts.is_some() {
+        for (key, set) in [
+            ("path", path.is_some()),
+            ("synthetic", synthetic.is_some()),
+            ("queries_path", queries_path.is_some()),
+        ] {
+            if set {
+                r.push(
+                    &format!("data.{key}"),
+                    "absent when data.texts is set (the frozen encoder is the teacher and the \
+                     first data.queries lines are the queries)",
+                    "a value",
+                );
+            }
+        }
+    } else if text_field.is_some() {
+        r.push("data.text_field", "absent without data.texts", "a value");
+    }
     let data = EmbeddingSection {
         path,
         synthetic,
@@ -1511,6 +1565,8 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         queries_path,
         normalize: d.boolean("normalize", true, r),
         train_rows: d.int("train_rows", Some(0), 0, i64::MAX, r) as usize,
+        texts,
+        text_field,
     };
     d.finish(r);
 
@@ -1543,10 +1599,43 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         decorrelation: o.float("decorrelation", Some(0.0), 0.0, 1e6, r),
     };
     o.finish(r);
+    let encoder = match root.raw("encoder") {
+        None => {
+            if data.texts.is_some() {
+                r.push(
+                    "encoder",
+                    "an [encoder] table (pretrained = \"models/minilm\", …) to fine-tune on data.texts",
+                    "nothing",
+                );
+            }
+            None
+        }
+        Some(_) => {
+            let mut e = root.table("encoder", r);
+            let s = EncoderSection {
+                pretrained: e.string("pretrained", None, r),
+                train_layers: e.int("train_layers", Some(1), 1, 1024, r) as usize,
+                lr: e.float("lr", Some(2e-5), 0.0, 10.0, r),
+                batch: e.int("batch", Some(128), 1, 1 << 20, r) as usize,
+                bank: e.int("bank", Some(2048), 1, i64::MAX, r) as usize,
+                refresh_every: e.int("refresh_every", Some(50), 1, i64::MAX, r) as usize,
+            };
+            e.finish(r);
+            if data.texts.is_none() {
+                r.push(
+                    "data.texts",
+                    "a text file (one text per line) for the [encoder] to fine-tune on",
+                    "nothing",
+                );
+            }
+            Some(s)
+        }
+    };
     Task::Retrieval(Box::new(RetrievalTask {
         data,
         model,
         objective,
+        encoder,
         eval: RetrievalEvalSection {
             methods: Vec::new(),
             bits: Vec::new(),

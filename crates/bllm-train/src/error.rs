@@ -45,6 +45,9 @@ pub enum TrainError {
     /// Codes could not be packed, searched or written.
     #[error(transparent)]
     Codes(#[from] bllm_codes::CodesError),
+    /// A pretrained model, its config or its tokenizer could not be read or written.
+    #[error(transparent)]
+    Model(#[from] bllm_models::ModelError),
     /// A monitor with action `stop` fired; the run saved a checkpoint and stopped.
     #[error("stopped at step {step} by monitor {monitor}: {reason}")]
     Stopped {

@@ -237,6 +237,21 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Opt<B, M> {
     }
 }
 
+/// The ids of every float parameter of `module`, in visiting order (for [`Kind::lr_groups`]).
+///
+/// [`Kind::lr_groups`]: crate::Kind::lr_groups
+pub(crate) fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.id);
+        }
+    }
+    let mut v = Ids(Vec::new());
+    module.visit(&mut v);
+    v.0
+}
+
 /// Global gradient norm over every parameter, and its finiteness.
 pub(crate) struct GradNorm<'a, B: AutodiffBackend> {
     pub(crate) grads: &'a B::Gradients,

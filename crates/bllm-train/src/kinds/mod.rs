@@ -8,3 +8,4 @@ pub(crate) mod kv_probe;
 pub(crate) mod lm;
 pub(crate) mod moe;
 pub(crate) mod retrieval;
+pub(crate) mod text_retrieval;

@@ -591,6 +591,9 @@ fn run_retrieval_on<B: AutodiffBackend>(
         HeadForward::Surrogate
     };
     RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+    if let Some(e) = &t.encoder {
+        return super::text_retrieval::run_text_on::<B>(recipe, opts, t, e, estimator, mode);
+    }
     let data = load_data(t, recipe.seed)?;
     let bits = t.model.bits;
     let n = data.train.rows();
