@@ -119,6 +119,9 @@ pub struct BertEmbeddings<B: Backend> {
     pub layer_norm: LayerNorm<B>,
 }
 
+/// A checkpoint tensor as `(name, shape, row-major f32 values)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// One post-LN encoder layer.
 #[derive(Module, Debug)]
 pub struct BertLayer<B: Backend> {
@@ -200,7 +203,7 @@ impl<B: Backend> BertLayer<B> {
     /// The layer's weights under the checkpoint's names (`{prefix}.attention.self.query.weight`,
     /// …, with `prefix` e.g. `encoder.layer.5`) and PyTorch layouts (`[d_out, d_in]`), as
     /// `(name, shape, values)`. Only float projections can be written this way.
-    pub fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn named_tensors(&self, prefix: &str) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::with_capacity(16);
         let host = |t: Tensor<B, 1>| -> Vec<f32> {
             t.into_data().convert::<f32>().to_vec().unwrap_or_default()

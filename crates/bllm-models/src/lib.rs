@@ -29,7 +29,7 @@ mod sentence;
 mod tokenizer;
 mod weights;
 
-pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, key_bias, l2_normalize};
+pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, NamedTensor, key_bias, l2_normalize};
 pub use common::transpose;
 pub use error::{ModelError, Result};
 pub use llama::{

@@ -349,7 +349,7 @@ impl<B: Backend> SentenceEncoder<B> {
             views.push((name.clone(), view));
         }
         let data = safetensors::serialize(views, &None)
-            .map_err(|e| ModelError::format(&dst.join("model.safetensors"), e.to_string()))?;
+            .map_err(|e| ModelError::format(dst.join("model.safetensors"), e.to_string()))?;
         std::fs::create_dir_all(dst).map_err(|e| ModelError::io(dst, e))?;
         write_atomic(&dst.join("model.safetensors"), &data)?;
         copy_configs(&self.dir, dst)?;

@@ -376,6 +376,10 @@ pub struct HeadSection {
     pub bits: usize,
     /// Initial projection: `itq`, `pca`, `lsh_centred` or `random`.
     pub init: String,
+    /// Start from a saved encoder instead (a directory with `encoder.json` +
+    /// `encoder.safetensors`, e.g. a frozen-head run's `export/encoder`): its centring vector,
+    /// projection and thresholds. Overrides `init`.
+    pub init_from: Option<String>,
     /// Training forward: `surrogate` (the estimator's smooth F, a continuous relaxation whose
     /// derivative is the estimator's G) or `sign` (hard codes, gradient through the estimator).
     pub forward: String,
@@ -1573,6 +1577,10 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let mut m = root.table("model", r);
     let model = HeadSection {
         bits: m.int("bits", Some(256), 1, 1 << 16, r) as usize,
+        init_from: m
+            .raw("init_from")
+            .is_some()
+            .then(|| m.string("init_from", None, r)),
         init: m
             .choice(
                 "init",

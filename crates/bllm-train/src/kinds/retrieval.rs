@@ -572,6 +572,43 @@ impl<B: AutodiffBackend> Monitor<B, Retrieval<'_, B>> for BitBalance {
     }
 }
 
+/// The head's starting point: the saved encoder of `model.init_from`, or the baseline
+/// `model.init` fitted on `train` (which also fixes the centring vector μ).
+pub(crate) fn initial_encoder(
+    t: &RetrievalTask,
+    train: &FloatMatrix,
+    seed: u64,
+) -> Result<LinearEncoder> {
+    let bits = t.model.bits;
+    let Some(dir) = &t.model.init_from else {
+        let method = Method::from_name(&t.model.init).unwrap_or(Method::Itq);
+        return Ok(bllm_hash::fit(method, train, bits, seed)?);
+    };
+    let e = LinearEncoder::load(Path::new(dir))
+        .map_err(|err| TrainError::Unsupported(format!("model.init_from = {dir:?}: {err}")))?;
+    if e.bits != bits || e.dim != train.cols() {
+        return Err(TrainError::Unsupported(format!(
+            "model.init_from = {dir:?}: the encoder maps {} dimensions to {} bits; the run needs \
+             {} → {bits} (model.bits)",
+            e.dim,
+            e.bits,
+            train.cols()
+        )));
+    }
+    if e.normalize != t.data.normalize {
+        return Err(TrainError::Unsupported(format!(
+            "model.init_from = {dir:?}: the encoder {} its inputs but data.normalize = {}",
+            if e.normalize {
+                "normalises"
+            } else {
+                "does not normalise"
+            },
+            t.data.normalize
+        )));
+    }
+    Ok(e)
+}
+
 /// Runs (or resumes) a retrieval recipe into `opts.run_dir`.
 pub fn run_retrieval(recipe: &Recipe, opts: &mut RunOptions) -> Result<RetrievalSummary> {
     crate::backend::dispatch_run!(recipe, opts, run_retrieval_on -> RetrievalSummary)
@@ -622,8 +659,7 @@ fn run_retrieval_on<B: AutodiffBackend>(
         )));
     }
     // Initialise from a baseline (which also fixes the centring vector μ).
-    let init_method = Method::from_name(&t.model.init).unwrap_or(Method::Itq);
-    let init = bllm_hash::fit(init_method, &data.train, bits, recipe.seed)?;
+    let init = initial_encoder(t, &data.train, recipe.seed)?;
     let cfg = HashHeadConfig {
         input_dim: data.train.cols(),
         bits,

@@ -601,8 +601,7 @@ pub(crate) fn run_text_on<B: AutodiffBackend>(
     } else {
         teacher_db.clone()
     };
-    let init_method = Method::from_name(&t.model.init).unwrap_or(Method::Itq);
-    let init = bllm_hash::fit(init_method, &train_x, t.model.bits, recipe.seed)?;
+    let init = super::retrieval::initial_encoder(t, &train_x, recipe.seed)?;
     let cfg = HashHeadConfig {
         input_dim: teacher_db.cols(),
         bits: t.model.bits,
