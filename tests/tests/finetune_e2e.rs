@@ -154,6 +154,21 @@ fn fine_tuned_encoder_exports_a_loadable_model_and_reproducible_codes() {
     run(&recipe, &ov, &c, &["--resume"]).unwrap();
     assert_eq!(files(&a.join("export")), files(&c.join("export")));
 
+    // Starting the head from a saved encoder (here the run's own export).
+    let mut ov2 = ov.clone();
+    ov2.push(format!(
+        "model.init_from={:?}",
+        s(&a.join("export/encoder"))
+    ));
+    ov2.push("train.steps=2".into());
+    run(&recipe, &ov2, &d.join("e"), &[]).unwrap();
+    ov2.push("model.bits=32".into());
+    let e = run(&recipe, &ov2, &d.join("f"), &[]).unwrap_err();
+    assert!(
+        e.contains("model.init_from") && e.contains("64 bits"),
+        "{e}"
+    );
+
     // The export: a sentence-transformers directory whose untrained tensors are the
     // checkpoint's bytes and whose trained layer has moved.
     let exp = a.join("export/encoder");

@@ -270,3 +270,43 @@ fn retrieval_errors_are_all_reported() {
     let e = errors(&RETRIEVAL.replace("path = \"x.npy\"", ""), &[]);
     assert!(e.iter().any(|m| m.contains("data.path")), "{e:#?}");
 }
+
+#[test]
+fn text_fine_tuning_sections_are_validated_together() {
+    let text = RETRIEVAL.replace(
+        "path = \"x.npy\"",
+        "texts = \"t.txt\"\ntext_field = 1\n[encoder]\npretrained = \"models/minilm\"",
+    );
+    let r = Recipe::parse(&text, "r.toml", &[], &()).unwrap();
+    let t = r.retrieval().unwrap();
+    let e = t.encoder.as_ref().unwrap();
+    assert_eq!(
+        (t.data.texts.as_deref(), t.data.text_field),
+        (Some("t.txt"), Some(1))
+    );
+    assert_eq!(
+        (e.train_layers, e.lr, e.batch, e.bank, e.refresh_every),
+        (1, 2e-5, 128, 2048, 50)
+    );
+    // Texts and embeddings at once; an [encoder] without texts; texts without an [encoder];
+    // a text field without texts; a zero refresh interval.
+    let e = errors(&text, &["data.path=\"x.npy\"", "encoder.refresh_every=0"]);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("data.path") && m.contains("data.texts")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|m| m.contains("encoder.refresh_every")),
+        "{e:#?}"
+    );
+    let e = errors(&format!("{RETRIEVAL}[encoder]\npretrained = \"m\"\n"), &[]);
+    assert!(e.iter().any(|m| m.contains("data.texts")), "{e:#?}");
+    let e = errors(
+        &RETRIEVAL.replace("path = \"x.npy\"", "texts = \"t.txt\""),
+        &[],
+    );
+    assert!(e.iter().any(|m| m.contains("encoder")), "{e:#?}");
+    let e = errors(RETRIEVAL, &["data.text_field=1"]);
+    assert!(e.iter().any(|m| m.contains("data.text_field")), "{e:#?}");
+}
