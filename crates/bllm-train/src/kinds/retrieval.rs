@@ -74,6 +74,22 @@ pub struct RetrievalSummary {
 }
 
 impl RetrievalSummary {
+    /// The summary of a run that ended with `o`, before any results.
+    pub(crate) fn of(recipe: &Recipe, method: &str, bits: usize, o: &Outcome) -> Self {
+        Self {
+            name: recipe.name.clone(),
+            steps: o.steps,
+            complete: o.complete,
+            train_loss: o.train_loss,
+            method: method.to_owned(),
+            bits,
+            results: Vec::new(),
+            skipped_steps: o.skipped_steps,
+            monitor_events: o.monitor_events,
+            monitor_means: o.monitor_means.clone(),
+        }
+    }
+
     /// Recall of `method` at `bits`, `k` and `rerank` (float re-ranking when `rerank > 0`), if
     /// evaluated.
     pub fn recall(&self, method: &str, bits: usize, k: usize, rerank: usize) -> Option<f64> {
@@ -434,18 +450,7 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         o: &Outcome,
         final_dir: Option<&Path>,
     ) -> Result<RetrievalSummary> {
-        let mut summary = RetrievalSummary {
-            name: self.recipe.name.clone(),
-            steps: o.steps,
-            complete: o.complete,
-            train_loss: o.train_loss,
-            method: self.method.clone(),
-            bits: self.cfg.bits,
-            results: Vec::new(),
-            skipped_steps: o.skipped_steps,
-            monitor_events: o.monitor_events,
-            monitor_means: o.monitor_means.clone(),
-        };
+        let mut summary = RetrievalSummary::of(self.recipe, &self.method, self.cfg.bits, o);
         if final_dir.is_none() {
             return Ok(summary);
         }
@@ -471,34 +476,14 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
             &t.eval.k,
             &t.eval.rerank,
         )?;
-        let budgets = if t.eval.bits.is_empty() {
-            vec![self.cfg.bits]
-        } else {
-            t.eval.bits.clone()
-        };
-        for &b in &budgets {
-            for m in &t.eval.methods {
-                let method = Method::from_name(m)?;
-                let mut base = match bllm_hash::fit(method, &data.train, b, self.recipe.seed) {
-                    Ok(e) => e,
-                    Err(bllm_hash::HashError::InvalidArgument(why)) => {
-                        tracing::info!(baseline = %m, bits = b, "skipping baseline: {why}");
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                base.normalize = t.data.normalize;
-                rows.extend(evaluate_encoder(
-                    &base,
-                    decoder(&base)?.as_ref(),
-                    &data.db_raw,
-                    &data.queries_raw,
-                    &self.truth,
-                    &t.eval.k,
-                    &t.eval.rerank,
-                )?);
-            }
-        }
+        rows.extend(baseline_rows(
+            t,
+            self.cfg.bits,
+            seed,
+            &data.train,
+            (&data.db_raw, &data.queries_raw),
+            &self.truth,
+        )?);
         run.write_json("results.json", &rows)?;
         run.write_file("results.md", markdown(&rows).as_bytes())?;
         summary.results = rows;
@@ -506,35 +491,105 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         // Export: the encoder and the database codes it makes.
         let export = run.path.join("export");
         enc.save(&export.join("encoder"))?;
-        let codes = enc.encode(&data.db_raw)?;
-        let info = ManifestInfo {
-            source: Some(data.source.clone()),
-            encoder: Some(format!("{} (export/encoder)", enc.method)),
-            recipe: Some(self.recipe.name.clone()),
-            tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
-        };
-        bllm_codes::io::write_codes_dir(&export.join("codes"), &codes, info)?;
-        if self.recipe.export.faiss {
-            bllm_codes::io::write_faiss_binary_flat(
-                &export.join("codes").join("faiss.index"),
-                &codes,
-            )?;
-        }
-        // The head's decoder beside the encoder, and the residual bytes beside the codes.
-        if let Some(dec) = &dec {
-            dec.save(&export.join("encoder"))?;
-            if dec.residual_bytes() > 0 {
-                let res = dec.residual_codes(&codes, &data.db_raw)?;
-                bllm_codes::io::npy::write_u8_npy(
-                    &export.join("codes").join(bllm_hash::RESIDUAL_NPY),
-                    codes.rows(),
-                    dec.residual_bytes(),
-                    &res,
-                )?;
-            }
-        }
+        export_codes(
+            self.recipe,
+            &export,
+            &enc,
+            dec.as_ref(),
+            &data.db_raw,
+            data.source.clone(),
+            format!("{} (export/encoder)", enc.method),
+        )?;
         Ok(summary)
     }
+}
+
+/// Rows of every baseline of `eval.methods` at every budget of `eval.bits` (`bits` when
+/// empty), fitted on `train` and evaluated on `(db, queries)` through the export's encoder path
+/// (with their decoders when `eval.rerank` asks for re-ranking). A baseline that cannot be
+/// fitted at a budget (PCA beyond the dimension) is skipped with a log line.
+pub(crate) fn baseline_rows(
+    t: &RetrievalTask,
+    bits: usize,
+    seed: u64,
+    train: &FloatMatrix,
+    (db, queries): (&FloatMatrix, &FloatMatrix),
+    truth: &bllm_codes::Neighbors<f32>,
+) -> Result<Vec<ResultRow>> {
+    let budgets = if t.eval.bits.is_empty() {
+        vec![bits]
+    } else {
+        t.eval.bits.clone()
+    };
+    let mut rows = Vec::new();
+    for &b in &budgets {
+        for m in &t.eval.methods {
+            let method = Method::from_name(m)?;
+            let mut base = match bllm_hash::fit(method, train, b, seed) {
+                Ok(e) => e,
+                Err(bllm_hash::HashError::InvalidArgument(why)) => {
+                    tracing::info!(baseline = %m, bits = b, "skipping baseline: {why}");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            base.normalize = t.data.normalize;
+            let dec = if t.eval.rerank.is_empty() {
+                None
+            } else {
+                Some(CodeDecoder::fit(&base, train, t.eval.pq_bytes, seed)?)
+            };
+            rows.extend(evaluate_encoder(
+                &base,
+                dec.as_ref(),
+                db,
+                queries,
+                truth,
+                &t.eval.k,
+                &t.eval.rerank,
+            )?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `export/codes/` — the codes `enc` gives `db` with their manifest, a FAISS index
+/// when `export.faiss`, and with a decoder its residual bytes — and the decoder beside the
+/// encoder in `export/encoder/`.
+pub(crate) fn export_codes(
+    recipe: &Recipe,
+    export: &Path,
+    enc: &LinearEncoder,
+    dec: Option<&CodeDecoder>,
+    db: &FloatMatrix,
+    source: SourceInfo,
+    encoder: String,
+) -> Result<()> {
+    let codes = enc.encode(db)?;
+    let info = ManifestInfo {
+        source: Some(source),
+        encoder: Some(encoder),
+        recipe: Some(recipe.name.clone()),
+        tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
+    };
+    let dir = export.join("codes");
+    bllm_codes::io::write_codes_dir(&dir, &codes, info)?;
+    if recipe.export.faiss {
+        bllm_codes::io::write_faiss_binary_flat(&dir.join("faiss.index"), &codes)?;
+    }
+    if let Some(dec) = dec {
+        dec.save(&export.join("encoder"))?;
+        if dec.residual_bytes() > 0 {
+            let res = dec.residual_codes(&codes, db)?;
+            bllm_codes::io::npy::write_u8_npy(
+                &dir.join(bllm_hash::RESIDUAL_NPY),
+                codes.rows(),
+                dec.residual_bytes(),
+                &res,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `bit_balance`: per code bit, `|P(bit = 1) − 0.5|` over all training rows; logs the mean

@@ -28,9 +28,9 @@
 use std::path::Path;
 
 use bllm_codes::FloatMatrix;
-use bllm_codes::io::{ManifestInfo, SourceInfo};
+use bllm_codes::io::SourceInfo;
 use bllm_hash::compare::{evaluate_encoder, markdown, truth};
-use bllm_hash::{CodeDecoder, LinearEncoder, Method};
+use bllm_hash::{CodeDecoder, LinearEncoder};
 use bllm_models::{BertLayer, Pooling, SentenceEncoder, TokenStates, length_chunks};
 use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
@@ -43,7 +43,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
-use super::retrieval::RetrievalSummary;
+use super::retrieval::{RetrievalSummary, baseline_rows, export_codes};
 use crate::data::sample;
 use crate::rundir::RunDir;
 use crate::sites::Site;
@@ -387,18 +387,7 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
         o: &Outcome,
         final_dir: Option<&Path>,
     ) -> Result<RetrievalSummary> {
-        let mut summary = RetrievalSummary {
-            name: self.recipe.name.clone(),
-            steps: o.steps,
-            complete: o.complete,
-            train_loss: o.train_loss,
-            method: self.method.clone(),
-            bits: self.cfg.bits,
-            results: Vec::new(),
-            skipped_steps: o.skipped_steps,
-            monitor_events: o.monitor_events,
-            monitor_means: o.monitor_means.clone(),
-        };
+        let mut summary = RetrievalSummary::of(self.recipe, &self.method, self.cfg.bits, o);
         if final_dir.is_none() {
             return Ok(summary);
         }
@@ -425,34 +414,14 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
             &t.eval.rerank,
         )?;
         // The baselines on the frozen encoder's embeddings, as a frozen-embedding user has them.
-        let budgets = if t.eval.bits.is_empty() {
-            vec![self.cfg.bits]
-        } else {
-            t.eval.bits.clone()
-        };
-        for &b in &budgets {
-            for m in &t.eval.methods {
-                let method = Method::from_name(m)?;
-                let mut base = match bllm_hash::fit(method, &self.teacher_db, b, seed) {
-                    Ok(e) => e,
-                    Err(bllm_hash::HashError::InvalidArgument(why)) => {
-                        tracing::info!(baseline = %m, bits = b, "skipping baseline: {why}");
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                base.normalize = t.data.normalize;
-                rows.extend(evaluate_encoder(
-                    &base,
-                    fit_decoder(&base, &self.teacher_db)?.as_ref(),
-                    &self.teacher_db,
-                    &self.teacher_q,
-                    &self.truth,
-                    &t.eval.k,
-                    &t.eval.rerank,
-                )?);
-            }
-        }
+        rows.extend(baseline_rows(
+            t,
+            self.cfg.bits,
+            seed,
+            &self.teacher_db,
+            (&self.teacher_db, &self.teacher_q),
+            &self.truth,
+        )?);
         run.write_json("results.json", &rows)?;
         run.write_file("results.md", markdown(&rows).as_bytes())?;
         summary.results = rows;
@@ -464,41 +433,25 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
         self.encoder
             .save_with_layers(&out, self.pool.split, &layers)?;
         enc.save(&out)?;
-        let codes = enc.encode(&db)?;
-        let info = ManifestInfo {
-            source: Some(SourceInfo {
-                path: self.texts_path.clone(),
-                sha256: self.texts_sha.clone(),
-                dtype: "text".into(),
-                rows: db.rows(),
-                dim: db.cols(),
-            }),
-            encoder: Some(format!(
+        let source = SourceInfo {
+            path: self.texts_path.clone(),
+            sha256: self.texts_sha.clone(),
+            dtype: "text".into(),
+            rows: db.rows(),
+            dim: db.cols(),
+        };
+        export_codes(
+            self.recipe,
+            &export,
+            &enc,
+            dec.as_ref(),
+            &db,
+            source,
+            format!(
                 "{} on a fine-tuned {} (export/encoder; database = lines {}.. of the texts)",
                 enc.method, self.e.pretrained, t.data.queries
-            )),
-            recipe: Some(self.recipe.name.clone()),
-            tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
-        };
-        bllm_codes::io::write_codes_dir(&export.join("codes"), &codes, info)?;
-        if self.recipe.export.faiss {
-            bllm_codes::io::write_faiss_binary_flat(
-                &export.join("codes").join("faiss.index"),
-                &codes,
-            )?;
-        }
-        if let Some(dec) = &dec {
-            dec.save(&out)?;
-            if dec.residual_bytes() > 0 {
-                let res = dec.residual_codes(&codes, &db)?;
-                bllm_codes::io::npy::write_u8_npy(
-                    &export.join("codes").join(bllm_hash::RESIDUAL_NPY),
-                    codes.rows(),
-                    dec.residual_bytes(),
-                    &res,
-                )?;
-            }
-        }
+            ),
+        )?;
         Ok(summary)
     }
 }
