@@ -836,6 +836,9 @@ fn embedding_shape(path: &Path) -> Option<(f64, f64, f64)> {
 /// training row per step with a listwise (or similarity) objective of `batch` anchors against
 /// all training rows.
 fn retrieval(recipe: &Recipe, t: &crate::RetrievalTask) -> MemoryEstimate {
+    if let (Some(texts), Some(e)) = (&t.data.texts, &t.encoder) {
+        return text_retrieval(recipe, t, texts, e);
+    }
     let mut notes = Vec::new();
     let mut file_bytes = 0.0;
     // (database rows, query rows, dim)
@@ -864,15 +867,7 @@ fn retrieval(recipe: &Recipe, t: &crate::RetrievalTask) -> MemoryEstimate {
             let q = (t.data.queries as f64).min(rows);
             Some((rows - q, q, s.dim as f64))
         }
-        (None, None) => {
-            if let Some(tx) = &t.data.texts {
-                notes.push(format!(
-                    "data: the token-state cache of fine-tuning on {tx} (lines × tokens × \
-                     hidden width × 4 B) and the encoder layers are not counted"
-                ));
-            }
-            None
-        }
+        (None, None) => None,
     };
     let bits = t.model.bits as f64;
     let batch = recipe.train.batch_size as f64;
@@ -909,10 +904,100 @@ fn retrieval(recipe: &Recipe, t: &crate::RetrievalTask) -> MemoryEstimate {
     .estimate(recipe.optimizer.kind, &data)
 }
 
+/// `kind = "retrieval"` with `data.texts` + `[encoder]`: the cached token states of every line
+/// (tokens estimated as 1 per 4 bytes + `[CLS]`/`[SEP]`), the teacher's and the student's
+/// embeddings, the bank, the trained layers and the head, and one step's activations (anchors
+/// through the trained layers, the codes, the anchors × bank matrices). Widths come from the
+/// model's `config.json`; a file that cannot be read is left out with a note.
+fn text_retrieval(
+    recipe: &Recipe,
+    t: &crate::RetrievalTask,
+    texts: &str,
+    e: &crate::EncoderSection,
+) -> MemoryEstimate {
+    let mut notes = Vec::new();
+    let (bytes, lines) = match std::fs::read(texts) {
+        Ok(b) => (
+            b.len() as f64,
+            b.iter().filter(|&&c| c == b'\n').count().max(1) as f64,
+        ),
+        Err(err) => {
+            notes.push(format!("data: not counted ({texts}: {err})"));
+            (0.0, 0.0)
+        }
+    };
+    let cfg = Path::new(&e.pretrained).join("config.json");
+    let (d, f, heads) = match std::fs::read_to_string(&cfg).ok().map(|s| {
+        (
+            json_number(&s, "hidden_size"),
+            json_number(&s, "intermediate_size"),
+            json_number(&s, "num_attention_heads"),
+        )
+    }) {
+        Some(v) => v,
+        None => {
+            notes.push(format!(
+                "encoder: not counted ({} unreadable)",
+                cfg.display()
+            ));
+            (0.0, 0.0, 0.0)
+        }
+    };
+    let tokens = bytes / 4.0 + 2.0 * lines;
+    let per_line = if lines > 0.0 { tokens / lines } else { 0.0 };
+    let bits = t.model.bits as f64;
+    let layers = e.train_layers as f64;
+    let bank = (e.bank as f64).min(lines);
+    let anchors = recipe.train.batch_size as f64;
+    let data = Data {
+        bytes: tokens * d * F32 + (4.0 * lines + bank) * d * F32 + bytes + tokens * 4.0,
+        notes,
+    };
+    let p = Params {
+        float: layers * (4.0 * d * d + 2.0 * d * f + 9.0 * d + f) + d * bits + bits,
+        binary: 0.0,
+    };
+    let t_a = anchors * per_line;
+    let step = layers * (t_a * (8.0 * d + 2.0 * f) + anchors * heads * per_line * per_line * 2.0)
+        + 3.0 * (anchors + bank) * bits
+        + anchors * bank * 6.5;
+    Phase {
+        params: p.total(),
+        trainable: p,
+        activations: step,
+    }
+    .estimate(recipe.optimizer.kind, &data)
+}
+
+/// The number after `"key":` in a JSON text (0 when absent): enough for a config's widths
+/// without a JSON parser in this crate.
+fn json_number(text: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\"");
+    text.find(&pat)
+        .map(|i| &text[i + pat.len()..])
+        .and_then(|r| r.trim_start().strip_prefix(':'))
+        .map(|r| {
+            r.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Kind;
+
+    #[test]
+    fn json_number_reads_a_config_width() {
+        let c = r#"{"hidden_size": 384, "layer_norm_eps":1e-12,"intermediate_size" :1536}"#;
+        assert_eq!(json_number(c, "hidden_size"), 384.0);
+        assert_eq!(json_number(c, "intermediate_size"), 1536.0);
+        assert_eq!(json_number(c, "num_attention_heads"), 0.0);
+    }
     use crate::{Override, parse_override};
 
     fn recipe(text: &str, overrides: &[&str]) -> Recipe {
