@@ -135,6 +135,8 @@ pub fn read_lines(path: &Path, field: Option<usize>) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn read_lines_takes_a_field_and_names_the_bad_line() {
         let dir = tempfile::tempdir().unwrap();
@@ -162,8 +164,6 @@ mod tests {
                 .contains("UTF-8")
         );
     }
-
-    use super::*;
 
     #[test]
     fn one_file_is_split_at_a_line() {

@@ -197,9 +197,7 @@ impl<B: Backend> BertLayer<B> {
         let m = self.output.forward(m, &ctx.fork(5), None);
         self.output_norm.forward(m + x)
     }
-}
 
-impl<B: Backend> BertLayer<B> {
     /// The layer's weights under the checkpoint's names (`{prefix}.attention.self.query.weight`,
     /// …, with `prefix` e.g. `encoder.layer.5`) and PyTorch layouts (`[d_out, d_in]`), as
     /// `(name, shape, values)`. Only float projections can be written this way.

@@ -314,7 +314,8 @@ impl<B: Backend> SentenceEncoder<B> {
             for (name, shape, v) in
                 layer.named_tensors(&format!("{pre}encoder.layer.{}", first + j))?
             {
-                replaced.insert(name, (shape, v));
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                replaced.insert(name, (shape, bytes));
             }
         }
         let mut names: Vec<String> = st.names().into_iter().cloned().collect();
@@ -327,17 +328,14 @@ impl<B: Backend> SentenceEncoder<B> {
                 ));
             }
         }
-        let owned: Vec<Vec<u8>> = replaced
-            .values()
-            .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
         let mut views = Vec::with_capacity(names.len());
         for name in &names {
-            let view = match replaced.keys().position(|k| k == name) {
-                Some(i) => {
-                    let shape = replaced[name].0.clone();
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &owned[i])
-                }
+            let view = match replaced.get(name) {
+                Some((shape, bytes)) => safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                ),
                 None => {
                     let t = st
                         .tensor(name)
@@ -467,11 +465,10 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
         .map_err(|e| ModelError::Input(format!("reading embeddings: {e:?}")))
 }
 
-/// `data` written to `path` through a temporary file and a rename.
+/// `data` written to `path` through a temporary file and a rename (`bllm_codes::io`'s writer).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    bllm_codes::io::write_atomic(path, data)
+        .map_err(|e| ModelError::io(path, std::io::Error::other(e.to_string())))
 }
 
 /// Copies the `*.json` and `*.txt` files of `src` (configs, tokenizer, vocabulary) into `dst`.

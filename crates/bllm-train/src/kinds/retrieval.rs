@@ -236,7 +236,7 @@ fn load_data(t: &RetrievalTask, seed: u64) -> Result<Data> {
     })
 }
 
-fn tensor<B: burn::tensor::backend::Backend>(m: &FloatMatrix) -> Tensor<B, 2> {
+pub(crate) fn tensor<B: burn::tensor::backend::Backend>(m: &FloatMatrix) -> Tensor<B, 2> {
     Tensor::from_data(
         TensorData::new(m.as_slice().to_vec(), [m.rows(), m.cols()]),
         &Default::default(),
@@ -244,7 +244,7 @@ fn tensor<B: burn::tensor::backend::Backend>(m: &FloatMatrix) -> Tensor<B, 2> {
 }
 
 /// The estimator-free encoder of a head: `mean = μ`, `projection = P`, `thresholds = −b`.
-fn encoder_of<B: AutodiffBackend>(
+pub(crate) fn encoder_of<B: AutodiffBackend>(
     head: &HashHead<B>,
     mean: &[f32],
     method: &str,
@@ -459,14 +459,7 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         // same encoder code path as the export.
         let enc = self.encoder(head);
         let seed = self.recipe.seed;
-        let decoder = |e: &LinearEncoder| {
-            if t.eval.rerank.is_empty() {
-                Ok(None)
-            } else {
-                CodeDecoder::fit(e, &data.train, t.eval.pq_bytes, seed).map(Some)
-            }
-        };
-        let dec = decoder(&enc)?;
+        let dec = fit_decoder(t, &enc, &data.train, seed)?;
         let mut rows = evaluate_encoder(
             &enc,
             dec.as_ref(),
@@ -504,6 +497,19 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
     }
 }
 
+/// The code decoder of `enc` fitted on `train` when `eval.rerank` asks for re-ranking.
+pub(crate) fn fit_decoder(
+    t: &RetrievalTask,
+    enc: &LinearEncoder,
+    train: &FloatMatrix,
+    seed: u64,
+) -> Result<Option<CodeDecoder>> {
+    if t.eval.rerank.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(CodeDecoder::fit(enc, train, t.eval.pq_bytes, seed)?))
+}
+
 /// Rows of every baseline of `eval.methods` at every budget of `eval.bits` (`bits` when
 /// empty), fitted on `train` and evaluated on `(db, queries)` through the export's encoder path
 /// (with their decoders when `eval.rerank` asks for re-ranking). A baseline that cannot be
@@ -534,11 +540,7 @@ pub(crate) fn baseline_rows(
                 Err(e) => return Err(e.into()),
             };
             base.normalize = t.data.normalize;
-            let dec = if t.eval.rerank.is_empty() {
-                None
-            } else {
-                Some(CodeDecoder::fit(&base, train, t.eval.pq_bytes, seed)?)
-            };
+            let dec = fit_decoder(t, &base, train, seed)?;
             rows.extend(evaluate_encoder(
                 &base,
                 dec.as_ref(),

@@ -29,8 +29,8 @@ use std::path::Path;
 
 use bllm_codes::FloatMatrix;
 use bllm_codes::io::SourceInfo;
+use bllm_hash::LinearEncoder;
 use bllm_hash::compare::{evaluate_encoder, markdown, truth};
-use bllm_hash::{CodeDecoder, LinearEncoder};
 use bllm_models::{BertLayer, Pooling, SentenceEncoder, TokenStates, length_chunks};
 use bllm_nn::{
     HashHead, HashHeadConfig, HeadForward, bit_balance, decorrelation, listwise_loss,
@@ -43,7 +43,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
-use super::retrieval::{RetrievalSummary, baseline_rows, export_codes};
+use super::retrieval::{
+    RetrievalSummary, baseline_rows, encoder_of, export_codes, fit_decoder, tensor,
+};
 use crate::data::sample;
 use crate::rundir::RunDir;
 use crate::sites::Site;
@@ -124,13 +126,6 @@ fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Result<Vec<f32>> {
         .map_err(|e| TrainError::Unsupported(format!("reading a tensor: {e:?}")))
 }
 
-fn tensor<Bk: Backend>(m: &FloatMatrix) -> Tensor<Bk, 2> {
-    Tensor::from_data(
-        TensorData::new(m.as_slice().to_vec(), [m.rows(), m.cols()]),
-        &Default::default(),
-    )
-}
-
 /// A step's batch: the anchors (database rows) and the step.
 type Anchors = (Vec<usize>, usize);
 
@@ -167,16 +162,7 @@ struct TextRetrieval<'r, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> TextRetrieval<'_, B> {
     fn encoder_of(&self, head: &HashHead<B>) -> LinearEncoder {
-        let (projection, bias) = head.to_host();
-        LinearEncoder {
-            method: self.method.clone(),
-            dim: self.init.mean.len(),
-            bits: bias.len(),
-            mean: self.init.mean.clone(),
-            projection,
-            thresholds: bias.iter().map(|b| -b).collect(),
-            normalize: self.t.data.normalize,
-        }
+        encoder_of(head, &self.init.mean, &self.method, self.t.data.normalize)
     }
 
     /// Centred (and, with `data.normalize`, re-normalised) head inputs.
@@ -394,16 +380,9 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
         let (t, seed) = (self.t, self.recipe.seed);
         let enc = self.encoder_of(&model.head);
         let (db, q) = self.embeddings(model)?;
-        let fit_decoder = |e: &LinearEncoder, x: &FloatMatrix| {
-            if t.eval.rerank.is_empty() {
-                Ok(None)
-            } else {
-                CodeDecoder::fit(e, x, t.eval.pq_bytes, seed).map(Some)
-            }
-        };
         // The fine-tuned encoder and head: codes, float rerank and decoders all on the
         // fine-tuned embeddings (what a user of the export has).
-        let dec = fit_decoder(&enc, &db)?;
+        let dec = fit_decoder(t, &enc, &db, seed)?;
         let mut rows = evaluate_encoder(
             &enc,
             dec.as_ref(),
