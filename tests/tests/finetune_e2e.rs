@@ -154,6 +154,17 @@ fn fine_tuned_encoder_exports_a_loadable_model_and_reproducible_codes() {
     run(&recipe, &ov, &c, &["--resume"]).unwrap();
     assert_eq!(files(&a.join("export")), files(&c.join("export")));
 
+    // In-batch lists (`encoder.bank = 0`, no bank): trains the layer, and a stop and resume
+    // gives the bytes of the uninterrupted run.
+    let mut ov_ib = ov.clone();
+    ov_ib.push("encoder.bank=0".into());
+    let (g, h) = (d.join("g"), d.join("h"));
+    run(&recipe, &ov_ib, &g, &[]).unwrap();
+    run(&recipe, &ov_ib, &h, &["--max-steps", "5"]).unwrap();
+    run(&recipe, &ov_ib, &h, &["--resume"]).unwrap();
+    assert_eq!(files(&g.join("export")), files(&h.join("export")));
+    assert_ne!(files(&g.join("export")), files(&a.join("export")));
+
     // Starting the head from a saved encoder (here the run's own export).
     let mut ov2 = ov.clone();
     ov2.push(format!(

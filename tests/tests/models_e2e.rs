@@ -128,24 +128,48 @@ fn lm_eval_and_generate_run_the_gguf() {
     };
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ppl.json");
-    bllm_ok(&[
-        "lm",
-        "eval",
-        "--model",
-        s(&m),
-        "--text",
-        s(&repo_root().join("datasets/sotu-text/valid.txt")),
-        "--context",
-        "128",
-        "--max-bytes",
-        "2000",
-        "--json",
-        s(&json),
-    ]);
-    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let sotu = repo_root().join("datasets/sotu-text/valid.txt");
+    // `bllm lm eval` on the first 2,000 bytes of held-out SOTU at context 128, with `extra`.
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "lm",
+            "eval",
+            "--model",
+            s(&m),
+            "--text",
+            s(&sotu),
+            "--context",
+            "128",
+            "--max-bytes",
+            "2000",
+            "--json",
+            s(&json),
+        ];
+        args.extend_from_slice(extra);
+        bllm_ok(&args);
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let p = eval(&[]);
     let ppl = p["perplexity"].as_f64().unwrap();
     assert!(ppl > 1.0 && ppl < 200.0, "{p}");
     assert!(p["bytes"].as_u64().unwrap() <= 2000);
+    assert!(p["ptq"].is_null(), "{p}");
+    let float_bytes = p["model_bytes"].as_u64().unwrap();
+    assert_eq!(float_bytes, p["model_float32_bytes"].as_u64().unwrap());
+    // Post-training 1-bit (SVID) MLPs of layers 0..2: worse perplexity, fewer bytes, both
+    // recorded with the setting.
+    let q = eval(&[
+        "--ptq",
+        "svid",
+        "--ptq-projections",
+        "gate_proj,up_proj,down_proj",
+        "--ptq-layers",
+        "0..2",
+    ]);
+    assert_eq!(q["ptq"], "svid", "{q}");
+    assert_eq!(q["ptq_layers"], "0..2", "{q}");
+    assert!(q["perplexity"].as_f64().unwrap() > ppl, "{q}");
+    assert!(q["model_bytes"].as_u64().unwrap() < float_bytes, "{q}");
     bllm_ok(&[
         "lm",
         "generate",

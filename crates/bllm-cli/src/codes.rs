@@ -28,7 +28,7 @@ pub enum CodesCommand {
     /// Compare two codes directories bit by bit (for example a CPU and a CUDA run of one
     /// recipe); fails when more than --max-bit-fraction of the bits differ.
     Diff(DiffArgs),
-    /// Fit a baseline encoder (lsh, lsh_centred, pca, itq, sign) on float embeddings and save it.
+    /// Fit a baseline encoder (lsh, lsh_centred, pca, itq, sign, sign_raw) on float embeddings and save it.
     Fit(FitArgs),
     /// Compare baselines: Recall@k for every method × bits, Hamming only and after re-ranking.
     Compare(CompareArgs),
@@ -123,7 +123,7 @@ pub struct CompareArgs {
 /// Arguments of `bllm codes fit`.
 #[derive(Debug, Args)]
 pub struct FitArgs {
-    /// Method: lsh, lsh_centred, pca, itq or sign.
+    /// Method: lsh, lsh_centred, pca, itq, sign (sign(x − μ)) or sign_raw (sign(x)).
     #[arg(long)]
     pub method: String,
     /// Code length.

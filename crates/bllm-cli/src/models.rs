@@ -88,6 +88,91 @@ pub struct LmEvalArgs {
     /// Also write the result as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Post-training quantisation of the block projections before scoring, from the float
+    /// weights, without training: `xnor` (sign(W) · per-channel mean|W|), `svid` (OneBit's
+    /// sign(W) ⊙ g hᵀ, g hᵀ the rank-1 approximation of |W|), `bitnet` (BitNet b1.58's
+    /// absmean ternary weights and int8 activations).
+    #[arg(long, value_enum)]
+    pub ptq: Option<Ptq>,
+    /// The projections `--ptq` quantises (checkpoint names, comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub ptq_projections: Vec<String>,
+    /// The layers `--ptq` quantises, `A..B` (B exclusive; default all).
+    #[arg(long, value_name = "A..B")]
+    pub ptq_layers: Option<String>,
+}
+
+/// A post-training quantiser of `bllm lm eval --ptq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ptq {
+    /// sign(W) · mean|W| per output channel.
+    Xnor,
+    /// sign(W) ⊙ g hᵀ (OneBit's SVID).
+    Svid,
+    /// Absmean ternary weights, int8 activations (BitNet b1.58).
+    Bitnet,
+}
+
+/// Applies `--ptq` to `model`.
+fn apply_ptq<B: Backend>(model: Llama<B>, a: &LmEvalArgs) -> Result<Llama<B>> {
+    use bllm_models::LLAMA_PROJECTIONS;
+    use bllm_nn::{BinaryOptions, ProjKind, Scaling};
+    let Some(ptq) = a.ptq else {
+        return Ok(model);
+    };
+    for p in &a.ptq_projections {
+        if !LLAMA_PROJECTIONS.contains(&p.as_str()) {
+            bail!(
+                "--ptq-projections: unknown projection {p:?}; expected some of {}",
+                LLAMA_PROJECTIONS.join(", ")
+            );
+        }
+    }
+    let n = model.layers.len();
+    let layers = match &a.ptq_layers {
+        None => 0..n,
+        Some(r) => {
+            let parsed = r.split_once("..").and_then(|(x, y)| {
+                Some((
+                    x.trim().parse::<usize>().ok()?,
+                    y.trim().parse::<usize>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((x, y)) if x < y && y <= n => x..y,
+                _ => {
+                    bail!("--ptq-layers {r:?}: expected A..B with A < B ≤ {n} (the model's layers)")
+                }
+            }
+        }
+    };
+    let opts = BinaryOptions {
+        scaling: match ptq {
+            Ptq::Svid => Scaling::Svid,
+            _ => Scaling::PerChannel { learnable: true },
+        },
+        ..BinaryOptions::default()
+    };
+    let kind = if ptq == Ptq::Bitnet {
+        ProjKind::Bitnet
+    } else {
+        ProjKind::Binary
+    };
+    let names = a.ptq_projections.clone();
+    Ok(model.quantized(
+        |i, name| {
+            if layers.contains(&i) && names.iter().any(|p| p == name) {
+                kind
+            } else {
+                ProjKind::Float
+            }
+        },
+        &opts,
+    )?)
 }
 
 /// `bllm lm generate`.
@@ -268,7 +353,15 @@ fn lm_on<B: Backend>(c: LmCommand) -> Result<()> {
     match c {
         LmCommand::Eval(a) => {
             let t0 = Instant::now();
-            let m = Llama::<B>::load(&a.model, &device)?;
+            let mut m = Llama::<B>::load(&a.model, &device)?;
+            m.model = apply_ptq(m.model, &a)?;
+            if let Some(p) = a.ptq {
+                eprintln!(
+                    "post-training quantisation: {p:?} on {} in layers {}",
+                    a.ptq_projections.join(","),
+                    a.ptq_layers.as_deref().unwrap_or("all")
+                );
+            }
             let load_s = t0.elapsed().as_secs_f64();
             let text = read_text(&a.text, a.max_bytes)?;
             let t1 = Instant::now();
@@ -301,11 +394,30 @@ fn lm_on<B: Backend>(c: LmCommand) -> Result<()> {
                 secs,
                 p.tokens as f64 / secs
             );
-            if let Some(j) = a.json {
-                let tmp = j.with_extension("json.tmp-eval");
-                std::fs::write(&tmp, serde_json::to_string_pretty(&p)?)
-                    .with_context(|| format!("writing {}", tmp.display()))?;
-                std::fs::rename(&tmp, &j).with_context(|| format!("writing {}", j.display()))?;
+            if let Some(j) = &a.json {
+                // The score with what was scored: model, text, the PTQ setting and the model's
+                // bytes (`bllm_nn::summary`: packed weights, metadata, scales).
+                let sum = bllm_nn::summary(&m.model);
+                let mut v = serde_json::to_value(&p)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("model".into(), a.model.display().to_string().into());
+                    o.insert("text".into(), a.text.display().to_string().into());
+                    o.insert(
+                        "ptq".into(),
+                        a.ptq.map(|q| format!("{q:?}").to_lowercase()).into(),
+                    );
+                    if a.ptq.is_some() {
+                        o.insert("ptq_projections".into(), a.ptq_projections.clone().into());
+                        o.insert("ptq_layers".into(), a.ptq_layers.clone().into());
+                    }
+                    o.insert("model_bytes".into(), sum.total_bytes().into());
+                    o.insert(
+                        "model_float32_bytes".into(),
+                        sum.float32_equivalent_bytes().into(),
+                    );
+                }
+                bllm_codes::io::write_atomic(j, serde_json::to_string_pretty(&v)?.as_bytes())
+                    .with_context(|| format!("writing {}", j.display()))?;
             }
         }
         LmCommand::Generate(a) => {

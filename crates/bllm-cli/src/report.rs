@@ -150,6 +150,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         written += 1;
     }
     written += kv_plots(&plots, &summaries::<KvProbeSummary>(&runs))?;
+    written += pretrained_plot(&plots, &runs, &metrics)?;
     // Tables (sweeps): regroup the runs by their name without the seed.
     if runs.len() > 1 || runs[0] != *dir {
         let retrieval = summaries::<RetrievalSummary>(&runs);
@@ -179,6 +180,50 @@ pub fn report(a: ReportArgs) -> Result<()> {
         if runs.len() == 1 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// Pretrained LM runs (`summary.json` with `pretrained`): held-out perplexity over the float
+/// teacher's, against the tokens trained — what more compute buys. One plot, one line per run;
+/// 0 plots when no run is a pretrained LM.
+fn pretrained_plot(
+    plots: &Path,
+    runs: &[PathBuf],
+    metrics: &[(String, Vec<serde_json::Value>)],
+) -> Result<usize> {
+    let mut series = Vec::new();
+    for ((_, s), (name, rows)) in summaries::<LmSummary>(runs).into_iter().zip(metrics) {
+        let Some(s) = s else {
+            continue;
+        };
+        let Some(p) = s.pretrained.filter(|_| s.steps > 0) else {
+            continue;
+        };
+        let per_step = p.tokens_trained as f64 / s.steps as f64;
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r["split"] == "eval")
+            .filter_map(|r| {
+                Some((
+                    r["step"].as_f64()? * per_step,
+                    r["perplexity"].as_f64()? / p.teacher_perplexity,
+                ))
+            })
+            .collect();
+        if !pts.is_empty() {
+            series.push((name.clone(), pts));
+        }
+    }
+    if series.is_empty() {
+        return Ok(0);
+    }
+    crate::plot::lines(
+        &plots.join("perplexity_over_teacher.png"),
+        "held-out perplexity / float teacher's (pretrained lm)",
+        "training tokens",
+        "perplexity / teacher perplexity",
+        &series,
+    )?;
+    Ok(1)
 }
 
 /// `(group, summary)` of each run directory; `None` where `summary.json` is missing (a

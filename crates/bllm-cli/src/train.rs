@@ -219,6 +219,35 @@ fn print_lm(s: &LmSummary, dir: &Path) {
         );
         return;
     }
+    if let Some(p) = &s.pretrained {
+        println!(
+            "{}: {} steps ({} tokens, {:.0} s), held-out {:.4} bits/byte, perplexity {:.3} per token (float teacher {:.4} bits/byte, {:.3}){}, train loss {:.4}, {} monitor events, {} skipped steps; {} 1-bit + {} ternary projections, model {} B ({:.1}x smaller than float32) → {}",
+            s.name,
+            s.steps,
+            p.tokens_trained,
+            p.wall_seconds,
+            s.eval_bpb,
+            p.eval_token_perplexity,
+            p.teacher_bpb,
+            p.teacher_perplexity,
+            if s.diverged { " DIVERGED" } else { "" },
+            s.train_loss,
+            s.monitor_events,
+            s.skipped_steps,
+            p.binary_projections,
+            p.ternary_projections,
+            s.model_bytes,
+            s.model_float32_bytes as f64 / s.model_bytes.max(1) as f64,
+            dir.display()
+        );
+        for h in &p.also {
+            println!(
+                "  also held out: {} ({} bytes): {:.4} bits/byte, perplexity {:.3} (float teacher {:.4}, {:.3})",
+                h.path, h.bytes, h.bpb, h.perplexity, h.teacher_bpb, h.teacher_perplexity
+            );
+        }
+        return;
+    }
     println!(
         "{}: {} steps, held-out {:.4} bits/byte (perplexity {:.3}; unigram baseline {:.4}){}, train loss {:.4} nats/byte, {} monitor events, {} skipped steps; model {} B ({:.1}x smaller than float32) → {}",
         s.name,
@@ -559,8 +588,17 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
         "| group | runs | stopped | diverged | held-out bits/byte | unigram | model bytes | monitor events | skipped steps |",
     );
     monitor_header(&MON, &mut csv, &mut md);
+    // Pretrained runs add the float teacher, the tokens trained and the wall time.
+    let pretrained = rows
+        .iter()
+        .any(|(_, s)| s.as_ref().is_some_and(|s| s.pretrained.is_some()));
+    if pretrained {
+        csv.pop(); // monitor_header ended the line
+        csv.push_str(",teacher_bpb,tokens_trained,wall_seconds_mean\n");
+        md.push_str(" teacher bits/byte | tokens trained | wall s |");
+    }
     md.push_str("\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    md.push_str(&"---:|".repeat(MON.len()));
+    md.push_str(&"---:|".repeat(MON.len() + if pretrained { 3 } else { 0 }));
     md.push('\n');
     for g in groups {
         let (rs, n, stopped) = group_runs(rows, g);
@@ -579,6 +617,23 @@ pub(crate) fn lm_tables(rows: &[(String, Option<LmSummary>)]) -> (String, String
             "| {name} | {n} | {stopped} | {diverged} | {bm:.4} ± {bsd:.4} | {um:.4} | {mb:.0} | {em:.1} | {sm:.1} |"
         ));
         monitor_columns(&MON, rs.iter().map(|s| &s.monitor_means), &mut csv, &mut md);
+        if pretrained {
+            let p = |f: fn(&bllm_train::PretrainedReport) -> f64| {
+                mean_std(
+                    &rs.iter()
+                        .filter_map(|s| s.pretrained.as_ref().map(f))
+                        .collect::<Vec<_>>(),
+                )
+                .0
+            };
+            let (tb, tt, ws) = (
+                p(|p| p.teacher_bpb),
+                p(|p| p.tokens_trained as f64),
+                p(|p| p.wall_seconds),
+            );
+            csv.push_str(&format!(",{tb:.6},{tt:.0},{ws:.1}"));
+            md.push_str(&format!(" {tb:.4} | {tt:.0} | {ws:.0} |"));
+        }
         csv.push('\n');
         md.push('\n');
     }

@@ -17,12 +17,13 @@ pub const ENCODER_JSON: &str = "encoder.json";
 /// `learned_<objective.kind>`, and the heads trained under a fine-tuned sentence encoder,
 /// `finetuned_<objective.kind>`. [`LinearEncoder::save`] and [`LinearEncoder::load`] refuse any
 /// other, so a writer cannot produce what the reader refuses.
-pub const ENCODER_METHODS: [&str; 9] = [
+pub const ENCODER_METHODS: [&str; 10] = [
     "lsh",
     "lsh_centred",
     "pca",
     "itq",
     "sign",
+    "sign_raw",
     "learned_listwise",
     "learned_similarity",
     "finetuned_listwise",

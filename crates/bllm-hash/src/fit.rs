@@ -19,16 +19,21 @@ pub enum Method {
     Itq,
     /// `sign(x − μ)`, bits = dimension (`sign`).
     Sign,
+    /// `sign(x)`, bits = dimension, no centring (`sign_raw`): what sentence-transformers'
+    /// `quantize_embeddings(precision="binary")` gives (it tests `x > 0`; here `x ≥ 0`, which
+    /// differs only on exact zeros).
+    SignRaw,
 }
 
 impl Method {
     /// Every method with its name.
-    pub const ALL: [(Method, &'static str); 5] = [
+    pub const ALL: [(Method, &'static str); 6] = [
         (Self::Lsh, "lsh"),
         (Self::LshCentred, "lsh_centred"),
         (Self::Pca, "pca"),
         (Self::Itq, "itq"),
         (Self::Sign, "sign"),
+        (Self::SignRaw, "sign_raw"),
     ];
 
     /// The method called `name`.
@@ -66,7 +71,8 @@ pub fn fit(method: Method, x: &FloatMatrix, bits: usize, seed: u64) -> Result<Li
         Method::LshCentred => random_hyperplanes(x, bits, seed, true),
         Method::Pca => pca_sign(x, bits),
         Method::Itq => Ok(itq(x, bits, 50, seed)?.0),
-        Method::Sign => centred_sign(x, bits),
+        Method::Sign => plain_sign(x, bits, true),
+        Method::SignRaw => plain_sign(x, bits, false),
     }
 }
 
@@ -129,13 +135,15 @@ pub fn random_hyperplanes(
     })
 }
 
-/// `sign(x − μ)` (projection = identity); `bits` must equal the dimension.
-pub fn centred_sign(x: &FloatMatrix, bits: usize) -> Result<LinearEncoder> {
+/// `sign(x − μ)` (`centred`) or `sign(x)` (projection = identity); `bits` must equal the
+/// dimension.
+pub fn plain_sign(x: &FloatMatrix, bits: usize, centred: bool) -> Result<LinearEncoder> {
     check(x, bits, Some(x.cols()))?;
     let d = x.cols();
+    let name = if centred { "sign" } else { "sign_raw" };
     if bits != d {
         return Err(HashError::InvalidArgument(format!(
-            "sign needs bits = dimension ({d}), got {bits}"
+            "{name} needs bits = dimension ({d}), got {bits}"
         )));
     }
     let mut projection = vec![0f32; d * d];
@@ -143,10 +151,14 @@ pub fn centred_sign(x: &FloatMatrix, bits: usize) -> Result<LinearEncoder> {
         projection[i * d + i] = 1.0;
     }
     Ok(LinearEncoder {
-        method: "sign".into(),
+        method: name.into(),
         dim: d,
         bits,
-        mean: to_f32(&column_mean(x)),
+        mean: if centred {
+            to_f32(&column_mean(x))
+        } else {
+            vec![0.0; d]
+        },
         projection,
         thresholds: vec![0.0; d],
         normalize: false,
@@ -315,8 +327,16 @@ mod tests {
     fn lsh_and_sign_match_their_definitions() {
         let x = FloatMatrix::new(3, 2, vec![1.0, 5.0, 3.0, 1.0, 2.0, 0.0]).unwrap();
         // mean (2, 2): centred rows (−1, 3), (1, −1), (0, −2) → sign bits.
-        let s = centred_sign(&x, 2).unwrap().encode(&x).unwrap();
+        let s = plain_sign(&x, 2, true).unwrap().encode(&x).unwrap();
         assert_eq!(s.to_bools(), vec![false, true, true, false, true, false]);
+        // Uncentred: every entry ≥ 0 → all bits set; a negative entry clears its bit.
+        let raw = fit(Method::SignRaw, &x, 2, 0).unwrap();
+        assert_eq!(raw.encode(&x).unwrap().to_bools(), vec![true; 6]);
+        let neg = FloatMatrix::new(2, 2, vec![-1.0, 0.5, 2.0, -0.1]).unwrap();
+        assert_eq!(
+            raw.encode(&neg).unwrap().to_bools(),
+            vec![false, true, true, false]
+        );
         let lsh = random_hyperplanes(&x, 70, 3, false).unwrap();
         let codes = lsh.encode(&x).unwrap();
         for r in 0..3 {
@@ -331,7 +351,8 @@ mod tests {
         assert_eq!(centred.projection, lsh.projection);
         assert_eq!(centred.mean, vec![2.0, 2.0]);
         assert!(
-            centred_sign(&x, 1).is_err()
+            plain_sign(&x, 1, true).is_err()
+                && plain_sign(&x, 1, false).is_err()
                 && pca_sign(&x, 3).is_err()
                 && Method::from_name("umap").is_err()
         );

@@ -9,7 +9,8 @@
 //! * [`itq`] — PCA then Iterative Quantization (Gong & Lazebnik 2011): a rotation `R`
 //!   alternating `B = sign(V R)` and the orthogonal Procrustes solution, minimising the
 //!   quantisation loss `‖B − V R‖²`;
-//! * [`centred_sign`] — `sign(x − μ)`, bits = dimension.
+//! * [`plain_sign`] — `sign(x − μ)` (`sign`) or `sign(x)` (`sign_raw`, sentence-transformers'
+//!   binary quantisation), bits = dimension.
 //!
 //! [`CodeDecoder`] maps codes back to vectors (least squares, plus an optional product-quantised
 //! residual of a few bytes per row), so Hamming candidates can be re-scored against the float
@@ -29,4 +30,4 @@ pub use encoder::{
     ENCODER_JSON, ENCODER_METHODS, ENCODER_TENSORS, LinearEncoder, l2_norm, normalize_rows,
 };
 pub use error::{HashError, Result};
-pub use fit::{ItqReport, Method, centred_sign, fit, itq, pca, pca_sign, random_hyperplanes};
+pub use fit::{ItqReport, Method, fit, itq, pca, pca_sign, plain_sign, random_hyperplanes};

@@ -33,8 +33,9 @@ pub use bert::{Bert, BertConfig, BertEmbeddings, BertLayer, NamedTensor, key_bia
 pub use common::transpose;
 pub use error::{ModelError, Result};
 pub use llama::{
-    AttentionHook, AttentionInputs, KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer,
-    LlamaMlp, LoadedLlama, RmsNorm, apply_rope, masked_softmax, rope_tables, unpermute_rope_rows,
+    AttentionHook, AttentionInputs, KvCache, LLAMA_PROJECTIONS, Llama, LlamaAttention, LlamaConfig,
+    LlamaLayer, LlamaMlp, LoadedLlama, RmsNorm, apply_rope, masked_softmax, rope_tables,
+    unpermute_rope_rows,
 };
 pub use sentence::{Pooling, SentenceEncoder, TokenStates, length_chunks};
 pub use tokenizer::{GGUF_PRE_TOKENIZERS, TextTokenizer};

@@ -291,6 +291,18 @@ pub struct LlamaLayer<B: Backend> {
     pub mlp: LlamaMlp<B>,
 }
 
+/// The block projections of a Llama layer, by their checkpoint names, in
+/// [`Llama::projections`]' order.
+pub const LLAMA_PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 /// The keys and values of every layer for the positions seen so far.
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
@@ -551,6 +563,119 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// The model with some block projections quantised from their float weights
+    /// ([`Proj::quantized`]): `choose(layer, name)` gives the precision of projection `name`
+    /// (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`, the
+    /// checkpoint's own names) of layer `layer`; `opts` the estimator, scaling (XNOR's
+    /// per-channel `mean|W|` or OneBit's SVID) and activations of the binary ones. Embeddings,
+    /// norms and the head stay float. Evaluated without training, this is post-training
+    /// binarization (PTQ).
+    pub fn quantized(
+        self,
+        choose: impl Fn(usize, &str) -> bllm_nn::ProjKind,
+        opts: &bllm_nn::BinaryOptions,
+    ) -> Result<Self> {
+        self.map_projections(|i, name, p| Ok(p.quantized(choose(i, name), opts)?))
+    }
+
+    /// The model with each block projection replaced by `f(layer, name, projection)` (`name`
+    /// as in [`LLAMA_PROJECTIONS`]), in layer order; the first error stops it.
+    fn map_projections<E>(
+        mut self,
+        mut f: impl FnMut(usize, &str, Proj<B>) -> std::result::Result<Proj<B>, E>,
+    ) -> std::result::Result<Self, E> {
+        let layers = std::mem::take(&mut self.layers);
+        for (i, l) in layers.into_iter().enumerate() {
+            let LlamaAttention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+            } = l.self_attn;
+            let LlamaMlp {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } = l.mlp;
+            self.layers.push(LlamaLayer {
+                input_layernorm: l.input_layernorm,
+                self_attn: LlamaAttention {
+                    q_proj: f(i, "q_proj", q_proj)?,
+                    k_proj: f(i, "k_proj", k_proj)?,
+                    v_proj: f(i, "v_proj", v_proj)?,
+                    o_proj: f(i, "o_proj", o_proj)?,
+                },
+                post_attention_layernorm: l.post_attention_layernorm,
+                mlp: LlamaMlp {
+                    gate_proj: f(i, "gate_proj", gate_proj)?,
+                    up_proj: f(i, "up_proj", up_proj)?,
+                    down_proj: f(i, "down_proj", down_proj)?,
+                },
+            });
+        }
+        Ok(self)
+    }
+
+    /// Every block projection with its checkpoint name (`layers.{i}.self_attn.q_proj`, …,
+    /// `layers.{i}.mlp.down_proj`), in layer order, attention before MLP.
+    pub fn projections(&self) -> Vec<(String, &Proj<B>)> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            let projs = [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ];
+            for (j, (name, p)) in LLAMA_PROJECTIONS.iter().zip(projs).enumerate() {
+                let group = if j < 4 { "self_attn" } else { "mlp" };
+                out.push((format!("layers.{i}.{group}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// [`Llama::projections`], mutable (same order, without names).
+    pub fn projections_mut(&mut self) -> Vec<&mut Proj<B>> {
+        let mut out = Vec::with_capacity(7 * self.layers.len());
+        for l in self.layers.iter_mut() {
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            out.extend([
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ]);
+        }
+        out
+    }
+
+    /// The model with every float parameter frozen (`require_grad = false`): embeddings,
+    /// norms, the head and float projections. What stays trainable are the quantised
+    /// projections (latent weights, scales, value vectors, SubLN gains) — quantisation-aware
+    /// training of the 1-bit parts of a pretrained model.
+    pub fn freeze_float(self) -> Self {
+        let frozen = |p: Proj<B>| -> Proj<B> { if p.float.is_some() { p.no_grad() } else { p } };
+        let Ok(mut m) =
+            self.map_projections(|_, _, p| Ok::<_, std::convert::Infallible>(frozen(p)));
+        m.embed_tokens = m.embed_tokens.set_require_grad(false);
+        m.norm = m.norm.no_grad();
+        m.lm_head = m.lm_head.map(frozen);
+        for l in &mut m.layers {
+            l.input_layernorm = l.input_layernorm.clone().no_grad();
+            l.post_attention_layernorm = l.post_attention_layernorm.clone().no_grad();
+        }
+        m
+    }
+
     /// Logits `[batch, t, vocab]` for `ids` `[batch, t]` placed after the `cache.len` positions
     /// already in `cache` (which it extends), or from position 0 without a cache.
     pub fn forward(
@@ -584,7 +709,20 @@ impl<B: Backend> Llama<B> {
         cache: Option<&mut KvCache<B>>,
         ctx: &Ctx,
     ) -> Tensor<B, 3> {
-        self.forward_inner(ids, cache, None, ctx)
+        self.forward_inner(ids, cache, None, None, ctx)
+    }
+
+    /// The final-normed hidden states `[batch, t, d]` from position 0 and every layer's output
+    /// (the residual stream after the layer, `[batch·t, d]`, one per layer) — what a
+    /// hidden-state distillation loss compares. The same bytes as [`Llama::forward_hidden`].
+    pub fn forward_states(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        ctx: &Ctx,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 2>>) {
+        let mut states = Vec::with_capacity(self.layers.len());
+        let h = self.forward_inner(ids, None, None, Some(&mut states), ctx);
+        (h, states)
     }
 
     /// The final-normed hidden states `[batch, t, d]` from position 0 (no cache), each
@@ -596,7 +734,7 @@ impl<B: Backend> Llama<B> {
         hook: &mut dyn AttentionHook<B>,
         ctx: &Ctx,
     ) -> Tensor<B, 3> {
-        self.forward_inner(ids, None, Some(hook), ctx)
+        self.forward_inner(ids, None, Some(hook), None, ctx)
     }
 
     /// Repeats each key/value head for its group of query heads:
@@ -639,6 +777,7 @@ impl<B: Backend> Llama<B> {
         ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
         mut hook: Option<&mut dyn AttentionHook<B>>,
+        mut states: Option<&mut Vec<Tensor<B, 2>>>,
         ctx: &Ctx,
     ) -> Tensor<B, 3> {
         let c = &self.config;
@@ -722,6 +861,9 @@ impl<B: Backend> Llama<B> {
             let g = silu(m.gate_proj.forward(y.clone(), &ctx.fork(4), None));
             let u = m.up_proj.forward(y, &ctx.fork(5), None);
             x = x + m.down_proj.forward(g * u, &ctx.fork(6), None);
+            if let Some(states) = states.as_deref_mut() {
+                states.push(x.clone());
+            }
         }
         if let Some(cache) = cache {
             cache.len = total;
@@ -764,4 +906,34 @@ pub struct AttentionInputs<B: Backend> {
 pub trait AttentionHook<B: Backend> {
     /// The per-head attention output `[b, heads, t, dh]`.
     fn attend(&mut self, model: &Llama<B>, inputs: AttentionInputs<B>) -> Tensor<B, 4>;
+}
+
+impl<B: Backend> bllm_nn::Summarize for Llama<B> {
+    fn summarize(&self, name: &str, out: &mut Vec<bllm_nn::LayerSummary>) {
+        let float = bllm_nn::LayerSummary::float;
+        let prefix = |n: &str| {
+            if name.is_empty() {
+                n.to_owned()
+            } else {
+                format!("{name}.{n}")
+            }
+        };
+        let [v, d] = self.embed_tokens.dims();
+        out.push(float(prefix("embed_tokens"), "Embedding", v * d));
+        for i in 0..self.layers.len() {
+            // input_layernorm + post_attention_layernorm.
+            out.push(float(
+                prefix(&format!("layers.{i}.norms")),
+                "RMSNorm",
+                2 * d,
+            ));
+        }
+        for (n, p) in self.projections() {
+            p.summarize(&prefix(&n), out);
+        }
+        out.push(float(prefix("norm"), "RMSNorm", d));
+        if let Some(h) = &self.lm_head {
+            h.summarize(&prefix("lm_head"), out);
+        }
+    }
 }

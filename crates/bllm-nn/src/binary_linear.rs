@@ -107,15 +107,7 @@ impl BinaryLinearConfig {
                 device,
             ))
         };
-        let alpha = match &self.scaling {
-            Scaling::PerTensor { learnable: true } => {
-                Some(Param::from_tensor(mean_abs(w.clone()).reshape([1])))
-            }
-            Scaling::PerChannel { learnable: true } => Some(Param::from_tensor(
-                w.clone().abs().mean_dim(0).reshape([self.d_output]),
-            )),
-            _ => None,
-        };
+        let (alpha, input_scale) = self.scales_of(&w, device)?;
         let threshold = match &self.input {
             ActQuant::Sign {
                 learnable_threshold: true,
@@ -133,11 +125,91 @@ impl BinaryLinearConfig {
                 .bias
                 .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
             alpha,
+            input_scale,
             threshold,
             elastic_alpha,
             elastic_beta,
             config: self.clone(),
         })
+    }
+}
+
+impl BinaryLinearConfig {
+    /// The learnable scales for latent weights `w` `[d_input, d_output]`: α = `mean|W|` (per
+    /// tensor or per output channel, when learnable), or SVID's value vectors from the rank-1
+    /// approximation of `|W|`.
+    #[allow(clippy::type_complexity)]
+    fn scales_of<B: Backend>(
+        &self,
+        w: &Tensor<B, 2>,
+        device: &B::Device,
+    ) -> Result<(Option<Param<Tensor<B, 1>>>, Option<Param<Tensor<B, 1>>>)> {
+        // Scales start from the weights' values, not their graph: a weight that is itself a
+        // tracked parameter (a pretrained layer on an autodiff backend) must not make the new
+        // scale a non-leaf.
+        let w = &w.clone().detach().set_require_grad(false);
+        Ok(match &self.scaling {
+            Scaling::PerTensor { learnable: true } => (
+                Some(Param::from_tensor(mean_abs(w.clone()).reshape([1]))),
+                None,
+            ),
+            Scaling::PerChannel { learnable: true } => (
+                Some(Param::from_tensor(
+                    w.clone().abs().mean_dim(0).reshape([self.d_output]),
+                )),
+                None,
+            ),
+            Scaling::Svid => {
+                let centred = if self.center {
+                    w.clone() - w.clone().mean().unsqueeze::<2>()
+                } else {
+                    w.clone()
+                };
+                let a = to_vec(centred.abs())?;
+                let (g, h) = crate::svid_rank1(&a, self.d_input, self.d_output);
+                let vec1 = |v: Vec<f32>| {
+                    let n = v.len();
+                    Param::from_tensor(Tensor::<B, 1>::from_data(TensorData::new(v, [n]), device))
+                };
+                (Some(vec1(h)), Some(vec1(g)))
+            }
+            _ => (None, None),
+        })
+    }
+
+    /// The layer with latent weights taken from a float layer: `weight` `[d_input, d_output]`
+    /// (Burn's `Linear` layout) and its bias, the scales initialised from them — XNOR's
+    /// `mean|W|` per channel (`PerChannel { learnable: true }`; recomputed every forward when
+    /// not learnable) or OneBit's SVID (`Svid`). Post-training binarization is this layer
+    /// evaluated without training.
+    pub fn from_float<B: Backend>(
+        &self,
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Result<BinaryLinear<B>> {
+        self.validate()?;
+        let [d_in, d_out] = weight.dims();
+        if (d_in, d_out) != (self.d_input, self.d_output) {
+            return Err(NnError::Config(format!(
+                "float weight is {d_in} × {d_out}, the binary layer expects {} × {}",
+                self.d_input, self.d_output
+            )));
+        }
+        if bias.is_some() != self.bias {
+            return Err(NnError::Config(format!(
+                "the float layer {} a bias, the binary config {}",
+                if bias.is_some() { "has" } else { "has no" },
+                if self.bias { "expects one" } else { "has none" }
+            )));
+        }
+        let device = weight.device();
+        let mut layer = self.init::<B>(&device, 0)?;
+        let (alpha, input_scale) = self.scales_of(&weight, &device)?;
+        layer.weight = Param::from_tensor(weight);
+        layer.bias = bias.map(Param::from_tensor);
+        layer.alpha = alpha;
+        layer.input_scale = input_scale;
+        Ok(layer)
     }
 }
 
@@ -151,8 +223,10 @@ pub struct BinaryLinear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// Bias `[d_output]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
-    /// Learnable weight scale, `[1]` or `[d_output]`.
+    /// Learnable weight scale, `[1]` or `[d_output]` (SVID's output value vector `h`).
     pub alpha: Option<Param<Tensor<B, 1>>>,
+    /// SVID's input value vector `g` `[d_input]` (only with [`Scaling::Svid`]).
+    pub input_scale: Option<Param<Tensor<B, 1>>>,
     /// Learnable input threshold (RSign), `[d_input]`.
     pub threshold: Option<Param<Tensor<B, 1>>>,
     /// Elastic input scale α, `[1]`.
@@ -169,8 +243,11 @@ pub struct BinaryWeights {
     /// One row per output channel, bit `j` = 1 where the binarized weight from input `j` is
     /// positive (≥ 0 before binarizing, after centring).
     pub codes: PackedCodes,
-    /// Scales: none, one, or one per output channel.
+    /// Scales: none, one, or one per output channel (SVID: `h`).
     pub scales: Vec<f32>,
+    /// SVID's input value vector `g` (one per input feature; empty otherwise): the weight
+    /// from input `j` to output `i` is `g_j · h_i · (2·bit − 1)`.
+    pub input_scales: Vec<f32>,
 }
 
 impl<B: Backend> BinaryLinear<B> {
@@ -198,10 +275,15 @@ impl<B: Backend> BinaryLinear<B> {
     /// Weight scale broadcastable to `[d_input, d_output]`, if any.
     fn scale(&self, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         if let Some(alpha) = &self.alpha {
-            return Some(alpha.val().unsqueeze::<2>());
+            let h = alpha.val().unsqueeze::<2>();
+            return Some(match &self.input_scale {
+                // SVID: g hᵀ, [d_input, 1] × [1, d_output] broadcast.
+                Some(g) => g.val().unsqueeze_dim::<2>(1) * h,
+                None => h,
+            });
         }
         match self.config.scaling {
-            Scaling::None => None,
+            Scaling::None | Scaling::Svid => None,
             Scaling::PerTensor { .. } => Some(constant(mean_abs(w))),
             Scaling::PerChannel { .. } => Some(constant(w.abs().mean_dim(0))),
         }
@@ -260,11 +342,18 @@ impl<B: Backend> BinaryLinear<B> {
         let rows = to_vec(w.clone().transpose())?;
         let codes = PackedCodes::from_f32_rows(&rows, d_in, d_in)?;
         debug_assert_eq!(codes.rows(), d_out);
-        let scales = match self.scale(w) {
-            Some(s) => to_vec(s)?,
-            None => Vec::new(),
+        let (scales, input_scales) = match (&self.alpha, &self.input_scale) {
+            (Some(h), Some(g)) => (to_vec(h.val())?, to_vec(g.val())?),
+            _ => match self.scale(w) {
+                Some(s) => (to_vec(s)?, Vec::new()),
+                None => (Vec::new(), Vec::new()),
+            },
         };
-        Ok(BinaryWeights { codes, scales })
+        Ok(BinaryWeights {
+            codes,
+            scales,
+            input_scales,
+        })
     }
 
     /// This layer frozen for inference on the popcount kernels
@@ -283,6 +372,13 @@ impl<B: Backend> BinaryLinear<B> {
             )));
         }
         let bw = self.binary_weights()?;
+        if !bw.input_scales.is_empty() {
+            return Err(NnError::Unsupported(
+                "SVID's input value vector has no popcount kernel yet (scale the input by g, \
+                 then run the per-channel kernel)"
+                    .into(),
+            ));
+        }
         let bias = match &self.bias {
             Some(b) => to_vec(b.val())?,
             None => Vec::new(),
@@ -351,7 +447,7 @@ impl<B: Backend> Summarize for BinaryLinear<B> {
         let words = c.d_input.div_ceil(64);
         let ternary = c.weight.levels() == Levels::Ternary;
         let planes = if ternary { 2 } else { 1 };
-        let scales = c.scaling.count(c.d_output) + usize::from(ternary);
+        let scales = c.scaling.count(c.d_input, c.d_output) + usize::from(ternary);
         let extra = self.bias.as_ref().map_or(0, |_| c.d_output)
             + self.threshold.as_ref().map_or(0, |_| c.d_input)
             + if self.elastic_alpha.is_some() { 2 } else { 0 };
@@ -499,6 +595,7 @@ mod tests {
             Scaling::PerTensor { learnable: true },
             Scaling::PerChannel { learnable: false },
             Scaling::PerChannel { learnable: true },
+            Scaling::Svid,
         ] {
             let layer = BinaryLinearConfig::new(6, 4)
                 .with_scaling(scaling.clone())
@@ -506,6 +603,8 @@ mod tests {
                 .unwrap();
             let w = v(layer.weight.val()); // [6, 4] row-major
             let eff = v(layer.effective_weight(&ctx));
+            let abs: Vec<f32> = w.iter().map(|x| x.abs()).collect();
+            let (g, h) = crate::svid_rank1(&abs, 6, 4);
             for i in 0..6 {
                 for j in 0..4 {
                     let latent = w[i * 4 + j];
@@ -515,6 +614,7 @@ mod tests {
                         Scaling::PerChannel { .. } => {
                             (0..6).map(|r| w[r * 4 + j].abs()).sum::<f32>() / 6.0
                         }
+                        Scaling::Svid => g[i] * h[j],
                     };
                     let want = if latent >= 0.0 { alpha } else { -alpha };
                     assert!(
@@ -594,6 +694,58 @@ mod tests {
             ternary.packed_weights(),
             Err(NnError::Unsupported(_))
         ));
+    }
+
+    /// Binarizing a float layer: XNOR (per-channel mean|W|) and SVID (sign(W) ⊙ g hᵀ) keep the
+    /// float bias, SVID approximates W no worse than XNOR, both value vectors get gradients,
+    /// the summary counts d_in + d_out scales, and the popcount path refuses SVID clearly.
+    #[test]
+    fn from_float_xnor_and_svid() {
+        let (d_in, d_out) = (48, 20);
+        let w = crate::kaiming_uniform::<Ad>(d_in, d_out, 5, &dev());
+        // Uneven magnitudes per input row, as trained weights have.
+        let rows: Vec<f32> = (0..d_in).map(|i| 0.2 + (i % 7) as f32).collect();
+        let w = w * Tensor::<Ad, 1>::from_data(TensorData::new(rows, [d_in]), &dev())
+            .unsqueeze_dim::<2>(1);
+        let b = Tensor::<Ad, 1>::from_data(TensorData::new(vec![0.5f32; d_out], [d_out]), &dev());
+        let base = BinaryLinearConfig::new(d_in, d_out);
+        let err = |l: &BinaryLinear<Ad>| {
+            let e = l.effective_weight(&Ctx::default().for_eval()) - w.clone();
+            v(e.square().sum())[0]
+        };
+        let xnor = base
+            .clone()
+            .with_scaling(Scaling::PerChannel { learnable: true })
+            .from_float(w.clone(), Some(b.clone()))
+            .unwrap();
+        let svid = base
+            .clone()
+            .with_scaling(Scaling::Svid)
+            .from_float(w.clone(), Some(b.clone()))
+            .unwrap();
+        let (ex, es) = (err(&xnor), err(&svid));
+        assert!(es < ex, "SVID error {es} vs XNOR {ex}");
+        assert_eq!(v(svid.bias.as_ref().unwrap().val()), vec![0.5; d_out]);
+        assert_eq!(v(xnor.weight.val()), v(w.clone()));
+        let x = Tensor::<Ad, 2>::ones([3, d_in], &dev());
+        let grads = svid.forward(x, &Ctx::default()).sum().backward();
+        let gg = svid.input_scale.as_ref().unwrap().grad(&grads).unwrap();
+        let gh = svid.alpha.as_ref().unwrap().grad(&grads).unwrap();
+        assert_eq!((gg.dims(), gh.dims()), ([d_in], [d_out]));
+        assert!(v(gg.abs().sum())[0] > 0.0 && v(gh.abs().sum())[0] > 0.0);
+        let mut out = Vec::new();
+        svid.summarize("p", &mut out);
+        assert_eq!(out[0].float_params, d_out + d_in + d_out);
+        let bw = svid.binary_weights().unwrap();
+        assert_eq!((bw.scales.len(), bw.input_scales.len()), (d_out, d_in));
+        let e = svid.to_packed().unwrap_err().to_string();
+        assert!(e.contains("SVID"), "{e}");
+        let e = base
+            .with_bias(false)
+            .from_float(w, Some(b))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bias"), "{e}");
     }
 
     #[test]

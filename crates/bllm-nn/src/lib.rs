@@ -54,7 +54,7 @@ pub use hash_head::{
 pub use init::{kaiming_uniform, with_deterministic_ids};
 pub use moe::{Balancing, Moe, MoeConfig, MoeOutput, RouterKind};
 pub use proj::{ActBinarization, BinaryOptions, Proj, ProjKind, RmsGain};
-pub use scaling::Scaling;
+pub use scaling::{Scaling, svid_rank1};
 pub use summary::{LayerSummary, Summarize, Summary, summary};
 pub use transformer::{
     Attention, AttentionKind, Block, ByteEmbedding, ByteLm, ByteLmConfig, LmStats, MoeTrace,

@@ -164,23 +164,7 @@ impl<B: Backend> Proj<B> {
                 })
             }
             ProjKind::Binary => {
-                let input = match opts.activations {
-                    ActBinarization::Float => ActQuant::None,
-                    ActBinarization::Sign => ActQuant::Sign {
-                        estimator: opts.estimator.clone(),
-                        learnable_threshold: false,
-                    },
-                    ActBinarization::Rsign => ActQuant::Sign {
-                        estimator: opts.estimator.clone(),
-                        learnable_threshold: true,
-                    },
-                    ActBinarization::Elastic => ActQuant::Elastic { signed: true },
-                };
-                let cfg = BinaryLinearConfig::new(d_input, d_output)
-                    .with_weight(opts.estimator.clone())
-                    .with_scaling(opts.scaling.clone())
-                    .with_input(input)
-                    .with_bias(bias);
+                let cfg = binary_config(opts, d_input, d_output, bias);
                 p.binary = Some(cfg.init(device, seed)?);
                 if opts.sub_norm {
                     p.norm = Some(RmsGain::new(d_input, device));
@@ -190,6 +174,56 @@ impl<B: Backend> Proj<B> {
                 let mut cfg = BitLinearConfig::new(d_input, d_output);
                 cfg.bias = bias;
                 p.bit = Some(cfg.init(device, seed)?);
+            }
+        }
+        Ok(p)
+    }
+
+    /// This float projection made 1-bit (`binary`, latent weights = the float weights, scales
+    /// initialised from them: XNOR's per-channel `mean|W|` or OneBit's SVID, as
+    /// `opts.scaling` says) or ternary (`bitnet`, latent weights = the float weights), keeping
+    /// the float bias. Evaluated as it is, this is post-training binarization; trained, it is
+    /// QAT from the float model. A projection that is not float (or carries an adapter) is an
+    /// error.
+    pub fn quantized(self, kind: ProjKind, opts: &BinaryOptions) -> Result<Self> {
+        let (Some(f), None, None, None) = (self.float, &self.binary, &self.bit, &self.adapter)
+        else {
+            return Err(crate::NnError::Unsupported(
+                "only a float projection without an adapter can be quantised".into(),
+            ));
+        };
+        let [d_in, d_out] = f.weight.dims();
+        let bias = f.bias.map(|b| b.val());
+        let weight = f.weight.val();
+        let device = weight.device();
+        let mut p = Self {
+            float: None,
+            binary: None,
+            bit: None,
+            norm: None,
+            adapter: None,
+        };
+        match kind {
+            ProjKind::Float => {
+                p.float = Some(Linear {
+                    weight: Param::from_tensor(weight),
+                    bias: bias.map(Param::from_tensor),
+                })
+            }
+            ProjKind::Binary => {
+                let cfg = binary_config(opts, d_in, d_out, bias.is_some());
+                p.binary = Some(cfg.from_float(weight, bias)?);
+                if opts.sub_norm {
+                    p.norm = Some(RmsGain::new(d_in, &device));
+                }
+            }
+            ProjKind::Bitnet => {
+                let mut cfg = BitLinearConfig::new(d_in, d_out);
+                cfg.bias = bias.is_some();
+                let mut l = cfg.init(&device, 0)?;
+                l.weight = Param::from_tensor(weight);
+                l.bias = bias.map(Param::from_tensor);
+                p.bit = Some(l);
             }
         }
         Ok(p)
@@ -313,4 +347,30 @@ impl<B: Backend> Summarize for Proj<B> {
             });
         }
     }
+}
+
+/// The [`BinaryLinearConfig`] of a `binary` projection under `opts`.
+fn binary_config(
+    opts: &BinaryOptions,
+    d_input: usize,
+    d_output: usize,
+    bias: bool,
+) -> BinaryLinearConfig {
+    let input = match opts.activations {
+        ActBinarization::Float => ActQuant::None,
+        ActBinarization::Sign => ActQuant::Sign {
+            estimator: opts.estimator.clone(),
+            learnable_threshold: false,
+        },
+        ActBinarization::Rsign => ActQuant::Sign {
+            estimator: opts.estimator.clone(),
+            learnable_threshold: true,
+        },
+        ActBinarization::Elastic => ActQuant::Elastic { signed: true },
+    };
+    BinaryLinearConfig::new(d_input, d_output)
+        .with_weight(opts.estimator.clone())
+        .with_scaling(opts.scaling.clone())
+        .with_input(input)
+        .with_bias(bias)
 }

@@ -33,6 +33,20 @@ pub struct LayerSummary {
 }
 
 impl LayerSummary {
+    /// A row of `n` float32 parameters (embeddings, norms, float layers).
+    pub fn float(name: impl Into<String>, kind: &'static str, n: usize) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            binary_params: 0,
+            ternary_params: 0,
+            float_params: n,
+            packed_bytes: 0,
+            float_bytes: n * 4,
+            float32_equivalent_bytes: n * 4,
+        }
+    }
+
     /// Total stored bytes.
     pub fn total_bytes(&self) -> usize {
         self.packed_bytes + self.float_bytes
@@ -49,16 +63,7 @@ impl<B: burn::tensor::backend::Backend> Summarize for burn::nn::Linear<B> {
     fn summarize(&self, name: &str, out: &mut Vec<LayerSummary>) {
         let [d_in, d_out] = self.weight.dims();
         let n = d_in * d_out + self.bias.as_ref().map_or(0, |_| d_out);
-        out.push(LayerSummary {
-            name: name.to_owned(),
-            kind: "Linear",
-            binary_params: 0,
-            ternary_params: 0,
-            float_params: n,
-            packed_bytes: 0,
-            float_bytes: n * 4,
-            float32_equivalent_bytes: n * 4,
-        });
+        out.push(LayerSummary::float(name, "Linear", n));
     }
 }
 

@@ -32,10 +32,10 @@ pub use memory::{
 pub use overrides::{Override, parse_override};
 pub use recipe::{
     AdapterSection, AdapterTask, BASELINES, CheckpointSection, ClustersSection, CollapseSection,
-    ComponentCheck, DataSection, EmbeddingSection, EncoderSection, EvalSection, ExportSection,
-    HeadSection, Kind, KvProbeTask, LmModelSection, LmTask, LrSchedule, ModelSection, MoeData,
-    MoeSection, MoeTask, MonitorAction, MonitorSection, MonitorsSection, ObjectiveSection,
-    OptimizerKind, OptimizerSection, Recipe, RetrievalEvalSection, RetrievalTask, SourceSection,
-    SyntheticSection, Task, TextSection, TrainSection,
+    ComponentCheck, DataSection, DistillSection, EmbeddingSection, EncoderSection, EvalSection,
+    ExportSection, HeadSection, Kind, KvProbeTask, LmModelSection, LmTask, LrSchedule,
+    ModelSection, MoeData, MoeSection, MoeTask, MonitorAction, MonitorSection, MonitorsSection,
+    ObjectiveSection, OptimizerKind, OptimizerSection, Recipe, RetrievalEvalSection, RetrievalTask,
+    SourceSection, SyntheticSection, Task, TextSection, TrainSection,
 };
 pub use sweep::{SweepRun, expand_sweep};

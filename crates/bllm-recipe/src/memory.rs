@@ -401,6 +401,27 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
             .estimate(opt, &d)
         }
         Task::Retrieval(t) => retrieval(recipe, t),
+        Task::Lm(t) if t.model.pretrained.is_some() => {
+            // The shape lives in the checkpoint's own files, which validation does not parse:
+            // the weights file's size is a lower bound of the parameters.
+            let weights = weights_bytes(t.model.pretrained.as_deref().unwrap_or_default());
+            MemoryEstimate {
+                parameters: weights,
+                data_counted: false,
+                notes: vec![
+                    format!(
+                        "parameters: the weights file ({}), a lower bound: the student and (with \
+                         [distill]) the teacher are loaded as f32 — a 4-bit GGUF takes about 7× \
+                         that each — plus Adam state for the quantised projections",
+                        format_bytes(weights)
+                    ),
+                    "activations: logits of batch × context × vocab × 4 B (a few copies), not \
+                     counted"
+                        .into(),
+                ],
+                ..MemoryEstimate::default()
+            }
+        }
         Task::Lm(t) => {
             let m = Lm::of(&t.model, None);
             let data = text_data(&[("data", &t.data)]);
@@ -462,22 +483,7 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
         Task::KvProbe(t) => {
             // Inference only: no gradients or optimizer state. The model's shape lives in its
             // own files, so the weights file's size is the (lower-bound) parameter count.
-            let path = std::path::Path::new(&t.pretrained);
-            let weights = if path.is_file() {
-                std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-            } else {
-                std::fs::read_dir(path)
-                    .map(|rd| {
-                        rd.filter_map(|e| e.ok())
-                            .filter(|e| {
-                                let n = e.file_name().to_string_lossy().into_owned();
-                                n.ends_with(".gguf") || n.ends_with(".safetensors")
-                            })
-                            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                            .sum()
-                    })
-                    .unwrap_or(0)
-            };
+            let weights = weights_bytes(&t.pretrained);
             MemoryEstimate {
                 parameters: weights,
                 data_counted: false,
@@ -559,6 +565,26 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
             if e2.total() > e1.total() { e2 } else { e1 }
         }
     }
+}
+
+/// Bytes of a pretrained model's weights: the file, or the `.gguf` / `.safetensors` files of a
+/// directory (0 when unreadable: validation does not require the model to exist).
+fn weights_bytes(path: &str) -> u64 {
+    let path = std::path::Path::new(path);
+    if path.is_file() {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".gguf") || n.ends_with(".safetensors")
+                })
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The shapes of a byte-level transformer (`bllm_nn::ByteLm`), with MoE blocks when `moe`.

@@ -5,7 +5,7 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use crate::overrides::{Override, apply};
-use crate::walk::{Report, Section};
+use crate::walk::{Report, Section, describe};
 use crate::{Issue, RecipeError, Result};
 
 /// Which trainer runs the recipe.
@@ -56,7 +56,7 @@ impl Kind {
 
 /// The baseline encoders a retrieval recipe may list in `eval.methods` (the names of
 /// `bllm_hash::Method`; a test in `bllm-cli` keeps the two lists equal).
-pub const BASELINES: [&str; 5] = ["lsh", "lsh_centred", "pca", "itq", "sign"];
+pub const BASELINES: [&str; 6] = ["lsh", "lsh_centred", "pca", "itq", "sign", "sign_raw"];
 
 /// The kind-specific sections of a recipe.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,9 +271,10 @@ pub struct LmModelSection {
     /// Context length in bytes.
     pub context: usize,
     /// `[model.projections]`: `(name, float|binary|bitnet)` for q, k, v, o, up, down, embed,
-    /// head in that order.
+    /// head in that order, then `gate` for a pretrained model (its SwiGLU gate projection).
     pub projections: Vec<(&'static str, String)>,
-    /// Weight scaling of binary projections: `none`, `per_tensor`, `per_channel`.
+    /// Weight scaling of binary projections: `none`, `per_tensor`, `per_channel` (XNOR's
+    /// `mean|W|` per output channel), `svid` (OneBit's value vectors `g hᵀ`).
     pub scaling: String,
     /// Train the scales.
     pub learnable_scale: bool,
@@ -283,6 +284,17 @@ pub struct LmModelSection {
     pub sub_norm: bool,
     /// `softmax` or `binary_mask` (BiBERT).
     pub attention: String,
+    /// `model.pretrained` (`kind = "lm"` only): a Llama checkpoint (a GGUF file, a directory
+    /// with one, or a Hugging Face directory) trained instead of a byte-level model; its shape
+    /// comes from its own files, `context` counts tokens of its tokenizer.
+    pub pretrained: Option<String>,
+    /// `model.quantize_layers = [start, end]` (pretrained): the half-open range of layers whose
+    /// projections take the `[model.projections]` precisions; the others stay float. `None`:
+    /// every layer.
+    pub quantize_layers: Option<(usize, usize)>,
+    /// `model.monitor_layers` (pretrained): how many quantised layers, evenly spread over the
+    /// range, the weight monitors watch (every projection of each), bounding their cost.
+    pub monitor_layers: usize,
 }
 
 impl LmModelSection {
@@ -303,8 +315,30 @@ impl LmModelSection {
 pub struct LmTask {
     /// `[data]`.
     pub data: TextSection,
+    /// `data.eval_texts` (pretrained models): more corpora (directories or files, split as
+    /// `data.path` is) whose held-out part (its first `data.eval_bytes`) the finished run
+    /// scores, with the teacher — text the run neither trained nor was tuned on.
+    pub eval_texts: Vec<String>,
     /// `[model]`.
     pub model: LmModelSection,
+    /// `[distill]` (pretrained models only): the frozen float checkpoint as teacher.
+    pub distill: Option<DistillSection>,
+}
+
+/// `[distill]` of a pretrained `kind = "lm"`: knowledge distillation from the frozen float
+/// model the student was quantised from. The loss is
+/// `ce · CE + kl · T² · KL(p_teacher,T ‖ p_student,T) + hidden · mean_l MSE(ĥ_s,l, ĥ_t,l)`,
+/// `ĥ` each layer's output states L2-normalised per token (OneBit's hidden-state term).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistillSection {
+    /// Softmax temperature `T` of the logit term.
+    pub temperature: f64,
+    /// Weight of the logit KL term.
+    pub kl: f64,
+    /// Weight of the next-token cross-entropy on the data.
+    pub ce: f64,
+    /// Weight of the per-layer hidden-state term (0 = off).
+    pub hidden: f64,
 }
 
 /// `[data.synthetic]`: the review's hard case (`bllm_data::synthetic::hard_case`), seeded by
@@ -363,7 +397,8 @@ pub struct EncoderSection {
     /// Texts per forward pass when caching and exporting; `bllm encode --text --batch` with the
     /// same value reproduces the exported codes byte for byte.
     pub batch: usize,
-    /// Database rows (evenly spaced) whose embeddings each anchor is ranked against.
+    /// Database rows (evenly spaced) whose embeddings each anchor is ranked against; 0 ranks
+    /// each anchor against the step's other anchors (in-batch lists).
     pub bank: usize,
     /// The bank's embeddings are recomputed with the current encoder every this many steps.
     pub refresh_every: usize,
@@ -1118,7 +1153,7 @@ fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         scaling: m
             .choice(
                 "scaling",
-                &["none", "per_tensor", "per_channel"],
+                &["none", "per_tensor", "per_channel", "svid"],
                 Some("per_channel"),
                 r,
             )
@@ -1132,15 +1167,134 @@ fn classify_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     Task::Classify { data, model }
 }
 
+/// A non-empty array of strings.
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    match v {
+        Some(Value::Array(a)) if !a.is_empty() => {
+            a.iter().map(|x| x.as_str().map(String::from)).collect()
+        }
+        _ => None,
+    }
+}
+
 /// `[data]` and `[model]` of `kind = "lm"`.
 fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let mut d = root.table("data", r);
     let data = text_data(&mut d, r);
+    let eval_texts = match d.raw("eval_texts") {
+        None => Vec::new(),
+        v @ Some(_) => strings(v).unwrap_or_else(|| {
+            r.push(
+                "data.eval_texts",
+                "a non-empty array of corpus directories or text files",
+                describe(v.unwrap_or(&Value::Boolean(false))),
+            );
+            Vec::new()
+        }),
+    };
     d.finish(r);
     let mut m = root.table("model", r);
-    let model = lm_model(&mut m, r);
+    let pretrained = m
+        .raw("pretrained")
+        .is_some()
+        .then(|| m.string("pretrained", None, r));
+    if pretrained.is_some() {
+        for key in ["d_model", "layers", "heads", "mlp_ratio", "attention"] {
+            if let Some(v) = m.raw(key) {
+                r.push(
+                    &m.key(key),
+                    "absent with model.pretrained (the shape comes from the checkpoint's own files)",
+                    describe(v),
+                );
+            }
+        }
+    }
+    let mut model = lm_model_with(&mut m, pretrained.is_some(), r);
+    if pretrained.is_some() {
+        for name in ["embed", "head"] {
+            let k = model.projection(name);
+            if k != "float" {
+                r.push(
+                    &format!("model.projections.{name}"),
+                    "float (a pretrained model quantises its block projections only)",
+                    format!("the string {k:?}"),
+                );
+            }
+        }
+    }
+    model.quantize_layers = match m.raw("quantize_layers") {
+        None => None,
+        Some(v) => {
+            let pair = v.as_array().and_then(|a| match a.as_slice() {
+                [Value::Integer(a), Value::Integer(b)] if 0 <= *a && a < b => {
+                    Some((*a as usize, *b as usize))
+                }
+                _ => None,
+            });
+            if pair.is_none() || pretrained.is_none() {
+                r.push(
+                    &m.key("quantize_layers"),
+                    if pretrained.is_none() {
+                        "absent without model.pretrained (a byte-level model quantises every block)"
+                    } else {
+                        "[start, end]: the half-open layer range, 0 <= start < end"
+                    },
+                    describe(v),
+                );
+            }
+            pair
+        }
+    };
+    if m.raw("monitor_layers").is_some() && pretrained.is_none() {
+        r.push(
+            &m.key("monitor_layers"),
+            "absent without model.pretrained",
+            "a value",
+        );
+    }
+    model.monitor_layers = m.int("monitor_layers", Some(4), 0, 1 << 16, r) as usize;
+    model.pretrained = pretrained;
     m.finish(r);
-    Task::Lm(Box::new(LmTask { data, model }))
+    let distill = match root.raw("distill") {
+        None => None,
+        Some(_) => {
+            let mut d = root.table("distill", r);
+            let s = DistillSection {
+                temperature: d.float("temperature", Some(1.0), 1e-3, 1e3, r),
+                kl: d.float("kl", Some(1.0), 0.0, 1e6, r),
+                ce: d.float("ce", Some(0.0), 0.0, 1e6, r),
+                hidden: d.float("hidden", Some(0.0), 0.0, 1e6, r),
+            };
+            d.finish(r);
+            if model.pretrained.is_none() {
+                r.push(
+                    "distill",
+                    "absent without model.pretrained (the teacher is the float checkpoint)",
+                    "a table",
+                );
+            } else if s.kl + s.ce + s.hidden == 0.0 {
+                r.push(
+                    "distill.kl",
+                    "some weight > 0 among distill.kl, distill.ce, distill.hidden",
+                    "all three 0",
+                );
+            }
+            Some(s)
+        }
+    };
+    if !eval_texts.is_empty() && model.pretrained.is_none() {
+        r.push(
+            "data.eval_texts",
+            "absent without model.pretrained",
+            "an array",
+        );
+    }
+    Task::Lm(Box::new(LmTask {
+        data,
+        eval_texts,
+        model,
+        distill,
+    }))
 }
 
 /// A component table of `sec` (`[estimator]`, `cache.keys`, …), or `{ kind = default_kind }`
@@ -1180,14 +1334,6 @@ fn kv_probe_sections(
     let pretrained = m.string("pretrained", None, r);
     m.finish(r);
     let mut d = root.table("data", r);
-    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
-        match v {
-            Some(Value::Array(a)) if !a.is_empty() => {
-                a.iter().map(|x| x.as_str().map(String::from)).collect()
-            }
-            _ => None,
-        }
-    };
     let texts = match d.raw("texts") {
         v @ Some(_) => strings(v).unwrap_or_else(|| {
             r.push(
@@ -1455,6 +1601,12 @@ fn moe_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
 
 /// The keys of `[model]` of `kind = "lm"` (also `kind = "moe"` with `task = "lm"`).
 fn lm_model(m: &mut Section<'_>, r: &mut Report<'_>) -> LmModelSection {
+    lm_model_with(m, false, r)
+}
+
+/// [`lm_model`]; a `pretrained` model also has `projections.gate` (its SwiGLU gate, default:
+/// the precision of `up`).
+fn lm_model_with(m: &mut Section<'_>, pretrained: bool, r: &mut Report<'_>) -> LmModelSection {
     let before = r.issues.len();
     let d_model = m.int("d_model", Some(64), 1, 1 << 16, r) as usize;
     let heads = m.int("heads", Some(4), 1, 1 << 10, r) as usize;
@@ -1478,6 +1630,16 @@ fn lm_model(m: &mut Section<'_>, r: &mut Report<'_>) -> LmModelSection {
             .unwrap_or_default();
         projections.push((name, k));
     }
+    if pretrained {
+        let up = projections
+            .iter()
+            .find(|(n, _)| *n == "up")
+            .map_or_else(|| "float".to_owned(), |(_, k)| k.clone());
+        let k = p
+            .choice("gate", &["float", "binary", "bitnet"], Some(&up), r)
+            .unwrap_or_default();
+        projections.push(("gate", k));
+    }
     p.finish(r);
     LmModelSection {
         d_model,
@@ -1489,7 +1651,7 @@ fn lm_model(m: &mut Section<'_>, r: &mut Report<'_>) -> LmModelSection {
         scaling: m
             .choice(
                 "scaling",
-                &["none", "per_tensor", "per_channel"],
+                &["none", "per_tensor", "per_channel", "svid"],
                 Some("per_channel"),
                 r,
             )
@@ -1507,6 +1669,9 @@ fn lm_model(m: &mut Section<'_>, r: &mut Report<'_>) -> LmModelSection {
         attention: m
             .choice("attention", &["softmax", "binary_mask"], Some("softmax"), r)
             .unwrap_or_default(),
+        pretrained: None,
+        quantize_layers: None,
+        monitor_layers: 0,
     }
 }
 
@@ -1625,7 +1790,7 @@ fn retrieval_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
                 train_layers: e.int("train_layers", Some(1), 1, 1024, r) as usize,
                 lr: e.float("lr", Some(2e-5), 0.0, 10.0, r),
                 batch: e.int("batch", Some(128), 1, 1 << 20, r) as usize,
-                bank: e.int("bank", Some(2048), 1, i64::MAX, r) as usize,
+                bank: e.int("bank", Some(2048), 0, i64::MAX, r) as usize,
                 refresh_every: e.int("refresh_every", Some(50), 1, i64::MAX, r) as usize,
             };
             e.finish(r);

@@ -45,6 +45,7 @@ pub use kinds::kv_probe::{
 };
 pub use kinds::lm::{LmSummary, lm_config, run_lm};
 pub use kinds::moe::{LayerLoad, LoadWatch, MoeClassifier, MoeSummary, run_moe};
+pub use kinds::pretrained_lm::{PretrainedReport, projection_kind};
 pub use kinds::retrieval::{RetrievalSummary, run_retrieval};
 pub use monitor::{MonitorEvent, SpikeDetector};
 pub use optim::write_safetensors;

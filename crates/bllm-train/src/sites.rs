@@ -243,8 +243,9 @@ impl<B: AutodiffBackend, K: Kind<B>> Monitor<B, K> for GradientMismatch {
     }
 }
 
-/// `flip_ratio`, `pass_through` and `quant_error` on every site, after the update. Its state
-/// (the levels at the last flip check, two bits per value) is saved in checkpoints.
+/// `flip_ratio`, `pass_through` and `quant_error` on every site (the mean is checked; with more
+/// than one site each site's value is logged too, as `flip_ratio/<site>`), after the update. Its
+/// state (the levels at the last flip check, two bits per value) is saved in checkpoints.
 pub struct QuantChecks {
     last: Vec<Vec<u64>>,
 }
@@ -306,7 +307,14 @@ impl<B: AutodiffBackend, K: Kind<B>> Monitor<B, K> for QuantChecks {
                 let l = s.levels()?;
                 let p = pack_levels(&l);
                 if let Some(prev) = self.last.get(i) {
-                    flips += changed(&p, prev);
+                    let f = changed(&p, prev);
+                    flips += f;
+                    if sites.len() > 1 {
+                        out.metric(
+                            format!("flip_ratio/{}", s.name()),
+                            f as f64 / l.len().max(1) as f64,
+                        );
+                    }
                 }
                 count += l.len();
                 packed.push(p);
@@ -317,14 +325,22 @@ impl<B: AutodiffBackend, K: Kind<B>> Monitor<B, K> for QuantChecks {
         if due("pass_through") {
             let mut sum = 0.0;
             for s in &sites {
-                sum += s.pass_through(&now)?;
+                let v = s.pass_through(&now)?;
+                if sites.len() > 1 {
+                    out.metric(format!("pass_through/{}", s.name()), v);
+                }
+                sum += v;
             }
             out.check("pass_through", sum / n, false);
         }
         if due("quant_error") {
             let mut sum = 0.0;
             for s in &sites {
-                sum += s.quant_error(&now)?;
+                let v = s.quant_error(&now)?;
+                if sites.len() > 1 {
+                    out.metric(format!("quant_error/{}", s.name()), v);
+                }
+                sum += v;
             }
             out.check("quant_error", sum / n, true);
         }

@@ -662,6 +662,18 @@ fn log_eval(
     Ok(())
 }
 
+/// The weight scaling a recipe's `model.scaling` / `model.learnable_scale` name (the recipe
+/// validates the name: `none`, `per_tensor`, `per_channel`, `svid`).
+pub(crate) fn scaling_of(name: &str, learnable: bool) -> bllm_nn::Scaling {
+    use bllm_nn::Scaling;
+    match name {
+        "per_tensor" => Scaling::PerTensor { learnable },
+        "per_channel" => Scaling::PerChannel { learnable },
+        "svid" => Scaling::Svid,
+        _ => Scaling::None,
+    }
+}
+
 /// The weight estimator of a recipe (`[estimator]`).
 pub(crate) fn estimator(recipe: &Recipe) -> Result<bllm_ste::Estimator> {
     toml::Value::Table(recipe.estimator.clone())

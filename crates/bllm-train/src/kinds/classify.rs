@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use bllm_nn::{BinaryLinear, BinaryLinearConfig, QuantRef, Scaling, kaiming_uniform};
+use bllm_nn::{BinaryLinear, BinaryLinearConfig, QuantRef, kaiming_uniform};
 use bllm_recipe::{DataSection, ModelSection, Recipe, Task};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{AutodiffModule, Module, Param};
@@ -45,11 +45,7 @@ impl<B: Backend> ClassifyMlp<B> {
         dims.extend(&msec.hidden);
         dims.push(data_s.classes);
         let n = dims.len() - 1;
-        let scaling = match (msec.scaling.as_str(), msec.learnable_scale) {
-            ("per_tensor", l) => Scaling::PerTensor { learnable: l },
-            ("per_channel", l) => Scaling::PerChannel { learnable: l },
-            _ => Scaling::None,
-        };
+        let scaling = crate::trainer::scaling_of(&msec.scaling, msec.learnable_scale);
         let (mut float_layers, mut binary_layers, mut plan) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
             let seed = recipe.seed.wrapping_mul(1000).wrapping_add(i as u64);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bllm_data::TextCorpus;
 use bllm_nn::{
     ActBinarization, AttentionKind, BinaryOptions, ByteLm, ByteLmConfig, LmStats, ProjKind,
-    Projections, QuantRef, Scaling,
+    Projections, QuantRef,
 };
 use bllm_recipe::{LmModelSection, LmTask, Recipe};
 use bllm_ste::{Ctx, Estimator};
@@ -70,6 +70,10 @@ pub struct LmSummary {
     pub model_bytes: usize,
     /// float32-equivalent bytes of the same model.
     pub model_float32_bytes: usize,
+    /// A pretrained model's run (`model.pretrained`): the teacher's numbers, tokens, time.
+    /// Losses above are then nats per token and `eval_bpb` counts the text's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<super::pretrained_lm::PretrainedReport>,
 }
 
 fn task(recipe: &Recipe) -> Result<&LmTask> {
@@ -85,11 +89,6 @@ pub fn lm_config(recipe: &Recipe) -> Result<ByteLmConfig> {
 /// The model configuration of an LM `[model]` section with the recipe's estimator.
 pub(crate) fn lm_config_from(m: &LmModelSection, estimator: Estimator) -> Result<ByteLmConfig> {
     let kind = |name: &str| ProjKind::parse(m.projection(name)).unwrap_or_default();
-    let scaling = match (m.scaling.as_str(), m.learnable_scale) {
-        ("per_tensor", l) => Scaling::PerTensor { learnable: l },
-        ("per_channel", l) => Scaling::PerChannel { learnable: l },
-        _ => Scaling::None,
-    };
     Ok(ByteLmConfig {
         vocab: 256,
         d_model: m.d_model,
@@ -107,15 +106,21 @@ pub(crate) fn lm_config_from(m: &LmModelSection, estimator: Estimator) -> Result
             embed: kind("embed"),
             head: kind("head"),
         },
-        binary: BinaryOptions {
-            estimator,
-            scaling,
-            activations: ActBinarization::parse(&m.activations).unwrap_or_default(),
-            sub_norm: m.sub_norm,
-        },
+        binary: binary_options(m, estimator),
         attention: AttentionKind::parse(&m.attention).unwrap_or_default(),
         moe: None,
     })
+}
+
+/// The options of an LM `[model]` section's binary projections: the estimator, the scaling
+/// (`model.scaling`, `model.learnable_scale`), input quantisation and SubLN.
+pub(crate) fn binary_options(m: &LmModelSection, estimator: Estimator) -> BinaryOptions {
+    BinaryOptions {
+        estimator,
+        scaling: crate::trainer::scaling_of(&m.scaling, m.learnable_scale),
+        activations: ActBinarization::parse(&m.activations).unwrap_or_default(),
+        sub_norm: m.sub_norm,
+    }
 }
 
 /// Windows `[n, context + 1]` of `bytes` starting at `starts`, as (inputs, targets).
@@ -268,7 +273,7 @@ impl<B: AutodiffBackend> Kind<B> for Lm<'_> {
     }
 
     fn export(&self, model: &ByteLm<B>, dir: &Path) -> Result<()> {
-        export_weights(model, self.recipe, dir)
+        export_layers(model.quantised(), self.recipe, "ByteLm", dir)
     }
 
     fn on_start(&self, run: &RunDir) -> Result<()> {
@@ -293,11 +298,15 @@ impl<B: AutodiffBackend> Kind<B> for Lm<'_> {
         if final_dir.is_some() {
             run.write_file("summary.txt", sum.to_string().as_bytes())?;
         }
+        let p = &self.cfg.projections;
         Ok(LmSummary {
             name: self.recipe.name.clone(),
             steps: o.steps,
             complete: o.complete,
-            estimator: estimator_label(&self.cfg),
+            estimator: precision_label(
+                &[p.q, p.k, p.v, p.o, p.up, p.down, p.embed, p.head],
+                &self.cfg.binary.estimator,
+            ),
             train_loss: o.train_loss,
             eval_loss,
             eval_bpb,
@@ -309,6 +318,7 @@ impl<B: AutodiffBackend> Kind<B> for Lm<'_> {
             monitor_means: o.monitor_means.clone(),
             model_bytes: sum.total_bytes(),
             model_float32_bytes: sum.float32_equivalent_bytes(),
+            pretrained: None,
         })
     }
 }
@@ -381,6 +391,9 @@ pub fn run_lm(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
 
 fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<LmSummary> {
     let t = task(recipe)?;
+    if t.model.pretrained.is_some() {
+        return super::pretrained_lm::run_pretrained_on::<B>(recipe, opts);
+    }
     let cfg = lm_config(recipe)?;
     RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
     let corpus = load_corpus(&t.data, cfg.context)?;
@@ -397,27 +410,31 @@ fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Resu
     train::<B, _>(recipe, opts, kind)
 }
 
-/// What the summary names as the estimator: the recipe's for models with 1-bit projections,
-/// `bitnet` / `float` otherwise.
-fn estimator_label(cfg: &ByteLmConfig) -> String {
-    let p = &cfg.projections;
-    let all = [p.q, p.k, p.v, p.o, p.up, p.down, p.embed, p.head];
-    if all.contains(&ProjKind::Binary) {
-        cfg.binary.estimator.name().to_owned()
-    } else if all.contains(&ProjKind::Bitnet) {
+/// What the summary names as the estimator of a model whose projections are `kinds`: the
+/// recipe's `estimator` when any is 1-bit, `bitnet` / `float` otherwise.
+pub(crate) fn precision_label(kinds: &[ProjKind], estimator: &Estimator) -> String {
+    if kinds.contains(&ProjKind::Binary) {
+        estimator.name().to_owned()
+    } else if kinds.contains(&ProjKind::Bitnet) {
         "bitnet".into()
     } else {
         "float".into()
     }
 }
 
-/// Writes every quantised layer in the code contract layout under `dir/<layer>/`: 1-bit layers
-/// as one codes directory (one row per output channel) + `scales.json`; BitNet layers as two
+/// Writes every quantised layer of `layers` (named; `model` names the model in manifests) in
+/// the code contract layout under `dir/<layer>/`: 1-bit layers as one codes directory (one row
+/// per output channel) + `scales.json` (SVID adds the input value vector); BitNet layers as two
 /// bit-planes `sign/` and `nonzero/` + `scales.json` with γ.
-fn export_weights<B: Backend>(model: &ByteLm<B>, recipe: &Recipe, dir: &Path) -> Result<()> {
+pub(crate) fn export_layers<B: Backend>(
+    layers: Vec<(String, QuantRef<'_, B>)>,
+    recipe: &Recipe,
+    model: &str,
+    dir: &Path,
+) -> Result<()> {
     let info = |name: &str, what: &str| bllm_codes::io::ManifestInfo {
         source: None,
-        encoder: Some(format!("ByteLm layer {name}: {what}")),
+        encoder: Some(format!("{model} layer {name}: {what}")),
         recipe: Some(format!("{} (seed {})", recipe.name, recipe.seed)),
         tool: Some(format!("bllm-train {}", env!("CARGO_PKG_VERSION"))),
     };
@@ -436,7 +453,7 @@ fn export_weights<B: Backend>(model: &ByteLm<B>, recipe: &Recipe, dir: &Path) ->
             }
         })
     };
-    for (name, q) in model.quantised() {
+    for (name, q) in layers {
         let out = dir.join(&name);
         let binary = match q {
             QuantRef::Table(l) => Some(l),
@@ -453,10 +470,12 @@ fn export_weights<B: Backend>(model: &ByteLm<B>, recipe: &Recipe, dir: &Path) ->
                 &w.codes,
                 info(&name, &format!("1-bit weights, {}", l.config.weight.name())),
             )?;
-            scales(
-                &out,
-                json!({"scales": w.scales, "rows": "output channels", "bits": "input features"}),
-            )?;
+            let v = if w.input_scales.is_empty() {
+                json!({"scales": w.scales, "rows": "output channels", "bits": "input features"})
+            } else {
+                json!({"scales": w.scales, "input_scales": w.input_scales, "rows": "output channels", "bits": "input features", "value": "input_scales[j] * scales[i] * (2*bit - 1)"})
+            };
+            scales(&out, v)?;
         } else if let QuantRef::Proj(p) = q {
             if let Some(l) = &p.bit {
                 let (sign, nonzero, gamma) = l.packed_ternary()?;

@@ -7,5 +7,6 @@ pub(crate) mod classify;
 pub(crate) mod kv_probe;
 pub(crate) mod lm;
 pub(crate) mod moe;
+pub(crate) mod pretrained_lm;
 pub(crate) mod retrieval;
 pub(crate) mod text_retrieval;

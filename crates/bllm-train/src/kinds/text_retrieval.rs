@@ -15,7 +15,8 @@
 //!   (with gradient) and ranked by [`bllm_nn::listwise_loss`] against a **bank** of
 //!   `encoder.bank` database rows, evenly spaced, whose embeddings are recomputed with the
 //!   current layers every `encoder.refresh_every` steps (no gradient through the encoder, but
-//!   the head sees their codes fresh every step). Re-encoding the whole database per step would
+//!   the head sees their codes fresh every step). `encoder.bank = 0` ranks each anchor against
+//!   the step's other anchors instead (in-batch lists, gradient through both sides). Re-encoding the whole database per step would
 //!   cost a full upper-layer pass per step; the bank costs one every `refresh_every` steps (see
 //!   the README for the measurements). The bank is part of the model's state (a parameter
 //!   without gradient), so a resumed run continues bit for bit.
@@ -200,26 +201,38 @@ impl<B: AutodiffBackend> TextRetrieval<'_, B> {
         let bs = rows.len();
         let m = self.bank_rows.len();
         let ea = self.pool.embed(&model.layers, &self.db, rows, ctx);
-        let x = Tensor::cat(vec![ea, model.bank.val().detach()], 0);
-        let z = model.head.logits(self.centre(x));
-        let h = HashHead::codes(z, &self.estimator, mode, ctx)?;
-        let bits = self.cfg.bits;
-        let ha = h.clone().slice([0..bs, 0..bits]);
-        let hb = h.clone().slice([bs..bs + m, 0..bits]);
         let dev = Default::default();
         let idx: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
         let anchors = self
             .teacher_unit
             .clone()
             .select(0, Tensor::from_data(TensorData::new(idx, [bs]), &dev));
-        let cos = Tensor::<B, 2>::from_inner(anchors.matmul(self.bank_unit.clone().transpose()));
-        let mut mask = vec![false; bs * m];
-        for (a, &i) in rows.iter().enumerate() {
-            if let Some(s) = self.bank_slot[i] {
-                mask[a * m + s] = true;
+        let bits = self.cfg.bits;
+        let (h, ha, hb, cos, mask) = if m == 0 {
+            // In-batch lists: each anchor against the step's other anchors, with gradient
+            // through both sides.
+            let z = model.head.logits(self.centre(ea));
+            let h = HashHead::codes(z, &self.estimator, mode, ctx)?;
+            let cos = anchors.clone().matmul(anchors.transpose());
+            let mask = (0..bs * bs).map(|k| k / bs == k % bs).collect::<Vec<_>>();
+            (h.clone(), h.clone(), h, cos, (mask, bs))
+        } else {
+            let x = Tensor::cat(vec![ea, model.bank.val().detach()], 0);
+            let z = model.head.logits(self.centre(x));
+            let h = HashHead::codes(z, &self.estimator, mode, ctx)?;
+            let ha = h.clone().slice([0..bs, 0..bits]);
+            let hb = h.clone().slice([bs..bs + m, 0..bits]);
+            let cos = anchors.matmul(self.bank_unit.clone().transpose());
+            let mut mask = vec![false; bs * m];
+            for (a, &i) in rows.iter().enumerate() {
+                if let Some(s) = self.bank_slot[i] {
+                    mask[a * m + s] = true;
+                }
             }
-        }
-        let excl = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [bs, m]), &dev);
+            (h, ha, hb, cos, (mask, m))
+        };
+        let cos = Tensor::<B, 2>::from_inner(cos);
+        let excl = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask.0, [bs, mask.1]), &dev);
         let mut loss = if obj.kind == "similarity" {
             similarity_loss(ha, hb, cos, excl)
         } else {
@@ -298,7 +311,7 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
 
     /// Every `encoder.refresh_every` steps: the bank's embeddings under the current layers.
     fn after_update(&self, model: &mut TextHash<B>, step: &usize) {
-        if (step + 1) % self.e.refresh_every != 0 {
+        if self.bank_rows.is_empty() || (step + 1) % self.e.refresh_every != 0 {
             return;
         }
         let layers: Vec<_> = model.layers.iter().map(AutodiffModule::valid).collect();
@@ -328,10 +341,20 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
         vec![Site::Codes {
             name: "codes".into(),
             param: model.head.projection.val(),
-            // Scaled projections of the bank rows, as the head binarizes them.
+            // Scaled projections of the bank rows (without a bank: of the teacher's embeddings
+            // of the first 2,048 database rows), as the head binarizes them.
             values: Box::new(move || {
-                let bank = model.bank.val().inner();
-                let z = model.head.valid().logits(self.centre(bank));
+                let x = if self.bank_rows.is_empty() {
+                    let rows = self.teacher_db.rows().min(2048);
+                    let d = self.teacher_db.cols();
+                    Tensor::from_data(
+                        TensorData::new(self.teacher_db.as_slice()[..rows * d].to_vec(), [rows, d]),
+                        &Default::default(),
+                    )
+                } else {
+                    model.bank.val().inner()
+                };
+                let z = model.head.valid().logits(self.centre(x));
                 let s = bllm_ste::ops::mean_abs(z.clone()).clamp_min(1e-12);
                 Ok(z / s)
             }),
@@ -511,7 +534,12 @@ pub(crate) fn run_text_on<B: AutodiffBackend>(
             anchor_rows.len()
         )));
     }
-    let bank_rows = spaced(e.bank);
+    // No bank (`encoder.bank = 0`): in-batch lists.
+    let bank_rows = if e.bank == 0 {
+        Vec::new()
+    } else {
+        spaced(e.bank)
+    };
     let mut bank_slot = vec![None; n];
     for (s, &i) in bank_rows.iter().enumerate() {
         bank_slot[i] = Some(s);
