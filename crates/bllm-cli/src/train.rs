@@ -177,6 +177,24 @@ fn print_adapter(s: &AdapterSummary, dir: &Path) {
         s.compression_vs_float_lora,
         dir.display()
     );
+    if let Some(p) = &s.pretrained {
+        let ft = p
+            .finetune_target_perplexity
+            .map(|f| format!(" (float fine-tune {f:.3})"))
+            .unwrap_or_default();
+        println!(
+            "  {}: target perplexity {:.3} → {:.3}{ft} over {} tokens, source {:.3} → {:.3} over {} tokens; {} tokens trained in {:.0} s",
+            p.model,
+            p.target_perplexity_base,
+            p.target_perplexity,
+            p.target_eval_tokens,
+            p.source_perplexity_base,
+            p.source_perplexity,
+            p.source_eval_tokens,
+            p.tokens_trained,
+            p.wall_seconds
+        );
+    }
 }
 
 /// One line for an MoE run: the task metric and the load balance.

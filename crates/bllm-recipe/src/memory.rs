@@ -498,6 +498,26 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
                 ..MemoryEstimate::default()
             }
         }
+        Task::Adapter(t) if t.model.pretrained.is_some() => {
+            let weights = weights_bytes(t.model.pretrained.as_deref().unwrap_or_default());
+            MemoryEstimate {
+                parameters: weights,
+                data_counted: false,
+                notes: vec![
+                    format!(
+                        "parameters: the weights file ({}), a lower bound: the frozen base is \
+                         loaded as f32 (a 4-bit GGUF takes about 7× that), plus the adapters and \
+                         their Adam state (BitDelta: a fine-tuned copy of the targeted matrices \
+                         with its Adam state, then the 1-bit deltas)",
+                        format_bytes(weights)
+                    ),
+                    "activations: logits of batch × context × vocab × 4 B (a few copies), not \
+                     counted"
+                        .into(),
+                ],
+                ..MemoryEstimate::default()
+            }
+        }
         Task::Adapter(t) => {
             let m = Lm::of(&t.model, None);
             let (data, valid) = text_data(&[("data", &t.data), ("source", &t.source.text)]);

@@ -148,7 +148,8 @@ pub struct AdapterTask {
     pub data: TextSection,
     /// `[source]`.
     pub source: SourceSection,
-    /// `[model]` (the `kind = "lm"` schema; projections must be float).
+    /// `[model]` (the `kind = "lm"` schema; projections must be float). With
+    /// `model.pretrained` the base is that checkpoint (no pretraining on `[source]`).
     pub model: LmModelSection,
     /// `[adapter]`.
     pub adapter: AdapterSection,
@@ -1194,21 +1195,7 @@ fn lm_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     };
     d.finish(r);
     let mut m = root.table("model", r);
-    let pretrained = m
-        .raw("pretrained")
-        .is_some()
-        .then(|| m.string("pretrained", None, r));
-    if pretrained.is_some() {
-        for key in ["d_model", "layers", "heads", "mlp_ratio", "attention"] {
-            if let Some(v) = m.raw(key) {
-                r.push(
-                    &m.key(key),
-                    "absent with model.pretrained (the shape comes from the checkpoint's own files)",
-                    describe(v),
-                );
-            }
-        }
-    }
+    let pretrained = pretrained_model(&mut m, r);
     let mut model = lm_model_with(&mut m, pretrained.is_some(), r);
     if pretrained.is_some() {
         for name in ["embed", "head"] {
@@ -1425,7 +1412,25 @@ fn adapter_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     let mut d = root.table("data", r);
     let data = text_data(&mut d, r);
     d.finish(r);
+    // A pretrained base (`model.pretrained`) is the checkpoint itself: `[source]` then names
+    // only the text the forgetting is measured on.
+    let pretrained_base = root
+        .raw("model")
+        .and_then(|m| m.get("pretrained"))
+        .is_some();
     let mut s = root.table("source", r);
+    if pretrained_base {
+        for key in ["steps", "lr", "cache"] {
+            if let Some(v) = s.raw(key) {
+                r.push(
+                    &s.key(key),
+                    "absent with model.pretrained (the base is the checkpoint; [source] names \
+                     the text the forgetting is measured on)",
+                    describe(v),
+                );
+            }
+        }
+    }
     let source = SourceSection {
         text: text_data(&mut s, r),
         steps: s.int("steps", Some(360), 1, 100_000_000, r) as usize,
@@ -1434,7 +1439,9 @@ fn adapter_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
     };
     s.finish(r);
     let mut m = root.table("model", r);
-    let model = lm_model(&mut m, r);
+    let pretrained = pretrained_model(&mut m, r);
+    let mut model = lm_model_with(&mut m, pretrained.is_some(), r);
+    model.pretrained = pretrained;
     m.finish(r);
     for (name, kind) in &model.projections {
         if kind != "float" {
@@ -1446,16 +1453,18 @@ fn adapter_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         }
     }
     let mut a = root.table("adapter", r);
+    // A pretrained Llama also has its SwiGLU gate.
+    let names: &[&str] = if model.pretrained.is_some() {
+        &["q", "k", "v", "o", "gate", "up", "down"]
+    } else {
+        &["q", "k", "v", "o", "up", "down"]
+    };
     let targets = match a.raw("targets") {
-        None => ["q", "k", "v", "o", "up", "down"]
-            .map(String::from)
-            .to_vec(),
+        None => names.iter().map(|n| (*n).to_owned()).collect(),
         Some(Value::Array(v))
             if !v.is_empty()
-                && v.iter().all(|t| {
-                    t.as_str()
-                        .is_some_and(|t| ["q", "k", "v", "o", "up", "down"].contains(&t))
-                }) =>
+                && v.iter()
+                    .all(|t| t.as_str().is_some_and(|t| names.contains(&t))) =>
         {
             v.iter()
                 .filter_map(|t| t.as_str().map(String::from))
@@ -1464,7 +1473,10 @@ fn adapter_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         Some(v) => {
             r.push(
                 &a.key("targets"),
-                "a non-empty array of projection names (q, k, v, o, up, down)",
+                format!(
+                    "a non-empty array of projection names ({})",
+                    names.join(", ")
+                ),
                 crate::walk::describe(v),
             );
             Vec::new()
@@ -1597,6 +1609,27 @@ fn moe_sections(root: &mut Section<'_>, r: &mut Report<'_>) -> Task {
         d_model,
         moe,
     }))
+}
+
+/// `model.pretrained` (a checkpoint directory), if given; with it the shape keys must be
+/// absent (the shape comes from the checkpoint's own files).
+fn pretrained_model(m: &mut Section<'_>, r: &mut Report<'_>) -> Option<String> {
+    let pretrained = m
+        .raw("pretrained")
+        .is_some()
+        .then(|| m.string("pretrained", None, r));
+    if pretrained.is_some() {
+        for key in ["d_model", "layers", "heads", "mlp_ratio", "attention"] {
+            if let Some(v) = m.raw(key) {
+                r.push(
+                    &m.key(key),
+                    "absent with model.pretrained (the shape comes from the checkpoint's own files)",
+                    describe(v),
+                );
+            }
+        }
+    }
+    pretrained
 }
 
 /// The keys of `[model]` of `kind = "lm"` (also `kind = "moe"` with `task = "lm"`).

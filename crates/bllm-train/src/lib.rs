@@ -37,7 +37,7 @@ pub mod sites;
 mod trainer;
 
 pub use error::{Result, TrainError};
-pub use kinds::adapter::{AdapterSummary, run_adapter};
+pub use kinds::adapter::{AdapterSummary, PretrainedAdapterReport, run_adapter};
 pub use kinds::classify::{ClassifyMlp, RunSummary, run};
 pub use kinds::kv_probe::{
     KvProbeSummary, MARKDOWN_HEADER as KV_PROBE_HEADER, bytes_at as kv_probe_bytes_at,

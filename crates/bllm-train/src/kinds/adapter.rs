@@ -1,5 +1,6 @@
 //! The `kind = "adapter"` trainer: a float byte-level LM pretrained on the source corpus
-//! (cached by content), then adapted to the target corpus with float LoRA, binary LoRA or
+//! (cached by content) — or, with `model.pretrained`, a pretrained Llama
+//! ([`super::pretrained_adapter`]) — then adapted to the target corpus with float LoRA, binary LoRA or
 //! BitDelta on the chosen projections; it reports target-domain bits per byte before and after,
 //! the forgetting on the source domain, and adapter bytes beside float LoRA bytes.
 //!
@@ -62,6 +63,82 @@ pub struct AdapterSummary {
     pub compression_vs_float_lora: f64,
     /// Trainable parameters during adaptation (BitDelta: during distillation).
     pub trainable_params: usize,
+    /// With `model.pretrained`: perplexities, tokens and time on the pretrained base.
+    #[serde(default)]
+    pub pretrained: Option<PretrainedAdapterReport>,
+}
+
+/// What an adapter run on a pretrained base (`model.pretrained`) adds to [`AdapterSummary`]:
+/// perplexities per token beside the bits per byte, and the cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedAdapterReport {
+    /// `model.pretrained`.
+    pub model: String,
+    /// Target held-out perplexity per token, base model.
+    pub target_perplexity_base: f64,
+    /// … after adaptation.
+    pub target_perplexity: f64,
+    /// Source held-out perplexity per token, base model.
+    pub source_perplexity_base: f64,
+    /// … after adaptation.
+    pub source_perplexity: f64,
+    /// BitDelta: target perplexity of the float fine-tune it compresses.
+    pub finetune_target_perplexity: Option<f64>,
+    /// Target held-out tokens scored.
+    pub target_eval_tokens: usize,
+    /// Source held-out tokens scored.
+    pub source_eval_tokens: usize,
+    /// Tokens of the target's training text.
+    pub train_tokens: usize,
+    /// Tokens seen by the adaptation (BitDelta: fine-tune and distillation): steps × batch ×
+    /// context.
+    pub tokens_trained: usize,
+    /// Wall seconds of the run, loading to summary.
+    pub wall_seconds: f64,
+}
+
+/// The byte accounting of a run's adapters, one projection at a time ([`Tally::add`]).
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// Bytes of the adapters as stored (bits padded to words, scales, metadata).
+    pub adapter_bytes: usize,
+    /// Bytes of float32 LoRA of the same rank on the same projections.
+    pub float_lora_bytes: usize,
+    /// Trainable parameters during adaptation (BitDelta: during distillation).
+    pub trainable: usize,
+    /// The binary adapters' bit-planes, by projection name (when exported).
+    pub exported: Vec<(String, bllm_nn::AdapterBits)>,
+}
+
+impl Tally {
+    /// Counts projection `name`'s adapter (if it has one); with `export` keeps its bit-planes
+    /// (binary LoRA, BitDelta).
+    pub(crate) fn add<B: burn::tensor::backend::Backend>(
+        &mut self,
+        name: &str,
+        p: &bllm_nn::Proj<B>,
+        a: &bllm_recipe::AdapterSection,
+        kind: AdapterKind,
+        export: bool,
+    ) -> bllm_nn::Result<()> {
+        let Some(ad) = &p.adapter else {
+            return Ok(());
+        };
+        self.adapter_bytes += ad.stored_bytes();
+        let [d_in, d_out] = p.float.as_ref().map(|l| l.weight.dims()).unwrap_or([0, 0]);
+        self.float_lora_bytes += 4 * a.rank * (d_in + d_out);
+        self.trainable += match kind {
+            AdapterKind::BitDelta => 1,
+            AdapterKind::BinaryLora if a.learnable_scale => {
+                a.rank * (d_in + d_out) + a.rank + d_out
+            }
+            _ => a.rank * (d_in + d_out),
+        };
+        if kind != AdapterKind::Lora && export {
+            self.exported.push((name.to_owned(), ad.export()?));
+        }
+        Ok(())
+    }
 }
 
 /// The float base model: loaded from the cache or pretrained on the source corpus (Adam at
@@ -145,16 +222,16 @@ fn lm_batch_loss<B: AutodiffBackend>(
 /// the run with an error naming the phase; every `train.log_every` steps (and the first) a
 /// `metrics.jsonl` line with `"phase": label` is written when `run` is given.
 #[allow(clippy::too_many_arguments)]
-fn phase<B: AutodiffBackend>(
+pub(crate) fn phase<B: AutodiffBackend, M: AutodiffModule<B>>(
     recipe: &Recipe,
-    mut model: ByteLm<B>,
+    mut model: M,
     steps: usize,
     phase_index: u64,
     lr: impl Fn(usize) -> f64,
     label: &str,
     run: Option<&RunDir>,
-    loss: impl Fn(&ByteLm<B>, &mut ChaCha8Rng, usize) -> Tensor<B, 1>,
-) -> Result<ByteLm<B>> {
+    loss: impl Fn(&M, &mut ChaCha8Rng, usize) -> Tensor<B, 1>,
+) -> Result<M> {
     let mut opt = Opt::new(recipe, &model);
     let mut rng = crate::rng::stream(recipe.seed, crate::rng::ADAPT, phase_index);
     for step in 0..steps {
@@ -216,6 +293,9 @@ fn run_adapter_on<B: AutodiffBackend>(
         dir = %opts.run_dir.display()
     );
     let _span = span.enter();
+    if t.model.pretrained.is_some() {
+        return super::pretrained_adapter::run_pretrained_adapter_on::<B>(recipe, opts, t);
+    }
     let est = estimator(recipe)?;
     let cfg = lm_config_from(&t.model, est.clone())?;
     let context = cfg.context;
@@ -328,27 +408,17 @@ fn run_adapter_on<B: AutodiffBackend>(
     let target_bpb = bpb(&adapted, &target.valid, seed);
     let source_bpb = bpb(&adapted, &source.valid, seed);
     // Bytes: the adapters as stored, and float LoRA of the same rank on the same projections.
-    let (mut adapter_bytes, mut float_lora_bytes, mut trainable) = (0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let mut probe = adapted.clone();
-    let mut exported = Vec::new();
     probe.for_each_proj_mut(&a.targets, |name, p| {
-        if let Some(ad) = &p.adapter {
-            adapter_bytes += ad.stored_bytes();
-            let [d_in, d_out] = p.float.as_ref().map(|l| l.weight.dims()).unwrap_or([0, 0]);
-            float_lora_bytes += 4 * a.rank * (d_in + d_out);
-            trainable += match kind {
-                AdapterKind::BitDelta => 1,
-                AdapterKind::BinaryLora if a.learnable_scale => {
-                    a.rank * (d_in + d_out) + a.rank + d_out
-                }
-                _ => a.rank * (d_in + d_out),
-            };
-            if kind != AdapterKind::Lora && recipe.export.weights {
-                exported.push((name.to_owned(), ad.export()?));
-            }
-        }
-        Ok(())
+        tally.add(name, p, a, kind, recipe.export.weights)
     })?;
+    let Tally {
+        adapter_bytes,
+        float_lora_bytes,
+        trainable,
+        exported,
+    } = tally;
     let summary = AdapterSummary {
         name: recipe.name.clone(),
         adapter: a.kind.clone(),
@@ -364,6 +434,7 @@ fn run_adapter_on<B: AutodiffBackend>(
         float_lora_bytes,
         compression_vs_float_lora: float_lora_bytes as f64 / adapter_bytes.max(1) as f64,
         trainable_params: trainable,
+        pretrained: None,
     };
     run.append(
         "metrics.jsonl",
@@ -422,7 +493,12 @@ fn distill<B: AutodiffBackend>(
 }
 
 /// Writes one adapter's bit-planes (codes directories) and `scales.json` under `dir`.
-fn write_bits(dir: &Path, name: &str, bits: &bllm_nn::AdapterBits, recipe: &Recipe) -> Result<()> {
+pub(crate) fn write_bits(
+    dir: &Path,
+    name: &str,
+    bits: &bllm_nn::AdapterBits,
+    recipe: &Recipe,
+) -> Result<()> {
     for (plane, codes) in &bits.planes {
         let out = dir.join(plane);
         let info = bllm_codes::io::ManifestInfo {

@@ -253,25 +253,11 @@ impl<B: AutodiffBackend> Kind<B> for PretrainedLm<'_, B> {
     }
 
     fn batch(&self, order: &mut ChaCha8Rng, _step: usize) -> Result<Self::Batch> {
-        let c = self.context();
-        let starts = sample(
-            order,
-            self.train_ids.len() - c,
+        Ok(token_windows(
+            &self.train_ids,
+            self.context(),
             self.recipe.train.batch_size,
-        );
-        let (mut x, mut y) = (
-            Vec::with_capacity(starts.len() * c),
-            Vec::with_capacity(starts.len() * c),
-        );
-        for &s in &starts {
-            let w = &self.train_ids[s..s + c + 1];
-            x.extend(w[..c].iter().map(|&i| i64::from(i)));
-            y.extend(w[1..].iter().map(|&i| i64::from(i)));
-        }
-        let device = Default::default();
-        Ok((
-            Tensor::from_data(TensorData::new(x, [starts.len(), c]), &device),
-            Tensor::from_data(TensorData::new(y, [starts.len() * c]), &device),
+            order,
         ))
     }
 
@@ -423,6 +409,47 @@ impl<B: AutodiffBackend> Kind<B> for PretrainedLm<'_, B> {
     }
 }
 
+/// `batch` windows of `context + 1` token ids of `ids` at offsets drawn from `order`: the
+/// inputs `[batch, context]` and the next-token targets `[batch · context]`.
+pub(crate) fn token_windows<B: Backend>(
+    ids: &[u32],
+    context: usize,
+    batch: usize,
+    order: &mut ChaCha8Rng,
+) -> WindowBatch<B> {
+    let c = context;
+    let starts = sample(order, ids.len() - c, batch);
+    let (mut x, mut y) = (
+        Vec::with_capacity(starts.len() * c),
+        Vec::with_capacity(starts.len() * c),
+    );
+    for &s in &starts {
+        let w = &ids[s..s + c + 1];
+        x.extend(w[..c].iter().map(|&i| i64::from(i)));
+        y.extend(w[1..].iter().map(|&i| i64::from(i)));
+    }
+    let device = Default::default();
+    (
+        Tensor::from_data(TensorData::new(x, [starts.len(), c]), &device),
+        Tensor::from_data(TensorData::new(y, [starts.len() * c]), &device),
+    )
+}
+
+/// `bytes` (the `part` of corpus `path`) as UTF-8 text; a byte cut (`train_bytes` /
+/// `eval_bytes`) that split the last character drops it.
+pub(crate) fn corpus_text(bytes: &[u8], part: &str, path: &str) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).or_else(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        if bytes.len() - valid < 4 {
+            Ok(String::from_utf8_lossy(&bytes[..valid]).into_owned())
+        } else {
+            Err(TrainError::Unsupported(format!(
+                "data: {path}: the {part} text is not UTF-8 (byte {valid})"
+            )))
+        }
+    })
+}
+
 /// Each row of `h` `[n, d]` divided by its L2 norm.
 fn unit<B: Backend>(h: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = h.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
@@ -498,19 +525,7 @@ pub(crate) fn run_pretrained_on<B: AutodiffBackend>(
             path.display()
         )));
     }
-    let text = |bytes: &[u8], part: &str, path: &str| -> Result<String> {
-        String::from_utf8(bytes.to_vec()).or_else(|e| {
-            // A byte cut (train_bytes / eval_bytes) may split the last character.
-            let valid = e.utf8_error().valid_up_to();
-            if bytes.len() - valid < 4 {
-                Ok(String::from_utf8_lossy(&bytes[..valid]).into_owned())
-            } else {
-                Err(TrainError::Unsupported(format!(
-                    "data: {path}: the {part} text is not UTF-8 (byte {valid})"
-                )))
-            }
-        })
-    };
+    let text = corpus_text;
     let train_text = text(&corpus.train, "training", &t.data.path)?;
     let valid_text = text(&corpus.valid, "held-out", &t.data.path)?;
     let mut also = Vec::with_capacity(t.eval_texts.len());
