@@ -5,36 +5,22 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bllm_e2e::{bllm, bllm_ok, repo_root};
 
 #[path = "support/tiny_llama.rs"]
 mod support;
-use support::{tiny_llama, words};
+use support::{Setup, s, words};
 
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// The tiny model, a corpus and a plain text file.
+fn setup() -> Setup {
+    let st = Setup::new(&[("corpus", 1, 600, 2, 400)]);
+    std::fs::write(st.root.join("plain.txt"), words(3, 2000)).unwrap();
+    st
 }
 
 impl Setup {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        tiny_llama(&root.join("model"));
-        let corpus = root.join("corpus");
-        std::fs::create_dir_all(&corpus).unwrap();
-        std::fs::write(corpus.join("train.txt"), words(1, 600)).unwrap();
-        std::fs::write(corpus.join("valid.txt"), words(2, 400)).unwrap();
-        std::fs::write(root.join("plain.txt"), words(3, 2000)).unwrap();
-        Self { _tmp: tmp, root }
-    }
-
     fn recipe(&self, cache: &str, sweep: &str) -> PathBuf {
         let text = format!(
             r#"name = "kv-tiny"
@@ -84,7 +70,7 @@ fn f(v: &serde_json::Value) -> f64 {
 
 #[test]
 fn float_cache_is_exact_and_one_bit_caches_hurt_more_than_f16() {
-    let st = Setup::new();
+    let st = setup();
     let float = st
         .run(
             "keys = { kind = \"float\" }\nvalues = { kind = \"float\" }",
@@ -157,7 +143,7 @@ fn float_cache_is_exact_and_one_bit_caches_hurt_more_than_f16() {
 
 #[test]
 fn a_sweep_over_caches_writes_one_table() {
-    let st = Setup::new();
+    let st = setup();
     let r = st.recipe(
         "keys = { kind = \"f16\" }\nvalues = { kind = \"f16\" }",
         r#"[sweep]
@@ -199,7 +185,7 @@ cache = [
 
 #[test]
 fn bad_recipes_and_inputs_name_the_key_or_file() {
-    let st = Setup::new();
+    let st = setup();
     let err = |cache: &str, extra: &[&str]| st.run(cache, "bad", extra).unwrap_err();
     let e = err("keys = { kind = \"sign\", groupp = 3 }", &[]);
     assert!(e.contains("cache.keys") && e.contains("groupp"), "{e}");

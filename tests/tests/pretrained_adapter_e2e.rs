@@ -4,37 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::{Path, PathBuf};
-
-use bllm_e2e::bllm;
+use std::path::PathBuf;
 
 #[path = "support/tiny_llama.rs"]
 mod support;
-use support::{tiny_llama, words};
+use support::{Setup, bytes, run, s, summary};
 
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// The target and source corpora beside the tiny model.
+fn setup() -> Setup {
+    Setup::new(&[("target", 1, 800, 2, 300), ("source", 3, 800, 4, 300)])
 }
 
 impl Setup {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        tiny_llama(&root.join("model"));
-        for (name, seeds) in [("target", (1, 2)), ("source", (3, 4))] {
-            let dir = root.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("train.txt"), words(seeds.0, 800)).unwrap();
-            std::fs::write(dir.join("valid.txt"), words(seeds.1, 300)).unwrap();
-        }
-        Self { _tmp: tmp, root }
-    }
-
     /// Adapter `kind` of rank 4 on every projection of the tiny model, 8 steps.
     fn recipe(&self, kind: &str, extra_model: &str) -> PathBuf {
         let text = format!(
@@ -77,28 +58,12 @@ weights = true
     }
 }
 
-fn run(recipe: &Path, dir: &Path, extra: &[&str]) -> Result<(), String> {
-    let mut args = vec!["run".to_owned(), s(recipe)];
-    args.extend(extra.iter().map(|o| o.to_string()));
-    args.extend(["--run-dir".to_owned(), s(dir)]);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    bllm(&argv)
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-}
-
-fn bytes(p: PathBuf) -> Vec<u8> {
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 /// LoRA parameters of rank 4 on all seven projections of both layers (d 24, kv 8, mlp 40).
 const LORA_PARAMS: usize = 2 * 4 * (2 * (24 + 24) + 2 * (24 + 8) + 3 * (24 + 40));
 
 #[test]
 fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
-    let w = Setup::new();
+    let w = setup();
     for kind in ["lora", "binary_lora", "bitdelta"] {
         let r = w.recipe(kind, "");
         let (a, b) = (
@@ -197,7 +162,7 @@ fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
 
 #[test]
 fn bad_pretrained_adapter_recipes_are_refused_with_the_key() {
-    let w = Setup::new();
+    let w = setup();
     let r = w.recipe("lora", "");
     for (overrides, want) in [
         (vec!["source.steps=10"], "source.steps"),

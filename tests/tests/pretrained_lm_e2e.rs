@@ -7,35 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-use bllm_e2e::bllm;
-
 #[path = "support/tiny_llama.rs"]
 mod support;
-use support::{tiny_llama, words};
+use support::{Setup, bytes, s, summary};
 
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// The training corpus and one more held-out text beside the tiny model.
+fn setup() -> Setup {
+    Setup::new(&[("corpus", 1, 800, 2, 300), ("other", 3, 800, 4, 300)])
 }
 
 impl Setup {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        tiny_llama(&root.join("model"));
-        for (name, seeds) in [("corpus", (1, 2)), ("other", (3, 4))] {
-            let dir = root.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("train.txt"), words(seeds.0, 800)).unwrap();
-            std::fs::write(dir.join("valid.txt"), words(seeds.1, 300)).unwrap();
-        }
-        Self { _tmp: tmp, root }
-    }
-
     /// The recipe: every block projection 1-bit with SVID, distilled, 6 steps.
     fn recipe(&self, extra: &str) -> PathBuf {
         let text = format!(
@@ -96,25 +77,13 @@ weights = true
 }
 
 fn run(recipe: &Path, dir: &Path, overrides: &[&str], flags: &[&str]) -> Result<(), String> {
-    let mut args = vec!["run".to_owned(), s(recipe)];
-    args.extend(overrides.iter().map(|o| o.to_string()));
-    args.extend(["--run-dir".to_owned(), s(dir)]);
-    args.extend(flags.iter().map(|f| f.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    bllm(&argv)
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-}
-
-fn bytes(p: PathBuf) -> Vec<u8> {
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let args: Vec<&str> = overrides.iter().chain(flags).copied().collect();
+    support::run(recipe, dir, &args)
 }
 
 #[test]
 fn distilled_onebit_run_is_deterministic_resumes_exactly_and_exports() {
-    let w = Setup::new();
+    let w = setup();
     let r = w.recipe("");
     let (a, b, c) = (w.root.join("a"), w.root.join("b"), w.root.join("c"));
     run(&r, &a, &[], &[]).unwrap();
@@ -186,7 +155,7 @@ fn distilled_onebit_run_is_deterministic_resumes_exactly_and_exports() {
 
 #[test]
 fn layer_ranges_xnor_and_bitnet_runs() {
-    let w = Setup::new();
+    let w = setup();
     // XNOR with learnable scales on the MLPs of layer 1 only, plain QAT (no [distill]).
     let r = w.recipe("");
     let x = w.root.join("x");
@@ -243,7 +212,7 @@ fn layer_ranges_xnor_and_bitnet_runs() {
 
 #[test]
 fn bad_pretrained_recipes_name_the_key() {
-    let w = Setup::new();
+    let w = setup();
     let r = w.recipe("");
     let d = w.root.join("e");
     let cases: [(&[&str], &str); 7] = [

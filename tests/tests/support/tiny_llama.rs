@@ -3,7 +3,7 @@
 
 // Each test file uses a part of these helpers.
 #![allow(dead_code)]
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
@@ -95,4 +95,53 @@ pub fn words(seed: u64, n: usize) -> String {
         out.push(if i % 12 == 11 { '\n' } else { ' ' });
     }
     out
+}
+
+/// A temporary directory with the tiny model under `model/` and word corpora beside it; the
+/// tests add their recipes (`impl Setup` in each test file).
+pub struct Setup {
+    _tmp: tempfile::TempDir,
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl Setup {
+    /// The model and, per `(name, train seed, train words, valid seed, valid words)`, a corpus
+    /// directory `name/` with `train.txt` and `valid.txt`.
+    pub fn new(corpora: &[(&str, u64, usize, u64, usize)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        tiny_llama(&root.join("model"));
+        for &(name, ts, tn, vs, vn) in corpora {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("train.txt"), words(ts, tn)).unwrap();
+            std::fs::write(dir.join("valid.txt"), words(vs, vn)).unwrap();
+        }
+        Self { _tmp: tmp, root }
+    }
+}
+
+/// A path as a `&str`-able string (the CLI's arguments).
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// `bllm run RECIPE ARGS… --run-dir DIR` (overrides and flags in `args`).
+pub fn run(recipe: &Path, dir: &Path, args: &[&str]) -> Result<(), String> {
+    let mut argv = vec!["run".to_owned(), s(recipe)];
+    argv.extend(args.iter().map(|o| o.to_string()));
+    argv.extend(["--run-dir".to_owned(), s(dir)]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    bllm_e2e::bllm(&argv)
+}
+
+/// A run directory's `summary.json`.
+pub fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// A file's bytes (panics naming the file).
+pub fn bytes(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
