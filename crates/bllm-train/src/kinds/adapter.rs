@@ -267,6 +267,26 @@ fn bpb<B: AutodiffBackend>(model: &ByteLm<B>, bytes: &[u8], seed: u64) -> f64 {
     evaluate(&model.valid(), bytes, model.config.context, &ctx) / std::f64::consts::LN_2
 }
 
+/// The LoRA (`kind` = float or binary) of `[adapter]`: its rank, α (`adapter.alpha`, 0 = the
+/// rank, i.e. scale 1), the estimator of binary factors and whether their scales learn.
+pub(crate) fn lora_config(
+    a: &bllm_recipe::AdapterSection,
+    kind: AdapterKind,
+    estimator: bllm_ste::Estimator,
+) -> AdapterConfig {
+    AdapterConfig {
+        kind,
+        rank: a.rank,
+        alpha: if a.alpha > 0.0 {
+            a.alpha
+        } else {
+            a.rank as f64
+        },
+        estimator,
+        learnable_scale: a.learnable_scale,
+    }
+}
+
 /// Runs a `kind = "adapter"` recipe into `opts.run_dir` (no resume: a run takes minutes and
 /// its base is cached; `--resume` is refused with an error).
 pub fn run_adapter(recipe: &Recipe, opts: &mut RunOptions) -> Result<AdapterSummary> {
@@ -317,23 +337,12 @@ fn run_adapter_on<B: AutodiffBackend>(
     )?;
     let a = &t.adapter;
     let kind = AdapterKind::parse(&a.kind).unwrap_or_default();
-    let alpha = if a.alpha > 0.0 {
-        a.alpha
-    } else {
-        a.rank as f64
-    };
     let steps = recipe.train.steps;
     let mut finetune_target_bpb = None;
     let frozen = base.clone().no_grad();
     let adapted = match kind {
         AdapterKind::Lora | AdapterKind::BinaryLora => {
-            let acfg = AdapterConfig {
-                kind,
-                rank: a.rank,
-                alpha,
-                estimator: est,
-                learnable_scale: a.learnable_scale,
-            };
+            let acfg = lora_config(a, kind, est);
             let mut m = frozen;
             let mut i = 0u64;
             m.for_each_proj_mut(&a.targets, |_, p| {

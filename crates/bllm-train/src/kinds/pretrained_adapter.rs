@@ -32,7 +32,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
-use super::adapter::{AdapterSummary, PretrainedAdapterReport, Tally, phase, write_bits};
+use super::adapter::{
+    AdapterSummary, PretrainedAdapterReport, Tally, lora_config, phase, write_bits,
+};
 use super::lm::{lm_loss, load_corpus};
 use super::pretrained_lm::{corpus_text, token_windows};
 use crate::optim::{save_model, step_ctx};
@@ -160,11 +162,6 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
     );
 
     let est = estimator(recipe)?;
-    let alpha = if a.alpha > 0.0 {
-        a.alpha
-    } else {
-        a.rank as f64
-    };
     let seed = recipe.seed;
     let steps = recipe.train.steps;
     let batch = recipe.train.batch_size;
@@ -178,13 +175,7 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
     let mut tokens_trained = steps * batch * context;
     let adapted = match kind {
         AdapterKind::Lora | AdapterKind::BinaryLora => {
-            let acfg = AdapterConfig {
-                kind,
-                rank: a.rank,
-                alpha,
-                estimator: est,
-                learnable_scale: a.learnable_scale,
-            };
+            let acfg = lora_config(a, kind, est);
             let mut m = base;
             for (i, p) in m.projections_mut().into_iter().enumerate() {
                 if !targeted(t, i) {
