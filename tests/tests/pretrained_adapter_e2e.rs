@@ -142,9 +142,28 @@ fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
         assert!(metrics.contains("\"phase\":\"adapted\""), "{metrics}");
         // Same recipe and seed: the same bytes (adapters, bit-planes, metrics).
         run(&r, &b, &[]).unwrap();
-        for f in ["final/model.mpk", "metrics.jsonl"] {
+        let files: &[&str] = match kind {
+            // BitDelta writes its export alone (signs packed, α in scales.json).
+            "bitdelta" => &[
+                "final/export/layers.1.mlp.down_proj/sign/codes.bcodes",
+                "final/export/layers.1.mlp.down_proj/scales.json",
+                "metrics.jsonl",
+            ],
+            "binary_lora" => &[
+                "final/model.mpk",
+                "final/export/layers.0.self_attn.v_proj/b/codes.bcodes",
+                "metrics.jsonl",
+            ],
+            _ => &["final/model.mpk", "metrics.jsonl"],
+        };
+        for f in files {
             assert!(bytes(a.join(f)) == bytes(b.join(f)), "{kind}: {f} differs");
         }
+        assert_eq!(
+            a.join("final/model.mpk").is_file(),
+            kind != "bitdelta",
+            "{kind}: the record"
+        );
         let (mut sb, mut sa) = (summary(&b), sa);
         sa["pretrained"]["wall_seconds"] = 0.into();
         sb["pretrained"]["wall_seconds"] = 0.into();

@@ -18,7 +18,8 @@
 //!
 //! `final/` holds `model.mpk` (the adapters alone, in `Llama::projections` order of the
 //! targeted projections — the frozen base is the checkpoint) and, with `export.weights`, the
-//! binary adapters' bit-planes and scales under `export/<projection>/`.
+//! binary adapters' bit-planes and scales under `export/<projection>/`. BitDelta with
+//! `export.weights` writes the export alone: its record would keep every sign as an f32.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -269,8 +270,13 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
         .into_iter()
         .filter_map(|(_, p)| p.adapter.clone())
         .collect();
+    // BitDelta's record would hold each sign matrix as f32 (as large as the fine-tune itself);
+    // its export (signs packed, α in scales.json) is the whole adapter.
+    let record = !(kind == AdapterKind::BitDelta && recipe.export.weights);
     run.write_checkpoint("final", |dir| {
-        save_model(&adapters, dir)?;
+        if record {
+            save_model(&adapters, dir)?;
+        }
         for (name, bits) in &tally.exported {
             write_bits(&dir.join("export").join(name), name, bits, recipe)?;
         }
