@@ -401,27 +401,11 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
             .estimate(opt, &d)
         }
         Task::Retrieval(t) => retrieval(recipe, t),
-        Task::Lm(t) if t.model.pretrained.is_some() => {
-            // The shape lives in the checkpoint's own files, which validation does not parse:
-            // the weights file's size is a lower bound of the parameters.
-            let weights = weights_bytes(t.model.pretrained.as_deref().unwrap_or_default());
-            MemoryEstimate {
-                parameters: weights,
-                data_counted: false,
-                notes: vec![
-                    format!(
-                        "parameters: the weights file ({}), a lower bound: the student and (with \
-                         [distill]) the teacher are loaded as f32 — a 4-bit GGUF takes about 7× \
-                         that each — plus Adam state for the quantised projections",
-                        format_bytes(weights)
-                    ),
-                    "activations: logits of batch × context × vocab × 4 B (a few copies), not \
-                     counted"
-                        .into(),
-                ],
-                ..MemoryEstimate::default()
-            }
-        }
+        Task::Lm(t) if t.model.pretrained.is_some() => pretrained_llama(
+            t.model.pretrained.as_deref().unwrap_or_default(),
+            "the student and (with [distill]) the teacher are loaded as f32 — a 4-bit GGUF \
+             takes about 7× that each — plus Adam state for the quantised projections",
+        ),
         Task::Lm(t) => {
             let m = Lm::of(&t.model, None);
             let data = text_data(&[("data", &t.data)]);
@@ -498,26 +482,12 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
                 ..MemoryEstimate::default()
             }
         }
-        Task::Adapter(t) if t.model.pretrained.is_some() => {
-            let weights = weights_bytes(t.model.pretrained.as_deref().unwrap_or_default());
-            MemoryEstimate {
-                parameters: weights,
-                data_counted: false,
-                notes: vec![
-                    format!(
-                        "parameters: the weights file ({}), a lower bound: the frozen base is \
-                         loaded as f32 (a 4-bit GGUF takes about 7× that), plus the adapters and \
-                         their Adam state (BitDelta: a fine-tuned copy of the targeted matrices \
-                         with its Adam state, then the 1-bit deltas)",
-                        format_bytes(weights)
-                    ),
-                    "activations: logits of batch × context × vocab × 4 B (a few copies), not \
-                     counted"
-                        .into(),
-                ],
-                ..MemoryEstimate::default()
-            }
-        }
+        Task::Adapter(t) if t.model.pretrained.is_some() => pretrained_llama(
+            t.model.pretrained.as_deref().unwrap_or_default(),
+            "the frozen base is loaded as f32 (a 4-bit GGUF takes about 7× that), plus the \
+             adapters and their Adam state (BitDelta: a fine-tuned copy of the targeted matrices \
+             with its Adam state, then the 1-bit deltas)",
+        ),
         Task::Adapter(t) => {
             let m = Lm::of(&t.model, None);
             let (data, valid) = text_data(&[("data", &t.data), ("source", &t.source.text)]);
@@ -584,6 +554,26 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
             let e2 = adapt.estimate(opt, &data);
             if e2.total() > e1.total() { e2 } else { e1 }
         }
+    }
+}
+
+/// The estimate of a run that trains on a pretrained Llama at `path`: its shape lives in the
+/// checkpoint's own files, which validation does not parse, so the weights file's size is a
+/// lower bound of the parameters; `loaded` says what the run holds besides.
+fn pretrained_llama(path: &str, loaded: &str) -> MemoryEstimate {
+    let weights = weights_bytes(path);
+    MemoryEstimate {
+        parameters: weights,
+        data_counted: false,
+        notes: vec![
+            format!(
+                "parameters: the weights file ({}), a lower bound: {loaded}",
+                format_bytes(weights)
+            ),
+            "activations: logits of batch × context × vocab × 4 B (a few copies), not counted"
+                .into(),
+        ],
+        ..MemoryEstimate::default()
     }
 }
 
