@@ -160,6 +160,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     let clock = Rc::new(RefCell::new(Clock::default()));
     let c = Rc::clone(&clock);
     let mut opts = RunOptions {
+        dist: None,
         run_dir: scratch.join(format!("{}-{backend}", case.name)),
         resume: false,
         max_steps: Some(total),

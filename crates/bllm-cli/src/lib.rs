@@ -5,6 +5,7 @@ mod alloc;
 mod bench;
 mod bench_train;
 mod codes;
+mod dist;
 pub mod log;
 mod models;
 mod plot;
@@ -47,6 +48,12 @@ pub enum Command {
     Run(train::RunArgs),
     /// Run every combination of a recipe's [sweep] table and tabulate the results.
     Sweep(train::SweepArgs),
+    /// Data-parallel: start every rank of a run on this machine (an orchestrator and N
+    /// `bllm run … --world N --rank r` processes on 127.0.0.1).
+    Launch(dist::LaunchArgs),
+    /// Data-parallel: serve burn-collective's orchestrator, which joins the ranks of runs
+    /// started with `bllm run … --world N --rank r --orchestrator ws://HOST:PORT`.
+    Orchestrator(dist::OrchestratorArgs),
     /// Plot a run's or a sweep's curves (PNG) and regenerate a sweep's tables.
     Report(report::ReportArgs),
     /// Check a recipe (with KEY=VALUE overrides) and print it resolved, or every problem.
@@ -124,6 +131,8 @@ fn dispatch(command: Command, memory: Option<&str>) -> anyhow::Result<()> {
         Command::Report(a) => report::report(a),
         Command::Sweep(a) => train::sweep(a, &memory_limit(memory)?),
         Command::Ls(a) => recipes::ls(a),
+        Command::Launch(a) => dist::launch(a),
+        Command::Orchestrator(a) => dist::orchestrator(a),
     }
 }
 

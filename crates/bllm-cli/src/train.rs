@@ -34,6 +34,69 @@ pub struct RunArgs {
     /// as the override `device=…`).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub dist: DistArgs,
+}
+
+/// Data-parallel flags of `bllm run`: one process per rank, joined through
+/// `bllm orchestrator` (burn-collective's orchestrator).
+#[derive(Debug, Args, Clone)]
+pub struct DistArgs {
+    /// Data-parallel: the number of processes (ranks) in the run; start each with its own
+    /// --rank. train.batch_size is the batch of all ranks together.
+    #[arg(long, value_name = "N", requires_all = ["rank", "orchestrator", "node"])]
+    pub world: Option<usize>,
+    /// This process's rank, 0..N (rank 0 writes the run directory and runs the monitors).
+    #[arg(long, value_name = "R", requires = "world")]
+    pub rank: Option<usize>,
+    /// The orchestrator (`bllm orchestrator --port PORT`) as ws://HOST:PORT.
+    #[arg(long, value_name = "ws://HOST:PORT", requires = "world")]
+    pub orchestrator: Option<String>,
+    /// This process's address as the other ranks reach it, ws://HOST:PORT (a free port;
+    /// tensors are served there).
+    #[arg(long, value_name = "ws://HOST:PORT", requires = "world")]
+    pub node: Option<String>,
+    /// Seconds a step's all-reduce may wait for the other ranks before the run fails.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 120.0,
+        requires = "world"
+    )]
+    pub collective_timeout: f64,
+    /// Seconds to wait at the start for every rank to join.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600.0,
+        requires = "world"
+    )]
+    pub join_timeout: f64,
+}
+
+impl DistArgs {
+    /// The trainer's data-parallel configuration (`None` without --world).
+    pub fn config(&self) -> Result<Option<bllm_train::DistConfig>> {
+        let Some(world) = self.world else {
+            return Ok(None);
+        };
+        let secs = |flag: &str, v: f64| -> Result<std::time::Duration> {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bail!("{flag} {v}: expected a number of seconds in (0, 86400]");
+            }
+            Ok(std::time::Duration::from_secs_f64(v))
+        };
+        let cfg = bllm_train::DistConfig {
+            rank: self.rank.unwrap_or(0),
+            world,
+            orchestrator: self.orchestrator.clone().unwrap_or_default(),
+            node: self.node.clone().unwrap_or_default(),
+            timeout: secs("--collective-timeout", self.collective_timeout)?,
+            join_timeout: secs("--join-timeout", self.join_timeout)?,
+        };
+        cfg.validate()?;
+        Ok(Some(cfg))
+    }
 }
 
 /// The overrides with `--device D` appended as `device="D"` (so it wins over a `device=`
@@ -44,6 +107,31 @@ fn with_device(overrides: &[String], device: Option<&str>) -> Vec<String> {
         o.push(format!("device={d:?}"));
     }
     o
+}
+
+/// burn-collective's network tasks panic when a peer disconnects (a rank died); the run then
+/// fails with its own error. Print those panics as one line, without a backtrace.
+fn quiet_network_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("");
+        if name.starts_with("tokio-rt-worker") || name == "bllm-collective" {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!(" ({}:{})", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!("burn-collective: a network task failed: {msg}{at}");
+        } else {
+            default(info);
+        }
+    }));
 }
 
 /// Newest `checkpoints/<name>-*` directory.
@@ -103,7 +191,23 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
             PathBuf::from("checkpoints").join(format!("{}-{}", recipe.name, timestamp_utc()))
         }
     };
+    let dist = a.dist.config()?;
+    if dist.is_some() {
+        quiet_network_panics();
+    }
+    if dist.is_some() && matches!(recipe.kind, Kind::Adapter | Kind::KvProbe) {
+        bail!(
+            "--world: kind = {:?} runs outside the training loop and cannot run data-parallel",
+            recipe.kind.name()
+        );
+    }
+    if dist.is_some() && a.run_dir.is_none() {
+        bail!(
+            "--world: give every rank the same --run-dir (rank 0 writes it; the others resume from it)"
+        );
+    }
     let mut opts = RunOptions {
+        dist,
         run_dir: run_dir.clone(),
         resume: a.resume,
         max_steps: a.max_steps,
@@ -395,6 +499,7 @@ fn run_each<S>(
     for (i, r) in runs.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, runs.len(), r.name);
         let mut opts = RunOptions {
+            dist: None,
             run_dir: dir.join(&r.name),
             resume: false,
             max_steps: None,

@@ -559,8 +559,13 @@ pub enum LrSchedule {
 pub struct TrainSection {
     /// Optimizer steps.
     pub steps: usize,
-    /// Examples per step.
+    /// Examples per step (over all ranks of a data-parallel run).
     pub batch_size: usize,
+    /// Split each step's batch into this many equal micro-batches, one forward/backward
+    /// each, their gradients summed in order (1 = off): the memory of a smaller batch, the
+    /// update of the whole one. A data-parallel run with N ranks sums in the same way, so it
+    /// equals a one-process run with `accumulate = N` bit for bit on the CPU.
+    pub accumulate: usize,
     /// Clip the global gradient norm to this (0 = off).
     pub grad_clip: f64,
     /// Log training metrics every N steps.
@@ -942,6 +947,7 @@ impl Recipe {
                 r,
             ) as usize,
             batch_size: t.int("batch_size", Some(64), 1, 1 << 24, r) as usize,
+            accumulate: t.int("accumulate", Some(1), 1, 1 << 16, r) as usize,
             grad_clip: t.float("grad_clip", Some(0.0), 0.0, f64::INFINITY, r),
             log_every: t.int("log_every", Some(10), 1, i64::MAX, r) as usize,
         };
@@ -953,6 +959,16 @@ impl Recipe {
                 "schedule.warmup_steps",
                 format!("at most train.steps ({})", train.steps),
                 format!("the integer {warmup_steps}"),
+            );
+        }
+        if train_ok && train.batch_size % train.accumulate != 0 {
+            r.push(
+                "train.accumulate",
+                format!(
+                    "a divisor of train.batch_size ({}): the micro-batches are equal parts",
+                    train.batch_size
+                ),
+                format!("the integer {}", train.accumulate),
             );
         }
         if let Task::Classify { data, .. } = &task {

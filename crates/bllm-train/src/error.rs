@@ -48,6 +48,10 @@ pub enum TrainError {
     /// A pretrained model, its config or its tokenizer could not be read or written.
     #[error(transparent)]
     Model(#[from] bllm_models::ModelError),
+    /// A data-parallel run failed: a rank died or timed out, the ranks disagree, or
+    /// burn-collective reported an error.
+    #[error("data-parallel run: {0}")]
+    Distributed(String),
     /// A monitor with action `stop` fired; the run saved a checkpoint and stopped.
     #[error("stopped at step {step} by monitor {monitor}: {reason}")]
     Stopped {

@@ -26,6 +26,7 @@
 
 mod backend;
 pub mod data;
+mod dist;
 mod error;
 mod kinds;
 mod monitor;
@@ -36,6 +37,7 @@ mod schedule;
 pub mod sites;
 mod trainer;
 
+pub use dist::{DistConfig, serve_orchestrator};
 pub use error::{Result, TrainError};
 pub use kinds::adapter::{AdapterSummary, PretrainedAdapterReport, run_adapter};
 pub use kinds::classify::{ClassifyMlp, RunSummary, run};
@@ -56,5 +58,5 @@ pub use schedule::learning_rate;
 pub use sites::Site;
 pub use trainer::{
     After, Before, Inner, Kind, Loss, Metrics, Monitor, Outcome, ProgressFn, Readings, RunOptions,
-    restore_state, train,
+    restore_state, rows, train,
 };

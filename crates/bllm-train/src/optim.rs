@@ -282,6 +282,119 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_, B> {
     }
 }
 
+/// Gradients flattened into one vector for summing across micro-batches and ranks:
+/// `[every parameter that requires a gradient, reshaped to 1-D, in visiting order | one flag
+/// per such parameter (1: it received a gradient) | the caller's control scalars]`. A
+/// parameter without a gradient contributes zeros and flag 0.
+pub(crate) struct Flatten<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+    flags: Vec<f32>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let v = p.val();
+        if !v.is_require_grad() {
+            return;
+        }
+        let n = v.shape().num_elements();
+        match v.grad(self.grads) {
+            Some(g) => {
+                self.parts.push(g.reshape([n]));
+                self.flags.push(1.0);
+            }
+            None => {
+                self.parts.push(Tensor::zeros([n], &v.device()));
+                self.flags.push(0.0);
+            }
+        }
+    }
+}
+
+/// `model`'s gradients in `grads` and `control` as one vector (see [`Flatten`]).
+pub(crate) fn flatten_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &B::Gradients,
+    control: &[f32],
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut f = Flatten::<B> {
+        grads,
+        parts: Vec::new(),
+        flags: Vec::new(),
+    };
+    model.visit(&mut f);
+    let mut tail = f.flags;
+    tail.extend_from_slice(control);
+    let n = tail.len();
+    f.parts.push(Tensor::from_data(
+        burn::tensor::TensorData::new(tail, [n]),
+        device,
+    ));
+    Tensor::cat(f.parts, 0)
+}
+
+/// Writes the gradient part of `sum` (a sum of [`flatten_grads`] vectors over `parts`
+/// micro-batches) divided by `parts` back into `grads`: a parameter no micro-batch gave a
+/// gradient keeps none. Returns the control scalars of `sum` (summed, not divided).
+pub(crate) fn scatter_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut B::Gradients,
+    sum: Tensor<B::InnerBackend, 1>,
+    parts: usize,
+    control: usize,
+) -> Vec<f32> {
+    struct Sizes(Vec<usize>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sizes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let v = p.val();
+            if v.is_require_grad() {
+                self.0.push(v.shape().num_elements());
+            }
+        }
+    }
+    struct Scatter<'a, B: AutodiffBackend> {
+        grads: &'a mut B::Gradients,
+        flat: Tensor<B::InnerBackend, 1>,
+        flags: &'a [f32],
+        off: usize,
+        i: usize,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let v = p.val();
+            if !v.is_require_grad() {
+                return;
+            }
+            let n = v.shape().num_elements();
+            if self.flags.get(self.i).is_some_and(|f| *f > 0.0) {
+                let g = self.flat.clone().narrow(0, self.off, n).reshape(v.dims());
+                v.grad_replace(self.grads, g);
+            } else {
+                v.grad_remove(self.grads);
+            }
+            self.off += n;
+            self.i += 1;
+        }
+    }
+    let mut sizes = Sizes(Vec::new());
+    model.visit(&mut sizes);
+    let total: usize = sizes.0.iter().sum();
+    let q = sizes.0.len();
+    let tail = to_vec(sum.clone().narrow(0, total, q + control));
+    let flat = sum.narrow(0, 0, total).div_scalar(parts as f32);
+    let mut sc = Scatter::<B> {
+        grads,
+        flat,
+        flags: &tail[..q],
+        off: 0,
+        i: 0,
+    };
+    model.visit(&mut sc);
+    tail[q..].to_vec()
+}
+
 pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
@@ -410,6 +523,52 @@ pub(crate) fn start_or_resume<
     let state = run.resume_state(&dir, step, step_of)?;
     run.adopt_recipe(recipe, step)?;
     Ok((model, opt, state))
+}
+
+/// [`start_or_resume`] for a data-parallel rank other than 0: with `resume`, loads the newest
+/// complete checkpoint of rank 0's run directory `dir` without writing anything there (no
+/// checkpoint yet: starts from `fresh`, as rank 0 does).
+pub(crate) fn resume_read_only<
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    S: serde::de::DeserializeOwned,
+>(
+    recipe: &Recipe,
+    dir: &Path,
+    resume: bool,
+    fresh: (M, Opt<B, M>, S),
+    step_of: impl Fn(&S) -> usize,
+) -> Result<(M, Opt<B, M>, S)> {
+    if !resume {
+        return Ok(fresh);
+    }
+    RunDir::refuse_existing(dir, recipe, true)?;
+    let Some((step, ck)) = crate::rundir::newest_checkpoint(dir)? else {
+        return Ok(fresh);
+    };
+    crate::rundir::verify_checkpoint(&ck)?;
+    let (model, opt) = load_checkpoint(recipe, fresh.0, &ck)?;
+    let state = crate::rundir::read_state(&ck, step, step_of)?;
+    Ok((model, opt, state))
+}
+
+/// A hash of every float parameter's shape and values, in visiting order (ranks check they
+/// start from the same model).
+pub(crate) fn param_hash<B: Backend, M: Module<B>>(module: &M) -> u64 {
+    struct H(xxhash_rust::xxh3::Xxh3);
+    impl<B: Backend> ModuleVisitor<B> for H {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let v = p.val();
+            for d in v.dims() {
+                self.0.update(&(d as u64).to_le_bytes());
+            }
+            let bytes: Vec<u8> = to_vec(v).iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.0.update(&bytes);
+        }
+    }
+    let mut h = H(xxhash_rust::xxh3::Xxh3::new());
+    module.visit(&mut h);
+    h.0.digest()
 }
 
 /// Collects every float parameter with its dotted path (`binary_layers.0.weight`).

@@ -37,6 +37,31 @@ fn run_error(path: &Path, message: impl Into<String>) -> TrainError {
     }
 }
 
+/// Reads the trainer state `S` of checkpoint `dir` (taken at `step`) and checks that its
+/// step (`step_of`) agrees; writes nothing.
+pub(crate) fn read_state<S: serde::de::DeserializeOwned>(
+    dir: &Path,
+    step: usize,
+    step_of: impl Fn(&S) -> usize,
+) -> Result<S> {
+    let p = dir.join("trainer.json");
+    let text = read_text(&p)?;
+    let state: S = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: dir.to_owned(),
+        message: format!("trainer.json: {e}"),
+    })?;
+    if step_of(&state) != step {
+        return Err(TrainError::Checkpoint {
+            path: dir.to_owned(),
+            message: format!(
+                "trainer.json says step {} but the directory is checkpoint-{step}",
+                step_of(&state)
+            ),
+        });
+    }
+    Ok(state)
+}
+
 /// Reads a small text file bllm wrote (a recipe, `trainer.json`): regular files only, bounded.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     let bytes = bllm_codes::io::read_regular(path, bllm_codes::io::MAX_TEXT_FILE)
@@ -239,21 +264,7 @@ impl RunDir {
         step: usize,
         step_of: impl Fn(&S) -> usize,
     ) -> Result<S> {
-        let p = dir.join("trainer.json");
-        let text = read_text(&p)?;
-        let state: S = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path: dir.to_owned(),
-            message: format!("trainer.json: {e}"),
-        })?;
-        if step_of(&state) != step {
-            return Err(TrainError::Checkpoint {
-                path: dir.to_owned(),
-                message: format!(
-                    "trainer.json says step {} but the directory is checkpoint-{step}",
-                    step_of(&state)
-                ),
-            });
-        }
+        let state = read_state(dir, step, step_of)?;
         self.truncate_log("metrics.jsonl", step)?;
         self.truncate_log("events.jsonl", step)?;
         self.event(

@@ -57,6 +57,10 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Progress callback (a progress bar), if any.
     pub progress: Option<ProgressFn>,
+    /// This process's place in a data-parallel run (`None`: one process). Every rank runs the
+    /// same recipe; rank 0 writes `run_dir` and runs the monitors, the others write nothing
+    /// there (they resume from it read-only).
+    pub dist: Option<crate::DistConfig>,
 }
 
 /// Named scalar metrics (a `metrics.jsonl` line's values, an evaluation's results).
@@ -133,6 +137,17 @@ pub trait Kind<B: AutodiffBackend>: Sized {
 
     /// The batch of `step`, drawn from the run's order stream.
     fn batch(&self, order: &mut ChaCha8Rng, step: usize) -> Result<Self::Batch>;
+
+    /// Part `index` of `parts` equal parts of `batch` (rows `index·n/parts ..`), for
+    /// gradient accumulation (`train.accumulate`) and data-parallel runs: the loss of the
+    /// whole batch must be the mean of its parts' losses. Default: not supported.
+    fn shard(&self, _batch: &Self::Batch, _index: usize, _parts: usize) -> Result<Self::Batch> {
+        Err(crate::TrainError::Unsupported(format!(
+            "kind = {:?} cannot split its batches: train.accumulate > 1 and data-parallel runs \
+             (--world) are not supported for it yet",
+            self.name()
+        )))
+    }
 
     /// The training loss of `batch` under `ctx`.
     fn loss(
@@ -348,10 +363,37 @@ pub fn restore_state<T: serde::de::DeserializeOwned>(name: &str, state: Value) -
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct TrainerState {
     step: usize,
+    /// Gradient parts per step (ranks × micro-batches) the run was trained with.
+    #[serde(default = "one")]
+    parts: usize,
     order: StreamState,
     #[serde(flatten)]
     watch: LoopState,
     monitors: BTreeMap<String, Value>,
+}
+
+/// Rows `index·n/parts .. (index+1)·n/parts` of `t` along dimension 0 (a part of a batch, for
+/// [`Kind::shard`]); `parts` must divide `n`.
+pub fn rows<B: burn::tensor::backend::Backend, const D: usize, T>(
+    t: &Tensor<B, D, T>,
+    index: usize,
+    parts: usize,
+) -> Result<Tensor<B, D, T>>
+where
+    T: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
+{
+    let n = t.dims()[0];
+    if parts == 0 || n % parts != 0 || index >= parts {
+        return Err(crate::TrainError::Unsupported(format!(
+            "a batch of {n} rows does not split into part {index} of {parts} equal parts"
+        )));
+    }
+    let len = n / parts;
+    Ok(t.clone().narrow(0, index * len, len))
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The scalar value of a one-element tensor.
@@ -369,12 +411,48 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
 ) -> Result<K::Summary> {
     let span = tracing::info_span!(
         "run",
+        rank = tracing::field::Empty,
         recipe = %recipe.name,
         kind = kind.name(),
         dir = %opts.run_dir.display()
     );
     let _span = span.enter();
-    let run = RunDir::open(&opts.run_dir, recipe, opts.resume)?;
+    let dist = opts.dist.clone();
+    if let Some(d) = &dist {
+        d.validate()?;
+    }
+    let leader = dist.as_ref().is_none_or(crate::DistConfig::leader);
+    let world = dist.as_ref().map_or(1, |d| d.world);
+    let accumulate = recipe.train.accumulate;
+    if world > 1 && accumulate > 1 {
+        return Err(crate::TrainError::Unsupported(format!(
+            "recipe {:?}: train.accumulate = {accumulate} with --world {world}: gradient \
+             accumulation inside a data-parallel run is not supported; use one or the other",
+            recipe.name
+        )));
+    }
+    let parts = world * accumulate;
+    if parts > 1 && recipe.train.batch_size % parts != 0 {
+        return Err(crate::TrainError::Unsupported(format!(
+            "recipe {:?}: train.batch_size = {} does not split into {parts} equal parts ({})",
+            recipe.name,
+            recipe.train.batch_size,
+            if world > 1 {
+                format!("one per rank, --world {world}")
+            } else {
+                format!("train.accumulate = {accumulate}")
+            }
+        )));
+    }
+    // Ranks other than 0 write only into a scratch directory, removed at the end.
+    let scratch = match &dist {
+        Some(d) if !d.leader() => Some(crate::dist::Scratch::new(d.rank)?),
+        _ => None,
+    };
+    let run = match &scratch {
+        None => RunDir::open(&opts.run_dir, recipe, opts.resume)?,
+        Some(s) => RunDir::prepare(s.path())?,
+    };
     let dev: B::Device = Default::default();
     // Fixed parameter ids (Burn draws random ones, which records store): the same recipe and
     // seed write the same bytes, for every kind.
@@ -389,21 +467,39 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             groups.len()
         )));
     }
-    let mut monitors = crate::sites::generic_monitors::<B, K>(&kind, &model);
-    monitors.extend(kind.monitors(&model)?);
+    // Monitors run on rank 0 only.
+    let mut monitors = if leader {
+        let mut m = crate::sites::generic_monitors::<B, K>(&kind, &model);
+        m.extend(kind.monitors(&model)?);
+        m
+    } else {
+        Vec::new()
+    };
     let fresh = TrainerState {
         step: 0,
+        parts,
         order: StreamState::of(&crate::rng::stream(recipe.seed, ORDER, 0), ORDER, 0),
         watch: LoopState::new(recipe),
         monitors: BTreeMap::new(),
     };
-    let (mut model, mut opt, mut state) = start_or_resume(
-        recipe,
-        &run,
-        opts.resume,
-        (model, opt, fresh),
-        |s: &TrainerState| s.step,
-    )?;
+    let (mut model, mut opt, mut state) = if leader {
+        start_or_resume(
+            recipe,
+            &run,
+            opts.resume,
+            (model, opt, fresh),
+            |s: &TrainerState| s.step,
+        )?
+    } else {
+        run.start(recipe)?;
+        crate::optim::resume_read_only(
+            recipe,
+            &opts.run_dir,
+            opts.resume,
+            (model, opt, fresh),
+            |s: &TrainerState| s.step,
+        )?
+    };
     for m in &mut monitors {
         if let Some(v) = state.monitors.remove(m.name()) {
             m.restore(v)?;
@@ -411,9 +507,51 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
     }
     if state.step > 0 {
         tracing::info!(step = state.step, "resumed");
+        if state.parts != parts {
+            let message = format!(
+                "resumed with {parts} gradient part(s) per step where the run had {}: it \
+                 continues, but is no longer bit-identical to an uninterrupted run",
+                state.parts
+            );
+            tracing::warn!("{message}");
+            run.append(
+                "events.jsonl",
+                &json!({"step": state.step, "event": "parts", "message": message}),
+            )?;
+        }
     }
+    state.parts = parts;
     kind.on_start(&run)?;
     let mut order = state.order.restore(recipe.seed)?;
+    if parts > 1 {
+        // Fail before joining when the kind cannot split its batches.
+        let probe = kind.batch(&mut order.clone(), state.step)?;
+        kind.shard(&probe, 0, parts)?;
+    }
+    // Join the data-parallel group and check that every rank starts from the same place.
+    let mut group = match &dist {
+        Some(d) => Some(crate::dist::Group::<B::InnerBackend>::join(d, &dev)?),
+        None => None,
+    };
+    if let Some(g) = &group {
+        g.agree(
+            "the recipe",
+            crate::dist::hash_bytes(recipe.resolved_toml().as_bytes()),
+        )?;
+        g.agree("the step to start from", state.step as u64)?;
+        g.agree(
+            "the step to stop at (train.steps, --max-steps)",
+            opts.max_steps
+                .map_or(recipe.train.steps, |m| m.min(recipe.train.steps)) as u64,
+        )?;
+        g.agree("the model's parameters", crate::optim::param_hash(&model))?;
+        tracing::info!(
+            rank = g.config().rank,
+            world = g.config().world,
+            step = state.step,
+            "all ranks joined and agree"
+        );
+    }
     let watch = Watch { recipe, run: &run };
     let total = recipe.train.steps;
     let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
@@ -466,23 +604,37 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
     while state.step < stop_at {
         let step = state.step;
         let ctx = step_ctx(recipe, step, total);
-        let batch = kind.batch(&mut order, step)?;
-        let out = kind.loss(&model, &batch, &ctx)?;
-        let reported = out.reported.clone().map(scalar);
-        let parts: Vec<(&str, f64)> = out
+        let drawn = kind.batch(&mut order, step)?;
+        // This process's parts of the step's batch: its rank's, or every micro-batch.
+        let batches: Vec<K::Batch> = if parts == 1 {
+            vec![drawn]
+        } else {
+            let mine: Vec<usize> = match &dist {
+                Some(d) => vec![d.rank],
+                None => (0..accumulate).collect(),
+            };
+            mine.iter()
+                .map(|&i| kind.shard(&drawn, i, parts))
+                .collect::<Result<_>>()?
+        };
+        let batch = &batches[0];
+        let out = kind.loss(&model, batch, &ctx)?;
+        let mut reported = out.reported.clone().map(scalar);
+        let mut parts_v: Vec<(&str, f64)> = out
             .parts
             .iter()
             .map(|(n, t)| (*n, scalar(t.clone())))
             .collect();
-        let loss_v = scalar(out.total.clone());
-        let grads = out.total.backward();
+        let mut loss_v = scalar(out.total.clone());
+        let mut grads = out.total.backward();
 
-        // Monitors that need this step's gradients run before the update.
+        // Monitors that need this step's gradients run before the update (on rank 0; they
+        // see the first part of the batch and its own gradients).
         let mut readings = Readings::default();
         let before = Before {
             kind: &kind,
             model: &model,
-            batch: &batch,
+            batch,
             stats: &out.stats,
             ctx: &ctx,
             grads: &grads,
@@ -493,6 +645,49 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         for m in &mut monitors {
             m.before_update(&before, &mut readings)?;
         }
+        if parts > 1 {
+            // The other micro-batches, then the ranks: gradients and losses summed in order.
+            let control = |loss: f64, rep: Option<f64>, ps: &[(&str, f64)]| -> Vec<f32> {
+                let mut c = vec![loss as f32, rep.unwrap_or(0.0) as f32];
+                c.extend(ps.iter().map(|(_, v)| *v as f32));
+                c
+            };
+            let n_control = 2 + parts_v.len();
+            let mut sum = crate::optim::flatten_grads(
+                &model,
+                &grads,
+                &control(loss_v, reported, &parts_v),
+                &dev,
+            );
+            for b in &batches[1..] {
+                let o = kind.loss(&model, b, &ctx)?;
+                let ps: Vec<(&str, f64)> = o
+                    .parts
+                    .iter()
+                    .map(|(n, t)| (*n, scalar(t.clone())))
+                    .collect();
+                let c = control(scalar(o.total.clone()), o.reported.clone().map(scalar), &ps);
+                let g = o.total.backward();
+                sum = sum + crate::optim::flatten_grads(&model, &g, &c, &dev);
+                grads = g;
+            }
+            if let Some(g) = &group {
+                sum = g.ordered_sum(
+                    &format!("step {}: the all-reduce of the gradients", step + 1),
+                    sum,
+                )?;
+            }
+            let c = crate::optim::scatter_grads(&model, &mut grads, sum, parts, n_control);
+            let n = parts as f64;
+            loss_v = f64::from(c[0]) / n;
+            if reported.is_some() {
+                reported = Some(f64::from(c[1]) / n);
+            }
+            for (k, (_, v)) in parts_v.iter_mut().enumerate() {
+                *v = f64::from(c[2 + k]) / n;
+            }
+        }
+        let parts_v = parts_v;
         let grad_norm = crate::optim::grad_norm(&model, &grads);
         let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
         let skip = match verdict {
@@ -531,7 +726,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         let after = After {
             kind: &kind,
             model: &model,
-            batch: &batch,
+            batch,
             stats: &out.stats,
             ctx: &ctx,
             done,
@@ -547,6 +742,22 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             run.append("events.jsonl", e)?;
         }
         let stop = watch.after_update(&mut state.watch, done, &readings.checks)?;
+        if let Some(g) = &group {
+            // Rank 0's monitors decide for every rank.
+            let flag = if stop.is_some() { 1.0f32 } else { 0.0 };
+            let flag = Tensor::<B::InnerBackend, 1>::from_data(
+                burn::tensor::TensorData::new(vec![flag], [1]),
+                &dev,
+            );
+            let all = g.ordered_sum(&format!("step {done}: the monitors' verdict"), flag)?;
+            if stop.is_none() && crate::optim::to_vec(all).first().is_some_and(|v| *v > 0.0) {
+                return Err(crate::TrainError::Distributed(format!(
+                    "rank 0's monitors stopped the run after step {done} (see events.jsonl in \
+                     rank 0's run directory {})",
+                    opts.run_dir.display()
+                )));
+            }
+        }
         if let Some(stop) = stop {
             save(
                 &format!("checkpoint-{done}"),
@@ -563,7 +774,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             "grad_norm": grad_norm, "loss_z": lz, "grad_norm_z": gz});
         // A line at every `log_every` steps, and whenever a monitor measured something.
         let measured = !readings.metrics.is_empty();
-        for (n, v) in &parts {
+        for (n, v) in &parts_v {
             readings.metric(*n, *v);
         }
         state.watch.accumulate_all(&readings.metrics);
@@ -573,17 +784,24 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             }
             run.append("metrics.jsonl", &line)?;
         }
-        if recipe.eval.every > 0 && done % recipe.eval.every == 0 && done < total {
+        if leader && recipe.eval.every > 0 && done % recipe.eval.every == 0 && done < total {
             let m = kind.evaluate(&model, done, total)?;
             log_eval(&run, done, total, shown, &m, opts.verbose)?;
         }
-        if recipe.checkpoint.every > 0 && done % recipe.checkpoint.every == 0 && done < total {
+        if leader
+            && recipe.checkpoint.every > 0
+            && done % recipe.checkpoint.every == 0
+            && done < total
+        {
             checkpoint(&model, &opt, &state, &monitors, &order, "")?;
         }
     }
 
+    if let Some(g) = group.take() {
+        g.leave()?;
+    }
     let complete = state.step >= total;
-    if !complete {
+    if !complete && leader {
         checkpoint(
             &model,
             &opt,

@@ -164,6 +164,7 @@ fn run(dir: &Path, resume: bool, max_steps: Option<usize>) -> Summary {
         seed: 3,
     };
     let mut opts = RunOptions {
+        dist: None,
         run_dir: dir.to_owned(),
         resume,
         max_steps,

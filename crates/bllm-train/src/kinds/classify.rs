@@ -189,6 +189,13 @@ impl<B: AutodiffBackend> Kind<B> for Classify<'_> {
         Ok(self.train.batch::<B>(&idx, &Default::default()))
     }
 
+    fn shard(&self, (x, y): &Self::Batch, index: usize, parts: usize) -> Result<Self::Batch> {
+        Ok((
+            crate::trainer::rows(x, index, parts)?,
+            crate::trainer::rows(y, index, parts)?,
+        ))
+    }
+
     fn loss(&self, model: &Self::Model, (x, y): &Self::Batch, ctx: &Ctx) -> Result<Loss<B, ()>> {
         let logits = model.forward(x.clone(), ctx);
         Ok(Loss::new(

@@ -231,6 +231,13 @@ impl<B: AutodiffBackend> Kind<B> for Lm<'_> {
         Ok(self.train.batch::<B>(&starts, &Default::default()))
     }
 
+    fn shard(&self, (x, y): &Self::Batch, index: usize, parts: usize) -> Result<Self::Batch> {
+        Ok((
+            crate::trainer::rows(x, index, parts)?,
+            crate::trainer::rows(y, index, parts)?,
+        ))
+    }
+
     fn loss(&self, model: &ByteLm<B>, (x, y): &Self::Batch, ctx: &Ctx) -> Result<Loss<B, ()>> {
         Ok(Loss::new(lm_loss(model.forward(x.clone(), ctx), y.clone())))
     }

@@ -261,6 +261,13 @@ impl<B: AutodiffBackend> Kind<B> for PretrainedLm<'_, B> {
         ))
     }
 
+    fn shard(&self, (x, y): &Self::Batch, index: usize, parts: usize) -> Result<Self::Batch> {
+        Ok((
+            crate::trainer::rows(x, index, parts)?,
+            crate::trainer::rows(y, index, parts)?,
+        ))
+    }
+
     fn loss(&self, model: &Llama<B>, (x, y): &Self::Batch, ctx: &Ctx) -> Result<Loss<B, ()>> {
         Ok(self.loss_of(model, x, y, ctx))
     }
