@@ -306,6 +306,46 @@ fn classify_on_two_ranks_equals_accumulation_and_is_close_to_the_whole_batch() {
 }
 
 #[test]
+fn retrieval_on_two_ranks_equals_accumulation_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec![
+        "recipes/quickstart.toml".into(),
+        format!(
+            "data.path={:?}",
+            root()
+                .join("datasets/kjv-minilm/embeddings.npy")
+                .display()
+                .to_string()
+        ),
+        "data.train_rows=3000".into(),
+        "model.init=\"random\"".into(),
+        "train.steps=4".into(),
+        "train.batch_size=64".into(),
+        "eval.every=0".into(),
+        "eval.methods=[\"lsh\"]".into(),
+        "eval.rerank=[100]".into(),
+        "checkpoint.every=0".into(),
+        "monitors.every=2".into(),
+        "export.faiss=false".into(),
+    ];
+    let acc = tmp.path().join("acc");
+    single(&args, &acc, &["train.accumulate=2"]);
+    let dp = tmp.path().join("dp");
+    data_parallel(2, &args, &dp, &[]);
+    // The checkpoint, the encoder and the exported codes.
+    same_run(&dp, &acc);
+    let (a, b) = (files(&dp.join("export")), files(&acc.join("export")));
+    assert!(
+        a.iter().any(|(n, _)| n.starts_with("codes")),
+        "no exported codes"
+    );
+    for ((n, x), (m, y)) in a.iter().zip(&b) {
+        assert_eq!(n, m);
+        assert!(x == y, "export/{n} differs");
+    }
+}
+
+#[test]
 fn a_killed_rank_stops_the_other_with_a_clear_error_and_the_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let mut args = lm_args();

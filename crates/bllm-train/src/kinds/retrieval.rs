@@ -376,6 +376,21 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
         ))
     }
 
+    /// A part of the anchors (every rank codes the whole database; the listwise loss is a mean
+    /// over anchors, the bit-balance and decorrelation terms are the same on every part).
+    fn shard(
+        &self,
+        (idx, cos, excl): &Anchors<B>,
+        index: usize,
+        parts: usize,
+    ) -> Result<Anchors<B>> {
+        Ok((
+            crate::trainer::rows(idx, index, parts)?,
+            crate::trainer::rows(cos, index, parts)?,
+            crate::trainer::rows(excl, index, parts)?,
+        ))
+    }
+
     fn loss(&self, head: &HashHead<B>, batch: &Anchors<B>, ctx: &Ctx) -> Result<Loss<B, ()>> {
         Ok(Loss::new(self.loss_in(head, batch, self.mode, ctx)?))
     }
