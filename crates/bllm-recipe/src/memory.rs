@@ -357,7 +357,8 @@ struct Data {
 /// Estimates the memory of one run of `recipe` (a sweep's runs are estimated one by one).
 pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
     let opt = recipe.optimizer.kind;
-    let batch = recipe.train.batch_size as f64;
+    // Activations are kept for one micro-batch at a time (`train.accumulate`).
+    let batch = (recipe.train.batch_size / recipe.train.accumulate.max(1)) as f64;
     match &recipe.task {
         Task::Classify { data, model } => {
             let dims: Vec<f64> = std::iter::once(data.dim)

@@ -63,7 +63,7 @@ action = "panic"
         "r.toml: train.steps: expected an integer in 1..=100000000, found nothing (the key is required)",
         "r.toml: train.batch_size: expected an integer in 1..=16777216, found the string \"many\"",
         "override train.log_every=0: train.log_every: expected an integer >= 1, found the integer 0",
-        "r.toml: train.stpes: expected a known key (batch_size, grad_clip, log_every, steps), found an unknown key (did you mean \"train.steps\"?)",
+        "r.toml: train.stpes: expected a known key (accumulate, batch_size, grad_clip, log_every, steps), found an unknown key (did you mean \"train.steps\"?)",
         "r.toml: monitors.loss_spike.action: expected one of \"log\", \"warn\", \"skip_step\", \"stop\", found the string \"panic\"",
     ];
     for w in &want {
@@ -124,6 +124,32 @@ fn syntax_errors_name_the_file_and_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("/nonexistent/r.toml"), "{e}");
+}
+
+#[test]
+fn accumulate_must_divide_the_batch() {
+    assert_eq!(
+        errors(GOOD, &["train.accumulate=3"]),
+        [
+            "override train.accumulate=3: train.accumulate: expected a divisor of train.batch_size (8): the micro-batches are equal parts, found the integer 3"
+        ]
+    );
+    assert!(errors(GOOD, &["train.accumulate=0"])[0].contains("expected an integer in 1..=65536"));
+    let r = Recipe::parse(
+        GOOD,
+        "r.toml",
+        &[parse_override("train.accumulate=4").unwrap()],
+        &(),
+    )
+    .unwrap();
+    assert_eq!((r.train.accumulate, r.train.batch_size), (4, 8));
+    assert_eq!(
+        Recipe::parse(GOOD, "r.toml", &[], &())
+            .unwrap()
+            .train
+            .accumulate,
+        1
+    );
 }
 
 #[test]
