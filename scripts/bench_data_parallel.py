@@ -8,7 +8,8 @@ evaluation and the checkpoint cancel. Prints one table (and `--json FILE`).
     python3 scripts/bench_data_parallel.py --cases lm-float,lm-6x256 --nproc 2
     python3 scripts/bench_data_parallel.py --cases smollm2-qat --steps 3    # needs models/smollm2
 
-One process gets every core (`--threads cores`); each of N ranks gets cores/N threads.
+One process gets every core (`--threads cores`) and, for reference, one thread; each of N ranks
+gets cores/N threads.
 """
 
 import argparse
@@ -85,23 +86,27 @@ def main():
         if case not in CASES:
             sys.exit(f"--cases: unknown case {case!r} (known: {', '.join(CASES)})")
         per = {}
-        for nproc, threads in [(1, cores), (a.nproc, max(1, cores // a.nproc))]:
+        for key, nproc, threads in [("one", 1, cores), ("single", 1, 1),
+                                    ("many", a.nproc, max(1, cores // a.nproc))]:
             short = run(a.bllm, case, a.steps, nproc, threads)
             long = run(a.bllm, case, 3 * a.steps, nproc, threads)
-            per[nproc] = (long - short) / (2 * a.steps)
-        one, many = per[1], per[a.nproc]
+            per[key] = (long - short) / (2 * a.steps)
+        one, single, many = per["one"], per["single"], per["many"]
         rows.append({
             "case": case, "what": CASES[case]["what"], "nproc": a.nproc, "cores": cores,
             "ms_per_step_1": one * 1e3, "ms_per_step_n": many * 1e3,
             "tokens_per_s_1": CASES[case]["tokens"] / one,
             "tokens_per_s_n": CASES[case]["tokens"] / many, "speedup": one / many,
+            "ms_per_step_1x1": single * 1e3, "tokens_per_s_1x1": CASES[case]["tokens"] / single,
         })
-    print(f"| case | 1 process × {cores} threads: ms/step | tokens/s | {a.nproc} processes × "
-          f"{max(1, cores // a.nproc)} threads: ms/step | tokens/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| case | 1 process × 1 thread: tokens/s | 1 process × {cores} threads: ms/step | "
+          f"tokens/s | {a.nproc} processes × {max(1, cores // a.nproc)} threads: ms/step | "
+          f"tokens/s | speed-up over 1 process |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['what']} | {r['ms_per_step_1']:.0f} | {r['tokens_per_s_1']:.0f} | "
-              f"{r['ms_per_step_n']:.0f} | {r['tokens_per_s_n']:.0f} | {r['speedup']:.2f}× |")
+        print(f"| {r['what']} | {r['tokens_per_s_1x1']:.0f} | {r['ms_per_step_1']:.0f} | "
+              f"{r['tokens_per_s_1']:.0f} | {r['ms_per_step_n']:.0f} | {r['tokens_per_s_n']:.0f} | "
+              f"{r['speedup']:.2f}× |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -35,7 +35,7 @@ pub fn orchestrator(a: OrchestratorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Arguments of `bllm launch`.
+/// Arguments of `bllm launch`: `bllm run`'s, and how many ranks.
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
     /// Processes (ranks) to start on this machine, at least 2.
@@ -44,25 +44,31 @@ pub struct LaunchArgs {
     /// Worker threads per rank (default: the machine's cores divided by N, at least 1).
     #[arg(long, value_name = "T")]
     pub threads_per_rank: Option<usize>,
-    /// Seconds a step's all-reduce may wait before the ranks fail.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
-    pub collective_timeout: f64,
-    /// Recipe file.
-    pub recipe: PathBuf,
-    /// Overrides `KEY=VALUE` (dotted keys, TOML values).
-    pub overrides: Vec<String>,
-    /// Run directory (default: checkpoints/<name>-<UTC timestamp>).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Continue from the newest complete checkpoint of --run-dir.
-    #[arg(long)]
-    pub resume: bool,
-    /// Stop after N steps, leaving a resumable checkpoint.
-    #[arg(long, value_name = "N")]
-    pub max_steps: Option<usize>,
-    /// Train on this device (as `bllm run --device`).
-    #[arg(long, value_name = "DEVICE")]
-    pub device: Option<String>,
+    /// What to run: the arguments of `bllm run` (launch sets the data-parallel ones).
+    #[command(flatten)]
+    pub run: crate::train::RunArgs,
+}
+
+/// Whether the ranks train on CUDA (`--device`, else the recipe's `device`).
+fn device_is_cuda(recipe: &bllm_recipe::Recipe, flag: Option<&str>) -> bool {
+    flag.map_or(recipe.device.as_str() == "cuda", |d| d == "cuda")
+}
+
+/// The GPU rank `rank` uses: the `rank`-th entry of `CUDA_VISIBLE_DEVICES` when it is set,
+/// else GPU `rank`.
+fn gpu_of(rank: usize) -> Result<String> {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => {
+            let gpus: Vec<&str> = list.split(',').map(str::trim).collect();
+            gpus.get(rank).map(|g| (*g).to_owned()).with_context(|| {
+                format!(
+                    "rank {rank}: CUDA_VISIBLE_DEVICES={list:?} lists {} GPU(s); give one per rank",
+                    gpus.len()
+                )
+            })
+        }
+        _ => Ok(rank.to_string()),
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; it is released before use, so another
@@ -76,18 +82,22 @@ fn free_port() -> Result<u16> {
 /// `bllm run … --world N --rank r` processes on 127.0.0.1, waits for all of them and fails
 /// when any rank failed.
 pub fn launch(a: LaunchArgs) -> Result<()> {
+    let r = &a.run;
+    if r.dist.world.is_some() {
+        bail!("--world: bllm launch sets each rank's --world/--rank/--orchestrator/--node itself");
+    }
     if a.nproc < 2 {
         bail!(
             "--nproc {}: a data-parallel run needs at least 2 processes (use `bllm run` for one)",
             a.nproc
         );
     }
-    let mut overrides = a.overrides.clone();
-    if let Some(d) = &a.device {
+    let mut overrides = r.overrides.clone();
+    if let Some(d) = &r.device {
         overrides.push(format!("device={d:?}"));
     }
-    let recipe = crate::recipes::load(&a.recipe, &overrides)?;
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+    let recipe = crate::recipes::load(&r.recipe, &overrides)?;
+    let run_dir = r.run_dir.clone().unwrap_or_else(|| {
         PathBuf::from("checkpoints").join(format!(
             "{}-{}",
             recipe.name,
@@ -121,8 +131,8 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
         c.arg("--threads")
             .arg(threads.to_string())
             .arg("run")
-            .arg(&a.recipe)
-            .args(&a.overrides)
+            .arg(&r.recipe)
+            .args(&r.overrides)
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--world", &a.nproc.to_string(), "--rank", &rank.to_string()])
@@ -131,15 +141,21 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
             .arg("--node")
             .arg(format!("ws://127.0.0.1:{node}"))
             .arg("--collective-timeout")
-            .arg(a.collective_timeout.to_string());
-        if a.resume {
+            .arg(r.dist.collective_timeout.to_string())
+            .arg("--join-timeout")
+            .arg(r.dist.join_timeout.to_string());
+        if r.resume {
             c.arg("--resume");
         }
-        if let Some(m) = a.max_steps {
+        if let Some(m) = r.max_steps {
             c.arg("--max-steps").arg(m.to_string());
         }
-        if let Some(d) = &a.device {
+        if let Some(d) = &r.device {
             c.arg("--device").arg(d);
+        }
+        if device_is_cuda(&recipe, r.device.as_deref()) {
+            // One GPU per rank, as torchrun users do: rank r sees only the r-th visible GPU.
+            c.env("CUDA_VISIBLE_DEVICES", gpu_of(rank)?);
         }
         let child = c
             .spawn()

@@ -418,64 +418,35 @@ fn bad_data_parallel_arguments_are_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let never = tmp.path().join("never");
     let never = never.to_str().unwrap();
+    // `--world 2 --rank R --orchestrator O --node ws://127.0.0.1:2 --run-dir never`, after
+    // the overrides in `first`.
+    let flags = |first: &[&str], rank: &str, orch: &str| -> Vec<String> {
+        let mut v: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+        for f in [
+            "--world",
+            "2",
+            "--rank",
+            rank,
+            "--orchestrator",
+            orch,
+            "--node",
+            "ws://127.0.0.1:2",
+            "--run-dir",
+            never,
+        ] {
+            v.push(f.to_owned());
+        }
+        v
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--world".into(), "2".into(), "--rank".into(), "0".into()],
             "--orchestrator",
         ),
+        (flags(&[], "2", "ws://127.0.0.1:1"), "--rank 2"),
+        (flags(&[], "0", "127.0.0.1:1"), "ws://HOST:PORT"),
         (
-            vec![
-                "--world",
-                "2",
-                "--rank",
-                "2",
-                "--orchestrator",
-                "ws://127.0.0.1:1",
-                "--node",
-                "ws://127.0.0.1:2",
-                "--run-dir",
-                never,
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "--rank 2",
-        ),
-        (
-            vec![
-                "--world",
-                "2",
-                "--rank",
-                "0",
-                "--orchestrator",
-                "127.0.0.1:1",
-                "--node",
-                "ws://127.0.0.1:2",
-                "--run-dir",
-                never,
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "ws://HOST:PORT",
-        ),
-        (
-            vec![
-                "train.batch_size=5",
-                "--world",
-                "2",
-                "--rank",
-                "0",
-                "--orchestrator",
-                "ws://127.0.0.1:1",
-                "--node",
-                "ws://127.0.0.1:2",
-                "--run-dir",
-                never,
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            flags(&["train.batch_size=5"], "0", "ws://127.0.0.1:1"),
             "does not split into 2 equal parts",
         ),
     ];

@@ -693,4 +693,45 @@ mod tests {
         }
         assert_ne!(b, b0);
     }
+
+    #[test]
+    fn flattened_gradients_sum_back_to_the_mean_and_keep_missing_ones_missing() {
+        let dev = Default::default();
+        let m = two();
+        // Part 1 touches only `a`, part 2 both: `b` has a gradient in one part only.
+        let g1 = m.a.val().square().sum().backward();
+        let g2 = (m.a.val().sum() + m.b.val().mul_scalar(3.0).sum()).backward();
+        let f1 = flatten_grads(&m, &g1, &[1.5, 7.0], &dev);
+        let f2 = flatten_grads(&m, &g2, &[2.5, 9.0], &dev);
+        // Layout: a (3), b (3), flags (2), control (2).
+        assert_eq!(
+            to_vec(f1.clone()),
+            [2.0, -4.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.5, 7.0]
+        );
+        let mut grads = g2;
+        let control = scatter_grads(&m, &mut grads, f1.clone() + f2, 2, 2);
+        assert_eq!(control, [4.0, 16.0]);
+        assert_eq!(
+            to_vec(m.a.val().grad(&grads).unwrap()),
+            [1.5, -1.5, 1.0] // ((2a) + 1) / 2
+        );
+        assert_eq!(to_vec(m.b.val().grad(&grads).unwrap()), [1.5, 1.5, 1.5]);
+        // A parameter no part gave a gradient keeps none.
+        let mut only_a = m.a.val().square().sum().backward();
+        scatter_grads(&m, &mut only_a, f1.clone() + f1, 2, 2);
+        assert!(m.b.val().grad(&only_a).is_none());
+        assert_eq!(to_vec(m.a.val().grad(&only_a).unwrap()), [2.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn rows_cut_equal_parts_and_refuse_uneven_ones() {
+        let t =
+            Tensor::<NdArray, 1>::from_floats([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &Default::default());
+        assert_eq!(to_vec(crate::rows(&t, 1, 3).unwrap()), [2.0, 3.0]);
+        assert_eq!(to_vec(crate::rows(&t, 0, 1).unwrap()).len(), 6);
+        for (i, p) in [(0, 4), (3, 3), (0, 0)] {
+            let e = crate::rows(&t, i, p).unwrap_err().to_string();
+            assert!(e.contains("does not split"), "{e}");
+        }
+    }
 }

@@ -63,6 +63,18 @@ pub struct RunOptions {
     pub dist: Option<crate::DistConfig>,
 }
 
+impl RunOptions {
+    /// [`RunDir::refuse_existing`] for this run, before any work; a data-parallel rank other
+    /// than 0 does not look at the run directory (rank 0 is creating it, and the directory may
+    /// be on another machine).
+    pub fn refuse_existing(&self, recipe: &Recipe) -> Result<()> {
+        if self.dist.as_ref().is_some_and(|d| !d.leader()) {
+            return Ok(());
+        }
+        RunDir::refuse_existing(&self.run_dir, recipe, self.resume)
+    }
+}
+
 /// Named scalar metrics (a `metrics.jsonl` line's values, an evaluation's results).
 pub type Metrics = BTreeMap<String, f64>;
 
@@ -416,6 +428,9 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         kind = kind.name(),
         dir = %opts.run_dir.display()
     );
+    if let Some(d) = &opts.dist {
+        span.record("rank", d.rank);
+    }
     let _span = span.enter();
     let dist = opts.dist.clone();
     if let Some(d) = &dist {
@@ -672,10 +687,18 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
                 grads = g;
             }
             if let Some(g) = &group {
+                let t0 = std::time::Instant::now();
+                let values = sum.dims()[0];
                 sum = g.ordered_sum(
                     &format!("step {}: the all-reduce of the gradients", step + 1),
                     sum,
                 )?;
+                tracing::debug!(
+                    step = step + 1,
+                    values,
+                    ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "all-reduce of the gradients"
+                );
             }
             let c = crate::optim::scatter_grads(&model, &mut grads, sum, parts, n_control);
             let n = parts as f64;

@@ -294,7 +294,7 @@ pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
 
 fn run_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     let (data, _) = sections(recipe)?;
-    RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+    opts.refuse_existing(recipe)?;
     let (train_set, eval) = make_data(recipe, data);
     let kind = Classify {
         recipe,

@@ -402,7 +402,7 @@ fn run_lm_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Resu
         return super::pretrained_lm::run_pretrained_on::<B>(recipe, opts);
     }
     let cfg = lm_config(recipe)?;
-    RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+    opts.refuse_existing(recipe)?;
     let corpus = load_corpus(&t.data, cfg.context)?;
     let kind = Lm {
         recipe,

@@ -658,7 +658,7 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
     let est = estimator(recipe)?;
     match &t.data {
         MoeData::Clusters(c) => {
-            RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+            opts.refuse_existing(recipe)?;
             let cfg = moe_config(&t.moe, t.d_model, est);
             let s = recipe.seed;
             let build = move || -> Result<MoeClassifier<B>> {
@@ -696,7 +696,7 @@ fn run_moe_on<B: AutodiffBackend>(recipe: &Recipe, opts: &mut RunOptions) -> Res
             };
             let mut cfg = lm_config_from(m, est.clone())?;
             cfg.moe = Some(moe_config(&t.moe, m.d_model, est));
-            RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+            opts.refuse_existing(recipe)?;
             let corpus = load_corpus(d, m.context)?;
             let data = TaskData::Text {
                 windows: TextWindows {

@@ -497,7 +497,7 @@ pub(crate) fn run_pretrained_on<B: AutodiffBackend>(
     let started = Instant::now();
     let t = task(recipe)?;
     let path = PathBuf::from(t.model.pretrained.as_deref().unwrap_or_default());
-    RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+    opts.refuse_existing(recipe)?;
     let corpus = load_corpus(&t.data, 1)?;
     let device = Default::default();
     // The teacher (and the tokenizer, and the config checks) from the checkpoint's own files.

@@ -699,7 +699,7 @@ fn run_retrieval_on<B: AutodiffBackend>(
     } else {
         HeadForward::Surrogate
     };
-    RunDir::refuse_existing(&opts.run_dir, recipe, opts.resume)?;
+    opts.refuse_existing(recipe)?;
     if let Some(e) = &t.encoder {
         return super::text_retrieval::run_text_on::<B>(recipe, opts, t, e, estimator, mode);
     }
