@@ -20,6 +20,12 @@
 //! <run>/summary.json           final metrics
 //! ```
 //!
+//! Data-parallel runs ([`DistConfig`] in [`RunOptions::dist`]) split every step's batch across
+//! processes joined through Burn's `burn-collective` (one all-reduce of the flattened
+//! gradients per step, summed in rank order): N ranks write the same bytes as one process with
+//! `train.accumulate = N`. Rank 0 writes the run directory; `serve_orchestrator` is the
+//! meeting point (`bllm orchestrator`).
+//!
 //! Checkpoints are written to a temporary directory and renamed, so a crash never leaves a
 //! half-written `checkpoint-<step>/`; `resume` continues from the newest complete one and, on
 //! the CPU, reproduces an uninterrupted run bit for bit.
