@@ -147,14 +147,12 @@ fn bounded<T: Send + 'static>(
 pub(crate) struct Group<B: Backend> {
     cfg: DistConfig,
     device: B::Device,
-    open: bool,
 }
 
 impl<B: Backend> Group<B> {
     /// Registers this rank with burn-collective (one device per process, `world` nodes) and
-    /// waits for every rank.
+    /// waits for every rank; `cfg` was validated by the trainer.
     pub(crate) fn join(cfg: &DistConfig, device: &B::Device) -> Result<Self> {
-        cfg.validate()?;
         let orchestrator = cfg
             .orchestrator
             .parse()
@@ -189,13 +187,7 @@ impl<B: Backend> Group<B> {
         Ok(Self {
             cfg: cfg.clone(),
             device: device.clone(),
-            open: true,
         })
-    }
-
-    /// The group's configuration.
-    pub(crate) fn config(&self) -> &DistConfig {
-        &self.cfg
     }
 
     fn all_reduce_sum(&self, what: &str, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
@@ -287,26 +279,13 @@ impl<B: Backend> Group<B> {
     }
 
     /// Leaves the group (unregisters from burn-collective), bounded by the timeout.
-    pub(crate) fn leave(mut self) -> Result<()> {
-        self.open = false;
+    pub(crate) fn leave(self) -> Result<()> {
         let peer = PeerId(self.cfg.rank as u32);
         bounded(
             &format!("rank {} leaving the group", self.cfg.rank),
             self.cfg.timeout,
             move || burn_collective::finish_collective::<B>(peer),
         )
-    }
-}
-
-impl<B: Backend> Drop for Group<B> {
-    fn drop(&mut self) {
-        if self.open {
-            // A run that failed: the process exits; nothing is waited for here.
-            tracing::debug!(
-                rank = self.cfg.rank,
-                "leaving the data-parallel group on error"
-            );
-        }
     }
 }
 

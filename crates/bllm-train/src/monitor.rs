@@ -313,6 +313,17 @@ impl Watch<'_> {
             .append("events.jsonl", &serde_json::to_value(e).unwrap_or_default())
     }
 
+    /// Whether a monitor checked after the update can stop the run: an enabled monitor with
+    /// action `stop` other than the three decided before the update on the step's loss and
+    /// gradient norm. (A data-parallel run exchanges rank 0's verdict only then.)
+    pub(crate) fn may_stop_after_update(&self) -> bool {
+        self.recipe.monitors.monitors.iter().any(|(name, m)| {
+            m.enabled
+                && m.action == MonitorAction::Stop
+                && !["non_finite", "loss_spike", "grad_spike"].contains(name)
+        })
+    }
+
     /// Monitors measured after `done` steps, as `(name, value, fires_above)`: records each that
     /// crossed its threshold and returns the first `stop`. (`skip_step` cannot undo an update
     /// and acts as `warn`.)

@@ -408,6 +408,20 @@ fn one() -> usize {
     1
 }
 
+/// A loss's logged values: the total, the reported loss (if any) and the named parts.
+fn loss_values<B: AutodiffBackend, S>(
+    l: &Loss<B, S>,
+) -> (f64, Option<f64>, Vec<(&'static str, f64)>) {
+    (
+        scalar(l.total.clone()),
+        l.reported.clone().map(scalar),
+        l.parts
+            .iter()
+            .map(|(n, t)| (*n, scalar(t.clone())))
+            .collect(),
+    )
+}
+
 /// The scalar value of a one-element tensor.
 pub(crate) fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f64 {
     f64::from(t.into_scalar().elem::<f32>())
@@ -543,6 +557,8 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         let probe = kind.batch(&mut order.clone(), state.step)?;
         kind.shard(&probe, 0, parts)?;
     }
+    let total = recipe.train.steps;
+    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
     // Join the data-parallel group and check that every rank starts from the same place.
     let mut group = match &dist {
         Some(d) => Some(crate::dist::Group::<B::InnerBackend>::join(d, &dev)?),
@@ -556,20 +572,17 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         g.agree("the step to start from", state.step as u64)?;
         g.agree(
             "the step to stop at (train.steps, --max-steps)",
-            opts.max_steps
-                .map_or(recipe.train.steps, |m| m.min(recipe.train.steps)) as u64,
+            stop_at as u64,
         )?;
         g.agree("the model's parameters", crate::optim::param_hash(&model))?;
         tracing::info!(
-            rank = g.config().rank,
-            world = g.config().world,
+            rank = opts.dist.as_ref().map_or(0, |d| d.rank),
+            world,
             step = state.step,
             "all ranks joined and agree"
         );
     }
     let watch = Watch { recipe, run: &run };
-    let total = recipe.train.steps;
-    let stop_at = opts.max_steps.map_or(total, |m| m.min(total));
 
     // Writes checkpoint `name` (records, trainer.json with the monitors' state, the kind's
     // files; with `export`, the kind's export under `export/`).
@@ -634,13 +647,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         };
         let batch = &batches[0];
         let out = kind.loss(&model, batch, &ctx)?;
-        let mut reported = out.reported.clone().map(scalar);
-        let mut parts_v: Vec<(&str, f64)> = out
-            .parts
-            .iter()
-            .map(|(n, t)| (*n, scalar(t.clone())))
-            .collect();
-        let mut loss_v = scalar(out.total.clone());
+        let (mut loss_v, mut reported, mut parts_v) = loss_values(&out);
         let mut grads = out.total.backward();
 
         // Monitors that need this step's gradients run before the update (on rank 0; they
@@ -676,12 +683,8 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             );
             for b in &batches[1..] {
                 let o = kind.loss(&model, b, &ctx)?;
-                let ps: Vec<(&str, f64)> = o
-                    .parts
-                    .iter()
-                    .map(|(n, t)| (*n, scalar(t.clone())))
-                    .collect();
-                let c = control(scalar(o.total.clone()), o.reported.clone().map(scalar), &ps);
+                let (l, r, ps) = loss_values(&o);
+                let c = control(l, r, &ps);
                 let g = o.total.backward();
                 sum = sum + crate::optim::flatten_grads(&model, &g, &c, &dev);
                 grads = g;
@@ -710,7 +713,6 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
                 *v = f64::from(c[2 + k]) / n;
             }
         }
-        let parts_v = parts_v;
         let grad_norm = crate::optim::grad_norm(&model, &grads);
         let (lz, gz, verdict) = watch.before_update(&mut state.watch, step, loss_v, grad_norm)?;
         let skip = match verdict {
@@ -765,8 +767,9 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             run.append("events.jsonl", e)?;
         }
         let stop = watch.after_update(&mut state.watch, done, &readings.checks)?;
-        if let Some(g) = &group {
-            // Rank 0's monitors decide for every rank.
+        if let Some(g) = group.as_ref().filter(|_| watch.may_stop_after_update()) {
+            // Rank 0's monitors decide for every rank (the ranks share the recipe, so all of
+            // them make this call or none).
             let flag = if stop.is_some() { 1.0f32 } else { 0.0 };
             let flag = Tensor::<B::InnerBackend, 1>::from_data(
                 burn::tensor::TensorData::new(vec![flag], [1]),
