@@ -2,7 +2,6 @@
 //! `bllm launch` (every rank of a data-parallel run on this machine, like `torchrun`).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -92,18 +91,12 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
             a.nproc
         );
     }
-    let mut overrides = r.overrides.clone();
-    if let Some(d) = &r.device {
-        overrides.push(format!("device={d:?}"));
-    }
+    let overrides = crate::train::with_device(&r.overrides, r.device.as_deref());
     let recipe = crate::recipes::load(&r.recipe, &overrides)?;
-    let run_dir = r.run_dir.clone().unwrap_or_else(|| {
-        PathBuf::from("checkpoints").join(format!(
-            "{}-{}",
-            recipe.name,
-            bllm_train::timestamp_utc()
-        ))
-    });
+    let run_dir = r
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| crate::train::default_run_dir(&recipe.name));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = a.threads_per_rank.unwrap_or((cores / a.nproc).max(1));
     if threads == 0 {
@@ -162,7 +155,7 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
             .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
         children.push((rank, child));
     }
-    // Wait for every rank; one that fails makes the others fail within the timeout.
+    // Wait for every rank; when one fails, stop the others.
     let mut failed = Vec::new();
     let t0 = Instant::now();
     while !children.is_empty() {

@@ -56,21 +56,12 @@ pub struct DistArgs {
     /// tensors are served there).
     #[arg(long, value_name = "ws://HOST:PORT", requires = "world")]
     pub node: Option<String>,
-    /// Seconds a step's all-reduce may wait for the other ranks before the run fails.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = 120.0,
-        requires = "world"
-    )]
+    /// Data-parallel: seconds a step's all-reduce may wait for the other ranks before the run
+    /// fails (also `bllm launch`'s).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     pub collective_timeout: f64,
-    /// Seconds to wait at the start for every rank to join.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = 600.0,
-        requires = "world"
-    )]
+    /// Data-parallel: seconds to wait at the start for every rank to join.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
     pub join_timeout: f64,
 }
 
@@ -101,7 +92,7 @@ impl DistArgs {
 
 /// The overrides with `--device D` appended as `device="D"` (so it wins over a `device=`
 /// override given before it, like any later override).
-fn with_device(overrides: &[String], device: Option<&str>) -> Vec<String> {
+pub(crate) fn with_device(overrides: &[String], device: Option<&str>) -> Vec<String> {
     let mut o = overrides.to_vec();
     if let Some(d) = device {
         o.push(format!("device={d:?}"));
@@ -132,6 +123,11 @@ fn quiet_network_panics() {
             default(info);
         }
     }));
+}
+
+/// The run directory of a run without `--run-dir`: `checkpoints/<name>-<UTC timestamp>`.
+pub(crate) fn default_run_dir(name: &str) -> PathBuf {
+    PathBuf::from("checkpoints").join(format!("{name}-{}", timestamp_utc()))
 }
 
 /// Newest `checkpoints/<name>-*` directory.
@@ -187,24 +183,22 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
     let run_dir = match (&a.run_dir, a.resume) {
         (Some(d), _) => d.clone(),
         (None, true) => newest_run(&recipe.name)?,
-        (None, false) => {
-            PathBuf::from("checkpoints").join(format!("{}-{}", recipe.name, timestamp_utc()))
-        }
+        (None, false) => default_run_dir(&recipe.name),
     };
     let dist = a.dist.config()?;
     if dist.is_some() {
+        if matches!(recipe.kind, Kind::Adapter | Kind::KvProbe) {
+            bail!(
+                "--world: kind = {:?} runs outside the training loop and cannot run data-parallel",
+                recipe.kind.name()
+            );
+        }
+        if a.run_dir.is_none() {
+            bail!(
+                "--world: give every rank the same --run-dir (rank 0 writes it; the others resume from it)"
+            );
+        }
         quiet_network_panics();
-    }
-    if dist.is_some() && matches!(recipe.kind, Kind::Adapter | Kind::KvProbe) {
-        bail!(
-            "--world: kind = {:?} runs outside the training loop and cannot run data-parallel",
-            recipe.kind.name()
-        );
-    }
-    if dist.is_some() && a.run_dir.is_none() {
-        bail!(
-            "--world: give every rank the same --run-dir (rank 0 writes it; the others resume from it)"
-        );
     }
     let mut opts = RunOptions {
         dist,

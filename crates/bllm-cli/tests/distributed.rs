@@ -396,6 +396,40 @@ fn a_killed_rank_stops_the_other_with_a_clear_error_and_the_run_resumes_exactly(
 }
 
 #[test]
+fn a_stop_by_rank_0s_monitors_stops_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = classify_args();
+    args.extend([
+        "monitors.flip_ratio.action=\"stop\"".into(),
+        "monitors.flip_ratio.threshold=0".into(),
+    ]);
+    let dp = tmp.path().join("dp");
+    let orch = Orchestrator::start();
+    let children: Vec<Child> = (0..2).map(|r| rank(&orch, 2, r, &args, &dp, &[])).collect();
+    let errs: Vec<String> = children
+        .into_iter()
+        .enumerate()
+        .map(|(r, c)| {
+            let out = wait(c, LIMIT, &format!("rank {r}"));
+            assert!(!out.status.success(), "rank {r} finished");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        })
+        .collect();
+    assert!(
+        errs[0].contains("stopped at step 2 by monitor flip_ratio"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("rank 0's monitors stopped the run after step 2"),
+        "{}",
+        errs[1]
+    );
+    // Rank 0 saved the checkpoint a stop writes.
+    assert!(dp.join("checkpoint-2").is_dir());
+}
+
+#[test]
 fn ranks_with_different_recipes_refuse_to_train() {
     let tmp = tempfile::tempdir().unwrap();
     let args = lm_args();
@@ -502,6 +536,7 @@ fn launch_runs_every_rank_on_this_machine() {
     let out = wait(
         bllm()
             .args(["launch", "--nproc", "2", "--threads-per-rank", "1"])
+            .args(["--collective-timeout", "30"])
             .args(&args)
             .arg("--run-dir")
             .arg(&dp)
