@@ -288,21 +288,28 @@ fn lm_on_two_and_three_ranks_equals_accumulation_bit_for_bit() {
 }
 
 #[test]
-fn classify_on_two_ranks_equals_accumulation_and_is_close_to_the_whole_batch() {
+fn classify_on_two_and_three_ranks_equals_accumulation_and_is_close_to_the_whole_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = classify_args();
-    let acc = tmp.path().join("acc");
-    single(&args, &acc, &["train.accumulate=2"]);
-    let dp = tmp.path().join("dp");
-    data_parallel(2, &args, &dp, &[]);
-    same_run(&dp, &acc);
-    // The periodic checkpoint and evaluation are rank 0's, in its run directory.
-    assert!(dp.join("checkpoint-4").is_dir());
+    // 66 rows per step: 2 and 3 equal parts.
+    let mut args = classify_args();
+    args.push("train.batch_size=66".into());
     let full = tmp.path().join("full");
     single(&args, &full, &[]);
-    let gap = param_gap(&dp, &full);
-    eprintln!("classify, 2 ranks: max |Δw| / max |w| vs the whole batch = {gap:.3e}");
-    assert!(gap < 1e-3, "parameters differ by {gap:e} (relative)");
+    for world in [2usize, 3] {
+        let acc = tmp.path().join(format!("acc{world}"));
+        single(&args, &acc, &[&format!("train.accumulate={world}")]);
+        let dp = tmp.path().join(format!("dp{world}"));
+        data_parallel(world, &args, &dp, &[]);
+        same_run(&dp, &acc);
+        // The periodic checkpoint and evaluation are rank 0's, in its run directory.
+        assert!(dp.join("checkpoint-4").is_dir());
+        let gap = param_gap(&dp, &full);
+        eprintln!("classify, {world} ranks: max |Δw| / max |w| vs the whole batch = {gap:.3e}");
+        assert!(
+            gap < 1e-3,
+            "world {world}: parameters differ by {gap:e} (relative)"
+        );
+    }
 }
 
 #[test]
