@@ -224,6 +224,17 @@ fn same_run(a: &Path, b: &Path) {
     assert_eq!(log(a), log(b), "metrics.jsonl differs");
 }
 
+/// `world` ranks against one process with `train.accumulate = world` (into `dir/acc<world>`
+/// and `dir/dp<world>`): the same bytes ([`same_run`]). Returns the data-parallel run.
+fn matches_accumulation(world: usize, args: &[String], dir: &Path) -> PathBuf {
+    let acc = dir.join(format!("acc{world}"));
+    single(args, &acc, &[&format!("train.accumulate={world}")]);
+    let dp = dir.join(format!("dp{world}"));
+    data_parallel(world, args, &dp, &[]);
+    same_run(&dp, &acc);
+    dp
+}
+
 fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
@@ -261,11 +272,7 @@ fn lm_on_two_and_three_ranks_equals_accumulation_bit_for_bit() {
     let full = tmp.path().join("full");
     single(&args, &full, &[]);
     for world in [2usize, 3] {
-        let acc = tmp.path().join(format!("acc{world}"));
-        single(&args, &acc, &[&format!("train.accumulate={world}")]);
-        let dp = tmp.path().join(format!("dp{world}"));
-        data_parallel(world, &args, &dp, &[]);
-        same_run(&dp, &acc);
+        let dp = matches_accumulation(world, &args, tmp.path());
         // Ranks other than 0 wrote nothing into the run directory: it holds one run.
         assert!(dp.join("summary.json").is_file());
         // Against one process on the whole batch: the same model up to float reassociation.
@@ -296,11 +303,7 @@ fn classify_on_two_and_three_ranks_equals_accumulation_and_is_close_to_the_whole
     let full = tmp.path().join("full");
     single(&args, &full, &[]);
     for world in [2usize, 3] {
-        let acc = tmp.path().join(format!("acc{world}"));
-        single(&args, &acc, &[&format!("train.accumulate={world}")]);
-        let dp = tmp.path().join(format!("dp{world}"));
-        data_parallel(world, &args, &dp, &[]);
-        same_run(&dp, &acc);
+        let dp = matches_accumulation(world, &args, tmp.path());
         // The periodic checkpoint and evaluation are rank 0's, in its run directory.
         assert!(dp.join("checkpoint-4").is_dir());
         let gap = param_gap(&dp, &full);
@@ -335,12 +338,9 @@ fn retrieval_on_two_ranks_equals_accumulation_bit_for_bit() {
         "monitors.every=2".into(),
         "export.faiss=false".into(),
     ];
-    let acc = tmp.path().join("acc");
-    single(&args, &acc, &["train.accumulate=2"]);
-    let dp = tmp.path().join("dp");
-    data_parallel(2, &args, &dp, &[]);
     // The checkpoint, the encoder and the exported codes.
-    same_run(&dp, &acc);
+    let dp = matches_accumulation(2, &args, tmp.path());
+    let acc = tmp.path().join("acc2");
     let (a, b) = (files(&dp.join("export")), files(&acc.join("export")));
     assert!(
         a.iter().any(|(n, _)| n.starts_with("codes")),
