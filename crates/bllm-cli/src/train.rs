@@ -187,10 +187,11 @@ pub fn run(a: RunArgs, limit: &MemoryLimit) -> Result<()> {
     };
     let dist = a.dist.config()?;
     if dist.is_some() {
-        if matches!(recipe.kind, Kind::Adapter | Kind::KvProbe) {
+        if matches!(recipe.kind, Kind::KvProbe) {
             bail!(
-                "--world: kind = {:?} runs outside the training loop and cannot run data-parallel",
-                recipe.kind.name()
+                "--world: kind = \"kv_probe\" trains nothing (it scores a pretrained model \
+                 under a quantised KV cache), so there are no gradients to share across ranks; \
+                 run it in one process"
             );
         }
         if a.run_dir.is_none() {

@@ -1,5 +1,6 @@
 //! Data-parallel runs end to end: real `bllm` processes on 127.0.0.1, joined through a real
-//! `bllm orchestrator` (burn-collective's), for the `lm` and `classify` kinds:
+//! `bllm orchestrator` (burn-collective's), for the `lm`, `classify`, `retrieval`, `moe` and
+//! `adapter` kinds:
 //! - 2 and 3 ranks write the same bytes (checkpoint records, trainer state, metrics) as one
 //!   process accumulating the same micro-batches (`train.accumulate = N`), and stay within a
 //!   stated tolerance of one process on the whole batch;
@@ -353,6 +354,107 @@ fn retrieval_on_two_ranks_equals_accumulation_bit_for_bit() {
 }
 
 #[test]
+fn moe_on_two_and_three_ranks_equals_accumulation_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Aux-loss-free balancing: every step's bias update reads the routing of every rank's
+    // tokens (joined through the all-reduce), and the load monitors report it.
+    let args: Vec<String> = vec![
+        "recipes/moe/clusters.toml".into(),
+        "moe.balancing=\"aux_free\"".into(),
+        "moe.bias_gamma=0.01".into(),
+        "train.steps=6".into(),
+        "train.batch_size=48".into(),
+        "train.log_every=2".into(),
+        "schedule.warmup_steps=2".into(),
+        "eval.every=0".into(),
+        "checkpoint.every=0".into(),
+        "monitors.every=2".into(),
+    ];
+    for world in [2usize, 3] {
+        let dp = matches_accumulation(world, &args, tmp.path());
+        let log = std::fs::read_to_string(dp.join("metrics.jsonl")).unwrap();
+        assert!(log.contains("\"load_entropy\""), "no load statistics: {log}");
+    }
+    // Without a capacity limit the parts route exactly as the whole batch does, so the bias
+    // updates (±γ per expert by the sign of its load's gap to the mean) must follow the whole
+    // batch's loads: with the first rank's routing alone, biases would differ by 2γ = 0.02.
+    let mut open = args.clone();
+    open.push("moe.capacity_factor=0".into());
+    let (full, dp) = (tmp.path().join("full"), tmp.path().join("open2"));
+    single(&open, &full, &[]);
+    data_parallel(2, &open, &dp, &[]);
+    let gap = param_gap(&dp, &full);
+    eprintln!("moe, 2 ranks: max |Δw| / max |w| vs the whole batch = {gap:.3e}");
+    assert!(gap < 1e-3, "parameters differ by {gap:e} (relative)");
+}
+
+/// The byte-level binary LoRA at toy scale; `cache` holds its pretrained base.
+fn adapter_args(cache: &Path) -> Vec<String> {
+    let data = |p: &str| format!("{:?}", root().join(p).display().to_string());
+    vec![
+        "recipes/adapters/binary-lora.toml".into(),
+        format!("data.path={}", data("datasets/sotu-text")),
+        format!("source.path={}", data("datasets/kjv-text")),
+        format!("source.cache={:?}", cache.display().to_string()),
+        "data.train_bytes=30000".into(),
+        "data.eval_bytes=2048".into(),
+        "source.train_bytes=30000".into(),
+        "source.eval_bytes=2048".into(),
+        "source.steps=20".into(),
+        "model.d_model=16".into(),
+        "model.layers=1".into(),
+        "model.heads=2".into(),
+        "model.context=16".into(),
+        "adapter.rank=2".into(),
+        "train.steps=8".into(),
+        "train.batch_size=12".into(),
+        "schedule.warmup_steps=0".into(),
+    ]
+}
+
+#[test]
+fn adapter_phases_on_two_ranks_equal_accumulation_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("bases");
+    for (adapter, extra) in [
+        ("binary_lora", vec![]),
+        ("bitdelta", vec!["adapter.distill_steps=4".to_owned()]),
+    ] {
+        let mut args = adapter_args(&cache);
+        args.push(format!("adapter.kind={adapter:?}"));
+        args.extend(extra);
+        let dir = tmp.path().join(adapter);
+        let acc = dir.join("acc2");
+        single(&args, &acc, &["train.accumulate=2"]);
+        let dp = dir.join("dp2");
+        data_parallel(2, &args, &dp, &[]);
+        for f in ["summary.json", "metrics.jsonl", "final/model.mpk"] {
+            let (a, b) = (dp.join(f), acc.join(f));
+            if !b.exists() {
+                continue;
+            }
+            assert!(
+                std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+                "{adapter}: {f} differs between 2 ranks and train.accumulate = 2"
+            );
+        }
+        let (a, b) = (files(&dp.join("final")), files(&acc.join("final")));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{adapter}: final/ differs");
+        // Against the whole batch in one process: close, not equal.
+        let whole = dir.join("whole");
+        single(&args, &whole, &[]);
+        let (x, y) = (summary(&dp), summary(&whole));
+        let (bx, by) = (
+            x["target_bpb"].as_f64().unwrap(),
+            y["target_bpb"].as_f64().unwrap(),
+        );
+        eprintln!("{adapter}: target bits/byte {bx} on 2 ranks vs {by} on the whole batch");
+        assert!((bx - by).abs() < 1e-2, "{adapter}: {bx} vs {by}");
+    }
+}
+
+#[test]
 fn a_killed_rank_stops_the_other_with_a_clear_error_and_the_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let mut args = lm_args();
@@ -502,17 +604,12 @@ fn bad_data_parallel_arguments_are_refused_before_any_work() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
     assert!(!tmp.path().join("never").exists());
-    // A kind that cannot split its batches says so, before joining anyone.
+    // The KV-cache probe trains nothing: refused, before joining anyone.
     let out = wait(
         bllm()
-            .args([
-                "run",
-                "recipes/moe/clusters.toml",
-                "train.steps=2",
-                "schedule.warmup_steps=1",
-            ])
+            .args(["run", "recipes/kv/sign.toml"])
             .arg("--run-dir")
-            .arg(tmp.path().join("moe"))
+            .arg(tmp.path().join("kv"))
             .args([
                 "--world",
                 "2",
@@ -526,11 +623,11 @@ fn bad_data_parallel_arguments_are_refused_before_any_work() {
             .spawn()
             .unwrap(),
         LIMIT,
-        "moe",
+        "kv_probe",
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("cannot split its batches"), "{err}");
+    assert!(err.contains("trains nothing"), "{err}");
 }
 
 #[test]

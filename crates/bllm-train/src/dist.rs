@@ -190,6 +190,16 @@ impl<B: Backend> Group<B> {
         })
     }
 
+    /// This process's rank.
+    pub(crate) fn rank(&self) -> usize {
+        self.cfg.rank
+    }
+
+    /// The number of ranks.
+    pub(crate) fn world(&self) -> usize {
+        self.cfg.world
+    }
+
     fn all_reduce_sum(&self, what: &str, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let peer = PeerId(self.cfg.rank as u32);
         let n = t.dims()[0];
@@ -313,6 +323,30 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// This process's side of a run outside the training loop (the adapter kind's phases) when
+/// `dist` is given: the joined group, checked to agree on the recipe, and on ranks other than 0
+/// the scratch directory they write into instead of the run directory.
+pub(crate) fn join_for_phases<B: Backend>(
+    recipe: &bllm_recipe::Recipe,
+    dist: Option<&DistConfig>,
+) -> Result<(Option<Group<B>>, Option<Scratch>)> {
+    let Some(d) = dist else {
+        return Ok((None, None));
+    };
+    d.validate()?;
+    let scratch = if d.leader() {
+        None
+    } else {
+        Some(Scratch::new(d.rank)?)
+    };
+    let group = Group::join(d, &Default::default())?;
+    group.agree(
+        "the recipe",
+        hash_bytes(recipe.resolved_toml().as_bytes()),
+    )?;
+    Ok((Some(group), scratch))
 }
 
 /// A 64-bit hash (xxh3) of `bytes`, for [`Group::agree`].

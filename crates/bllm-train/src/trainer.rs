@@ -161,6 +161,23 @@ pub trait Kind<B: AutodiffBackend>: Sized {
         )))
     }
 
+    /// This step's statistics as exact whole numbers (each `|v| ≤ 2²⁴`, so exact in `f32`),
+    /// for the steps that run in parts (`train.accumulate`, data-parallel ranks): they travel
+    /// with the gradients and every part's reach [`Kind::merge_stats`]. Every part of a step
+    /// must give the same length. Default: none (the first part's statistics stand for the
+    /// step, right for statistics every part shares, such as the step number).
+    fn stats_values(&self, _stats: &Self::Stats) -> Vec<f32> {
+        Vec::new()
+    }
+
+    /// The statistics of a step run in parts, from every part's [`Kind::stats_values`] in part
+    /// order (micro-batches in order; ranks in rank order); `first` is this process's first
+    /// part's own. What [`Kind::after_update`] and the after-update monitors see. Default:
+    /// `first`.
+    fn merge_stats(&self, first: Self::Stats, _parts: &[&[f32]]) -> Result<Self::Stats> {
+        Ok(first)
+    }
+
     /// The training loss of `batch` under `ctx`.
     fn loss(
         &self,
@@ -394,14 +411,76 @@ pub fn rows<B: burn::tensor::backend::Backend, const D: usize, T>(
 where
     T: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
 {
-    let n = t.dims()[0];
+    let r = part_range(t.dims()[0], index, parts)?;
+    Ok(t.clone().narrow(0, r.start, r.len()))
+}
+
+/// Items `index·n/parts .. (index+1)·n/parts` of `v` (a part of a batch of example indices,
+/// for [`Kind::shard`]); `parts` must divide `n`.
+pub fn items<T: Clone>(v: &[T], index: usize, parts: usize) -> Result<Vec<T>> {
+    Ok(v[part_range(v.len(), index, parts)?].to_vec())
+}
+
+/// The range of part `index` of `parts` equal parts of `n` rows.
+fn part_range(n: usize, index: usize, parts: usize) -> Result<std::ops::Range<usize>> {
     if parts == 0 || n % parts != 0 || index >= parts {
         return Err(crate::TrainError::Unsupported(format!(
             "a batch of {n} rows does not split into part {index} of {parts} equal parts"
         )));
     }
     let len = n / parts;
-    Ok(t.clone().narrow(0, index * len, len))
+    Ok(index * len..(index + 1) * len)
+}
+
+/// The number of parts each step is split into (`world` ranks, or `train.accumulate`
+/// micro-batches in one process); errors when both are asked for or the batch does not split.
+pub(crate) fn split_check(recipe: &Recipe, world: usize) -> Result<usize> {
+    let accumulate = recipe.train.accumulate.max(1);
+    if world > 1 && accumulate > 1 {
+        return Err(crate::TrainError::Unsupported(format!(
+            "recipe {:?}: train.accumulate = {accumulate} with --world {world}: gradient \
+             accumulation inside a data-parallel run is not supported; use one or the other",
+            recipe.name
+        )));
+    }
+    let parts = world * accumulate;
+    if parts > 1 && recipe.train.batch_size % parts != 0 {
+        return Err(crate::TrainError::Unsupported(format!(
+            "recipe {:?}: train.batch_size = {} does not split into {parts} equal parts ({})",
+            recipe.name,
+            recipe.train.batch_size,
+            if world > 1 {
+                format!("one per rank, --world {world}")
+            } else {
+                format!("train.accumulate = {accumulate}")
+            }
+        )));
+    }
+    Ok(parts)
+}
+
+/// Checks a part's [`Kind::stats_values`]: `n` values (the first part's count), each a whole
+/// number exact in `f32`.
+fn stats_slot(kind: &str, values: &[f32], n: usize, step: usize) -> Result<()> {
+    if values.len() != n {
+        return Err(crate::TrainError::Unsupported(format!(
+            "kind = {kind:?}, step {}: a part of the batch gave {} statistics values where the \
+             first part gave {n}; the parts of a step must give the same number",
+            step + 1,
+            values.len()
+        )));
+    }
+    if let Some(v) = values
+        .iter()
+        .find(|v| !(v.fract() == 0.0 && v.abs() <= 16_777_216.0))
+    {
+        return Err(crate::TrainError::Unsupported(format!(
+            "kind = {kind:?}, step {}: statistics value {v} is not a whole number of at most \
+             2^24 in magnitude, so it would not survive the sum across parts exactly",
+            step + 1
+        )));
+    }
+    Ok(())
 }
 
 fn one() -> usize {
@@ -453,26 +532,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
     let leader = dist.as_ref().is_none_or(crate::DistConfig::leader);
     let world = dist.as_ref().map_or(1, |d| d.world);
     let accumulate = recipe.train.accumulate;
-    if world > 1 && accumulate > 1 {
-        return Err(crate::TrainError::Unsupported(format!(
-            "recipe {:?}: train.accumulate = {accumulate} with --world {world}: gradient \
-             accumulation inside a data-parallel run is not supported; use one or the other",
-            recipe.name
-        )));
-    }
-    let parts = world * accumulate;
-    if parts > 1 && recipe.train.batch_size % parts != 0 {
-        return Err(crate::TrainError::Unsupported(format!(
-            "recipe {:?}: train.batch_size = {} does not split into {parts} equal parts ({})",
-            recipe.name,
-            recipe.train.batch_size,
-            if world > 1 {
-                format!("one per rank, --world {world}")
-            } else {
-                format!("train.accumulate = {accumulate}")
-            }
-        )));
-    }
+    let parts = split_check(recipe, world)?;
     // Ranks other than 0 write only into a scratch directory, removed at the end.
     let scratch = match &dist {
         Some(d) if !d.leader() => Some(crate::dist::Scratch::new(d.rank)?),
@@ -648,7 +708,13 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
         let batch = &batches[0];
         let out = kind.loss(&model, batch, &ctx)?;
         let (mut loss_v, mut reported, mut parts_v) = loss_values(&out);
-        let mut grads = out.total.backward();
+        let Loss {
+            total: objective,
+            stats,
+            ..
+        } = out;
+        let mut stats = stats;
+        let mut grads = objective.backward();
 
         // Monitors that need this step's gradients run before the update (on rank 0; they
         // see the first part of the batch and its own gradients).
@@ -657,7 +723,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             kind: &kind,
             model: &model,
             batch,
-            stats: &out.stats,
+            stats: &stats,
             ctx: &ctx,
             grads: &grads,
             step,
@@ -668,23 +734,37 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             m.before_update(&before, &mut readings)?;
         }
         if parts > 1 {
-            // The other micro-batches, then the ranks: gradients and losses summed in order.
-            let control = |loss: f64, rep: Option<f64>, ps: &[(&str, f64)]| -> Vec<f32> {
+            // The other micro-batches, then the ranks: gradients, losses and statistics summed
+            // in order. Each part's statistics have a slot of their own (zeros elsewhere), so
+            // the sum carries every part's values unchanged.
+            let first_stats = kind.stats_values(&stats);
+            let n_stats = first_stats.len();
+            let own_slot = dist.as_ref().map_or(0, |d| d.rank);
+            let control = |loss: f64,
+                           rep: Option<f64>,
+                           ps: &[(&str, f64)],
+                           values: &[f32],
+                           slot: usize|
+             -> Result<Vec<f32>> {
+                stats_slot(kind.name(), values, n_stats, step)?;
                 let mut c = vec![loss as f32, rep.unwrap_or(0.0) as f32];
                 c.extend(ps.iter().map(|(_, v)| *v as f32));
-                c
+                let at = c.len() + slot * n_stats;
+                c.resize(c.len() + parts * n_stats, 0.0);
+                c[at..at + n_stats].copy_from_slice(values);
+                Ok(c)
             };
-            let n_control = 2 + parts_v.len();
+            let n_losses = 2 + parts_v.len();
             let mut sum = crate::optim::flatten_grads(
                 &model,
                 &grads,
-                &control(loss_v, reported, &parts_v),
+                &control(loss_v, reported, &parts_v, &first_stats, own_slot)?,
                 &dev,
             );
-            for b in &batches[1..] {
+            for (i, b) in batches.iter().enumerate().skip(1) {
                 let o = kind.loss(&model, b, &ctx)?;
                 let (l, r, ps) = loss_values(&o);
-                let c = control(l, r, &ps);
+                let c = control(l, r, &ps, &kind.stats_values(&o.stats), i)?;
                 let g = o.total.backward();
                 sum = sum + crate::optim::flatten_grads(&model, &g, &c, &dev);
                 grads = g;
@@ -703,7 +783,13 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
                     "all-reduce of the gradients"
                 );
             }
-            let c = crate::optim::scatter_grads(&model, &mut grads, sum, parts, n_control);
+            let c = crate::optim::scatter_grads(
+                &model,
+                &mut grads,
+                sum,
+                parts,
+                n_losses + parts * n_stats,
+            );
             let n = parts as f64;
             loss_v = f64::from(c[0]) / n;
             if reported.is_some() {
@@ -711,6 +797,10 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             }
             for (k, (_, v)) in parts_v.iter_mut().enumerate() {
                 *v = f64::from(c[2 + k]) / n;
+            }
+            if n_stats > 0 {
+                let all: Vec<&[f32]> = c[n_losses..].chunks(n_stats).collect();
+                stats = kind.merge_stats(stats, &all)?;
             }
         }
         let grad_norm = crate::optim::grad_norm(&model, &grads);
@@ -736,7 +826,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             watch.skipped(&mut state.watch, step, loss_v)?;
         } else {
             model = clip_and_step(recipe, &mut opt, model, grads, grad_norm, lr, &groups);
-            kind.after_update(&mut model, &out.stats);
+            kind.after_update(&mut model, &stats);
         }
         state.step += 1;
         let done = state.step;
@@ -752,7 +842,7 @@ pub fn train<B: AutodiffBackend, K: Kind<B>>(
             kind: &kind,
             model: &model,
             batch,
-            stats: &out.stats,
+            stats: &stats,
             ctx: &ctx,
             done,
             total,

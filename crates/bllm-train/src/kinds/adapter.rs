@@ -29,7 +29,8 @@ use crate::kinds::lm::{evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::optim::{Opt, clip_and_step, grad_norm, recorder, save_model, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
-use crate::trainer::{estimator, scalar, wrong_kind};
+use crate::dist::Group;
+use crate::trainer::{estimator, items, scalar, split_check, wrong_kind};
 use crate::{Result, RunOptions, TrainError};
 
 /// What a finished adapter run reports (also written as `summary.json`).
@@ -180,9 +181,19 @@ fn base_model<B: AutodiffBackend>(
         min_lr: t.source.lr / 10.0,
     };
     let lr = |step| learning_rate(&schedule, t.source.lr, step, steps);
-    let model = phase(recipe, model, steps, 0, lr, "base", None, |m, rng, step| {
-        lm_batch_loss(m, source, rng, recipe, step, steps)
-    })?;
+    let span = source.train.len() - cfg.context;
+    let model = phase(
+        recipe,
+        model,
+        steps,
+        0,
+        lr,
+        "base",
+        None,
+        &Split::whole(),
+        |rng| sample(rng, span, recipe.train.batch_size),
+        |m, starts, step| lm_batch_loss(m, source, starts, recipe, step, steps),
+    )?;
     // Atomic: write into a temp directory, then rename.
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
@@ -200,27 +211,69 @@ fn base_model<B: AutodiffBackend>(
     Ok((model, dir))
 }
 
-/// The next-byte loss of one batch of `train.batch_size` windows drawn from `rng`.
+/// The next-byte loss of the windows starting at `starts`.
 fn lm_batch_loss<B: AutodiffBackend>(
     model: &ByteLm<B>,
     corpus: &TextCorpus,
-    rng: &mut ChaCha8Rng,
+    starts: &[usize],
     recipe: &Recipe,
     step: usize,
     total: usize,
 ) -> Tensor<B, 1> {
     let context = model.config.context;
-    let starts = sample(rng, corpus.train.len() - context, recipe.train.batch_size);
-    let (x, y) = windows::<B>(&corpus.train, &starts, context, &Default::default());
+    let (x, y) = windows::<B>(&corpus.train, starts, context, &Default::default());
     let ctx = step_ctx(recipe, step, total);
     lm_loss(model.forward(x, &ctx), y)
 }
 
-/// One phase of an adapter run: `steps` optimizer steps of `loss(model, batch stream, step)`
-/// at `lr(step)` (only parameters that require gradients move), batches from the
-/// [`crate::rng::ADAPT`] stream number `phase_index`. A non-finite loss or gradient norm stops
-/// the run with an error naming the phase; every `train.log_every` steps (and the first) a
-/// `metrics.jsonl` line with `"phase": label` is written when `run` is given.
+/// How the steps of a phase are split: whole, into `train.accumulate` micro-batches in this
+/// process, or one part per rank of a data-parallel group (gradients summed in part order,
+/// then divided by the number of parts, as the training loop does).
+pub(crate) struct Split<'g, B: burn::tensor::backend::Backend> {
+    group: Option<&'g Group<B>>,
+    accumulate: usize,
+}
+
+impl<'g, B: burn::tensor::backend::Backend> Split<'g, B> {
+    /// Every step in one piece (the cached base model, whose bytes must not depend on how a
+    /// run is split).
+    pub(crate) fn whole() -> Self {
+        Self {
+            group: None,
+            accumulate: 1,
+        }
+    }
+
+    /// The recipe's `train.accumulate`, or this rank's part of `group`'s steps
+    /// ([`split_check`]).
+    pub(crate) fn of(recipe: &Recipe, group: Option<&'g Group<B>>) -> Result<Self> {
+        split_check(recipe, group.map_or(1, Group::world))?;
+        Ok(Self {
+            group,
+            accumulate: recipe.train.accumulate.max(1),
+        })
+    }
+
+    fn parts(&self) -> usize {
+        self.group.map_or(1, Group::world) * self.accumulate
+    }
+
+    /// The parts this process computes.
+    fn mine(&self) -> Vec<usize> {
+        match self.group {
+            Some(g) => vec![g.rank()],
+            None => (0..self.accumulate).collect(),
+        }
+    }
+}
+
+/// One phase of an adapter run: `steps` optimizer steps at `lr(step)` (only parameters that
+/// require gradients move). Each step draws its examples (window starts) with `draw` from the
+/// [`crate::rng::ADAPT`] stream number `phase_index`, takes this process's parts of them
+/// (`split`) and minimises `loss(model, examples, step)`, the mean over the parts. A
+/// non-finite loss or gradient norm stops the run with an error naming the phase; every
+/// `train.log_every` steps (and the first) a `metrics.jsonl` line with `"phase": label` is
+/// written when `run` is given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn phase<B: AutodiffBackend, M: AutodiffModule<B>>(
     recipe: &Recipe,
@@ -230,14 +283,51 @@ pub(crate) fn phase<B: AutodiffBackend, M: AutodiffModule<B>>(
     lr: impl Fn(usize) -> f64,
     label: &str,
     run: Option<&RunDir>,
-    loss: impl Fn(&M, &mut ChaCha8Rng, usize) -> Tensor<B, 1>,
+    split: &Split<'_, B::InnerBackend>,
+    draw: impl Fn(&mut ChaCha8Rng) -> Vec<usize>,
+    loss: impl Fn(&M, &[usize], usize) -> Tensor<B, 1>,
 ) -> Result<M> {
     let mut opt = Opt::new(recipe, &model);
     let mut rng = crate::rng::stream(recipe.seed, crate::rng::ADAPT, phase_index);
+    let parts = split.parts();
+    if let Some(g) = split.group {
+        g.agree(
+            &format!("the parameters the {label} phase starts from"),
+            crate::optim::param_hash(&model),
+        )?;
+    }
+    let dev = Default::default();
     for step in 0..steps {
-        let l = loss(&model, &mut rng, step);
-        let v = scalar(l.clone());
-        let grads = l.backward();
+        let examples = draw(&mut rng);
+        let (v, grads) = if parts == 1 {
+            let l = loss(&model, &examples, step);
+            (scalar(l.clone()), l.backward())
+        } else {
+            let mut sum = None;
+            let mut last = None;
+            for i in split.mine() {
+                let l = loss(&model, &items(&examples, i, parts)?, step);
+                let v = scalar(l.clone()) as f32;
+                let g = l.backward();
+                let f = crate::optim::flatten_grads(&model, &g, &[v], &dev);
+                sum = Some(match sum {
+                    None => f,
+                    Some(s) => s + f,
+                });
+                last = Some(g);
+            }
+            let (Some(mut sum), Some(mut grads)) = (sum, last) else {
+                return Err(TrainError::Unsupported(format!("{label}: no part to compute")));
+            };
+            if let Some(g) = split.group {
+                sum = g.ordered_sum(
+                    &format!("{label} step {}: the all-reduce of the gradients", step + 1),
+                    sum,
+                )?;
+            }
+            let c = crate::optim::scatter_grads(&model, &mut grads, sum, parts, 1);
+            (f64::from(c[0]) / parts as f64, grads)
+        };
         let gn = grad_norm(&model, &grads);
         if !(v.is_finite() && gn.is_finite()) {
             return Err(TrainError::Stopped {
@@ -257,7 +347,7 @@ pub(crate) fn phase<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    tracing::info!(phase = label, steps, "phase done");
+    tracing::info!(phase = label, steps, parts, "phase done");
     Ok(model)
 }
 
@@ -321,7 +411,15 @@ fn run_adapter_on<B: AutodiffBackend>(
     let context = cfg.context;
     let target = load_corpus(&t.data, context)?;
     let source = load_corpus(&t.source.text, context)?;
-    let run = RunDir::open(&opts.run_dir, recipe, false)?;
+    let world = opts.dist.as_ref().map_or(1, |d| d.world);
+    split_check(recipe, world)?;
+    opts.refuse_existing(recipe)?;
+    let (group, scratch) = crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
+    let split = Split::of(recipe, group.as_ref())?;
+    let run = match &scratch {
+        None => RunDir::open(&opts.run_dir, recipe, false)?,
+        Some(s) => RunDir::prepare(s.path())?,
+    };
     run.start(recipe)?;
     tracing::info!(
         source = %t.source.text.path,
@@ -338,6 +436,7 @@ fn run_adapter_on<B: AutodiffBackend>(
     let a = &t.adapter;
     let kind = AdapterKind::parse(&a.kind).unwrap_or_default();
     let steps = recipe.train.steps;
+    let target_span = target.train.len() - context;
     let mut finetune_target_bpb = None;
     let frozen = base.clone().no_grad();
     let adapted = match kind {
@@ -366,7 +465,9 @@ fn run_adapter_on<B: AutodiffBackend>(
                 lr,
                 "adapt",
                 Some(&run),
-                |m, rng, step| lm_batch_loss(m, &target, rng, recipe, step, steps),
+                &split,
+                |rng| sample(rng, target_span, recipe.train.batch_size),
+                |m, starts, step| lm_batch_loss(m, &target, starts, recipe, step, steps),
             )?
         }
         AdapterKind::BitDelta => {
@@ -388,7 +489,9 @@ fn run_adapter_on<B: AutodiffBackend>(
                 lr,
                 "finetune",
                 Some(&run),
-                |m, rng, step| lm_batch_loss(m, &target, rng, recipe, step, steps),
+                &split,
+                |rng| sample(rng, target_span, recipe.train.batch_size),
+                |m, starts, step| lm_batch_loss(m, &target, starts, recipe, step, steps),
             )?;
             finetune_target_bpb = Some(bpb(&ft, &target.valid, seed));
             // Deltas of the targeted projections.
@@ -411,9 +514,12 @@ fn run_adapter_on<B: AutodiffBackend>(
                 Ok(())
             })?;
             let m = bllm_nn::with_deterministic_ids(m, 0);
-            distill(recipe, m, &ft.valid(), &target, a.distill_steps, &run)?
+            distill(recipe, m, &ft.valid(), &target, a.distill_steps, &run, &split)?
         }
     };
+    if let Some(g) = group {
+        g.leave()?;
+    }
     let target_bpb = bpb(&adapted, &target.valid, seed);
     let source_bpb = bpb(&adapted, &source.valid, seed);
     // Bytes: the adapters as stored, and float LoRA of the same rank on the same projections.
@@ -479,6 +585,7 @@ fn distill<B: AutodiffBackend>(
     corpus: &TextCorpus,
     steps: usize,
     run: &RunDir,
+    split: &Split<'_, B::InnerBackend>,
 ) -> Result<ByteLm<B>> {
     let context = student.config.context;
     let span = corpus.train.len() - context;
@@ -491,9 +598,10 @@ fn distill<B: AutodiffBackend>(
         lr,
         "distill",
         Some(run),
-        |m, rng, step| {
-            let starts = sample(rng, span, recipe.train.batch_size);
-            let (x, _) = windows::<B>(&corpus.train, &starts, context, &Default::default());
+        split,
+        |rng| sample(rng, span, recipe.train.batch_size),
+        |m, starts, step| {
+            let (x, _) = windows::<B>(&corpus.train, starts, context, &Default::default());
             let ctx = step_ctx(recipe, step, steps.max(1)).for_eval();
             let want = Tensor::<B, 3>::from_inner(teacher.forward(x.clone().inner(), &ctx));
             (m.forward(x, &ctx) - want).square().mean()

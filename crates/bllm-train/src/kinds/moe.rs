@@ -360,12 +360,25 @@ impl LoadWatch {
 
     /// Records one step's assignments of every layer; the statistics are those of the window
     /// (loads over all its slots, dropped fraction averaged over its steps).
+    /// Each step's dropped fraction is the one the capacity limit gives over the step's slots.
     pub fn update(&mut self, assignments: &[&[usize]]) -> Vec<LayerLoad> {
+        let layers: Vec<(&[usize], Option<usize>)> =
+            assignments.iter().map(|a| (*a, None)).collect();
+        self.update_counted(&layers)
+    }
+
+    /// [`LoadWatch::update`] with each layer's dropped slots as its forward counted them (`None`:
+    /// computed from the slots): a step run in parts (micro-batches, data-parallel ranks)
+    /// applies the capacity to each part's tokens, which the joined slot list cannot tell.
+    pub fn update_counted(&mut self, layers: &[(&[usize], Option<usize>)]) -> Vec<LayerLoad> {
         let mut out = Vec::new();
-        for (l, a) in assignments.iter().enumerate() {
-            let step = load_stats(a, self.experts, self.capacity_factor);
+        for (l, &(a, dropped)) in layers.iter().enumerate() {
+            let dropped_fraction = match dropped {
+                Some(d) => d as f64 / a.len().max(1) as f64,
+                None => load_stats(a, self.experts, self.capacity_factor).dropped_fraction,
+            };
             let recent = &mut self.recent[l];
-            recent.push((a.to_vec(), step.dropped_fraction));
+            recent.push((a.to_vec(), dropped_fraction));
             if recent.len() > self.window {
                 recent.remove(0);
             }
@@ -447,6 +460,60 @@ impl<B: AutodiffBackend, M: Routed<B>> Kind<B> for MoeRun<'_, M> {
 
     fn batch(&self, order: &mut ChaCha8Rng, _step: usize) -> Result<Vec<usize>> {
         Ok(self.data.sample(order, self.recipe.train.batch_size))
+    }
+
+    /// Rows `index·n/parts ..` of the step's examples (window starts). Each part routes its
+    /// own tokens, so the capacity limit applies per part (per rank), as in data-parallel MoE
+    /// training elsewhere; [`Kind::merge_stats`] joins the parts' routing.
+    fn shard(&self, batch: &Vec<usize>, index: usize, parts: usize) -> Result<Vec<usize>> {
+        crate::trainer::items(batch, index, parts)
+    }
+
+    /// Per MoE layer: the slot assignments, the first choices and the dropped count.
+    fn stats_values(&self, routing: &Self::Stats) -> Vec<f32> {
+        let mut v = Vec::new();
+        for (a, f, d) in routing {
+            v.extend(a.iter().map(|&x| x as f32));
+            v.extend(f.iter().map(|&x| x as f32));
+            v.push(*d as f32);
+        }
+        v
+    }
+
+    /// The parts' routing joined in part order (assignments and first choices concatenated,
+    /// dropped slots summed): the step's whole batch, for the bias updates and load monitors.
+    fn merge_stats(&self, first: Self::Stats, parts: &[&[f32]]) -> Result<Self::Stats> {
+        let mut out: Self::Stats = first
+            .iter()
+            .map(|(a, f, _)| {
+                (
+                    Vec::with_capacity(a.len() * parts.len()),
+                    Vec::with_capacity(f.len() * parts.len()),
+                    0,
+                )
+            })
+            .collect();
+        for (p, values) in parts.iter().enumerate() {
+            let mut at = 0;
+            for ((a, f, _), (ma, mf, md)) in first.iter().zip(out.iter_mut()) {
+                let need = a.len() + f.len() + 1;
+                let Some(chunk) = values.get(at..at + need) else {
+                    return Err(TrainError::Unsupported(format!(
+                        "kind = \"moe\": part {p}'s routing has {} values where {} layers \
+                         need more",
+                        values.len(),
+                        first.len()
+                    )));
+                };
+                let (ca, rest) = chunk.split_at(a.len());
+                let (cf, cd) = rest.split_at(f.len());
+                ma.extend(ca.iter().map(|&x| x as usize));
+                mf.extend(cf.iter().map(|&x| x as usize));
+                *md += cd[0] as usize;
+                at += need;
+            }
+        }
+        Ok(out)
     }
 
     fn loss(&self, model: &M, batch: &Vec<usize>, ctx: &Ctx) -> Result<Loss<B, Self::Stats>> {
@@ -552,8 +619,12 @@ impl<B: AutodiffBackend, M: Routed<B>> Monitor<B, MoeRun<'_, M>> for LoadMonitor
     }
 
     fn after_update(&mut self, cx: &After<'_, B, MoeRun<'_, M>>, out: &mut Readings) -> Result<()> {
-        let assigned: Vec<&[usize]> = cx.stats.iter().map(|(a, _, _)| a.as_slice()).collect();
-        let loads = self.watch.update(&assigned);
+        let routed: Vec<(&[usize], Option<usize>)> = cx
+            .stats
+            .iter()
+            .map(|(a, _, d)| (a.as_slice(), Some(*d)))
+            .collect();
+        let loads = self.watch.update_counted(&routed);
         for (l, ld) in loads.iter().enumerate() {
             if !ld.entered.is_empty() {
                 out.events.push(

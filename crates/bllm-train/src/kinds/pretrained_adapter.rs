@@ -37,7 +37,9 @@ use super::adapter::{
     AdapterSummary, PretrainedAdapterReport, Tally, lora_config, phase, write_bits,
 };
 use super::lm::{lm_loss, load_corpus};
-use super::pretrained_lm::{corpus_text, token_windows};
+use super::adapter::Split;
+use super::pretrained_lm::{corpus_text, token_windows_at};
+use crate::data::sample;
 use crate::optim::{save_model, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
@@ -81,7 +83,8 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
 ) -> Result<AdapterSummary> {
     let started = Instant::now();
     let path = PathBuf::from(t.model.pretrained.as_deref().unwrap_or_default());
-    RunDir::refuse_existing(&opts.run_dir, recipe, false)?;
+    crate::trainer::split_check(recipe, opts.dist.as_ref().map_or(1, |d| d.world))?;
+    opts.refuse_existing(recipe)?;
     let context = t.model.context;
     let target = load_corpus(&t.data, 1)?;
     let source = load_corpus(&t.source.text, 1)?;
@@ -141,7 +144,13 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
         )));
     }
     let (target_held, source_held) = (&held[0], &held[1]);
-    let run = RunDir::prepare(&opts.run_dir)?;
+    let (group, scratch) =
+        crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
+    let split = Split::of(recipe, group.as_ref())?;
+    let run = match &scratch {
+        None => RunDir::prepare(&opts.run_dir)?,
+        Some(s) => RunDir::prepare(s.path())?,
+    };
     run.start(recipe)?;
     run.write_json(
         "data.json",
@@ -166,8 +175,10 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
     let seed = recipe.seed;
     let steps = recipe.train.steps;
     let batch = recipe.train.batch_size;
-    let ce_loss = |m: &Llama<B>, rng: &mut rand_chacha::ChaCha8Rng, step: usize| {
-        let (x, y) = token_windows::<B>(&train_ids, context, batch, rng);
+    let span = train_ids.len() - context;
+    let draw = |rng: &mut rand_chacha::ChaCha8Rng| sample(rng, span, batch);
+    let ce_loss = |m: &Llama<B>, starts: &[usize], step: usize| {
+        let (x, y) = token_windows_at::<B>(&train_ids, context, starts);
         let ctx = step_ctx(recipe, step, steps);
         lm_loss(m.forward(x, None, &ctx), y)
     };
@@ -191,7 +202,18 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
                 )?);
             }
             let m = bllm_nn::with_deterministic_ids(m, 0);
-            phase(recipe, m, steps, 1, lr, "adapt", Some(&run), ce_loss)?
+            phase(
+                recipe,
+                m,
+                steps,
+                1,
+                lr,
+                "adapt",
+                Some(&run),
+                &split,
+                draw,
+                ce_loss,
+            )?
         }
         AdapterKind::BitDelta => {
             // Fine-tune exactly the matrices BitDelta will carry.
@@ -210,6 +232,8 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
                 lr,
                 "finetune",
                 Some(&run),
+                &split,
+                draw,
                 ce_loss,
             )?
             .valid();
@@ -244,8 +268,10 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
                 |_| recipe.optimizer.lr,
                 "distill",
                 Some(&run),
-                |m, rng, step| {
-                    let (x, _) = token_windows::<B>(&train_ids, context, batch, rng);
+                &split,
+                draw,
+                |m, starts, step| {
+                    let (x, _) = token_windows_at::<B>(&train_ids, context, starts);
                     let ctx = step_ctx(recipe, step, d_steps.max(1)).for_eval();
                     let want =
                         Tensor::<B, 3>::from_inner(teacher.forward(x.clone().inner(), None, &ctx));
@@ -254,6 +280,9 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
             )?
         }
     };
+    if let Some(g) = group {
+        g.leave()?;
+    }
     let inner = adapted.valid();
     let target_after = score(&inner, &tokenizer, target_held, context)?;
     let source_after = score(&inner, &tokenizer, source_held, context)?;

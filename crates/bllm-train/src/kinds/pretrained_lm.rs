@@ -424,13 +424,22 @@ pub(crate) fn token_windows<B: Backend>(
     batch: usize,
     order: &mut ChaCha8Rng,
 ) -> WindowBatch<B> {
+    let starts = sample(order, ids.len() - context, batch);
+    token_windows_at(ids, context, &starts)
+}
+
+/// The windows of `context + 1` token ids of `ids` at `starts` ([`token_windows`]).
+pub(crate) fn token_windows_at<B: Backend>(
+    ids: &[u32],
+    context: usize,
+    starts: &[usize],
+) -> WindowBatch<B> {
     let c = context;
-    let starts = sample(order, ids.len() - c, batch);
     let (mut x, mut y) = (
         Vec::with_capacity(starts.len() * c),
         Vec::with_capacity(starts.len() * c),
     );
-    for &s in &starts {
+    for &s in starts {
         let w = &ids[s..s + c + 1];
         x.extend(w[..c].iter().map(|&i| i64::from(i)));
         y.extend(w[1..].iter().map(|&i| i64::from(i)));

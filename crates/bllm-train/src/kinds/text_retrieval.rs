@@ -295,6 +295,21 @@ impl<B: AutodiffBackend> Kind<B> for TextRetrieval<'_, B> {
         Ok((idx.iter().map(|&i| self.anchor_rows[i]).collect(), step))
     }
 
+    /// Anchors `index·n/parts ..` of the step, each ranked against the bank as in the whole
+    /// batch. Without a bank (`encoder.bank = 0`) the lists are the step's other anchors, so a
+    /// part would rank against fewer, different negatives than the whole batch: refused.
+    fn shard(&self, batch: &Anchors, index: usize, parts: usize) -> Result<Anchors> {
+        if self.bank_rows.is_empty() {
+            return Err(TrainError::Unsupported(format!(
+                "recipe {:?}: encoder.bank = 0 ranks each anchor against the step's other \
+                 anchors, which a split batch (train.accumulate > 1 or --world > 1) would \
+                 change; set encoder.bank > 0 (a bank of database rows) to split the batch",
+                self.recipe.name
+            )));
+        }
+        Ok((crate::trainer::items(&batch.0, index, parts)?, batch.1))
+    }
+
     fn loss(&self, model: &TextHash<B>, batch: &Anchors, ctx: &Ctx) -> Result<Loss<B, usize>> {
         let mut l = Loss::new(self.loss_in(model, &batch.0, self.mode, ctx)?);
         l.stats = batch.1;
