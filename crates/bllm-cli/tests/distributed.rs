@@ -373,7 +373,10 @@ fn moe_on_two_and_three_ranks_equals_accumulation_bit_for_bit() {
     for world in [2usize, 3] {
         let dp = matches_accumulation(world, &args, tmp.path());
         let log = std::fs::read_to_string(dp.join("metrics.jsonl")).unwrap();
-        assert!(log.contains("\"load_entropy\""), "no load statistics: {log}");
+        assert!(
+            log.contains("\"load_entropy\""),
+            "no load statistics: {log}"
+        );
     }
     // Without a capacity limit the parts route exactly as the whole batch does, so the bias
     // updates (±γ per expert by the sign of its load's gap to the mean) must follow the whole
@@ -386,6 +389,71 @@ fn moe_on_two_and_three_ranks_equals_accumulation_bit_for_bit() {
     let gap = param_gap(&dp, &full);
     eprintln!("moe, 2 ranks: max |Δw| / max |w| vs the whole batch = {gap:.3e}");
     assert!(gap < 1e-3, "parameters differ by {gap:e} (relative)");
+}
+
+#[test]
+fn text_retrieval_with_a_bank_on_two_ranks_equals_accumulation_bit_for_bit() {
+    let model = root().join("models/minilm");
+    if !model.is_dir() {
+        assert!(
+            std::env::var("BLLM_REQUIRE_MODELS").as_deref() != Ok("1"),
+            "BLLM_REQUIRE_MODELS=1 but {} is missing (python3 scripts/fetch_models.py)",
+            model.display()
+        );
+        eprintln!("skipping: {} is missing", model.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let verses = std::fs::read_to_string(root().join("datasets/kjv-minilm/verses.txt")).unwrap();
+    let texts = tmp.path().join("verses.txt");
+    let lines: Vec<&str> = verses.lines().take(160).collect();
+    std::fs::write(&texts, lines.join("\n") + "\n").unwrap();
+    let mut args: Vec<String> = vec![
+        "recipes/retrieval/finetune-kjv.toml".into(),
+        format!("data.texts={:?}", texts.display().to_string()),
+        "data.queries=40".into(),
+        format!("encoder.pretrained={:?}", model.display().to_string()),
+        "encoder.batch=16".into(),
+        "encoder.bank=64".into(),
+        "encoder.refresh_every=3".into(),
+        "encoder.lr=1e-4".into(),
+        "model.bits=64".into(),
+        "eval.bits=[64]".into(),
+        "eval.k=[10]".into(),
+        "eval.methods=[\"lsh\"]".into(),
+        "train.steps=6".into(),
+        "train.batch_size=16".into(),
+        "train.log_every=2".into(),
+        "checkpoint.every=0".into(),
+        "monitors.every=2".into(),
+    ];
+    // The trained layer, the head, the bank refreshed at step 3 and 6, and the exported codes.
+    let dp = matches_accumulation(2, &args, tmp.path());
+    let acc = tmp.path().join("acc2");
+    let (a, b) = (files(&dp.join("export")), files(&acc.join("export")));
+    assert!(a.iter().any(|(n, _)| n.starts_with("codes")), "no codes");
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (m, y)) in a.iter().zip(&b) {
+        assert_eq!(n, m);
+        assert!(x == y || n.ends_with("manifest.json"), "export/{n} differs");
+    }
+    // In-batch lists change with the split: refused with the key to change.
+    args.push("encoder.bank=0".into());
+    let out = wait(
+        bllm()
+            .arg("run")
+            .args(&args)
+            .arg("train.accumulate=2")
+            .arg("--run-dir")
+            .arg(tmp.path().join("inbatch"))
+            .spawn()
+            .unwrap(),
+        LIMIT,
+        "in-batch lists with train.accumulate = 2",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("encoder.bank = 0"), "{err}");
 }
 
 /// The byte-level binary LoRA at toy scale; `cache` holds its pretrained base.

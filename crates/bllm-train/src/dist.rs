@@ -342,10 +342,7 @@ pub(crate) fn join_for_phases<B: Backend>(
         Some(Scratch::new(d.rank)?)
     };
     let group = Group::join(d, &Default::default())?;
-    group.agree(
-        "the recipe",
-        hash_bytes(recipe.resolved_toml().as_bytes()),
-    )?;
+    group.agree("the recipe", hash_bytes(recipe.resolved_toml().as_bytes()))?;
     Ok((Some(group), scratch))
 }
 

@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::data::sample;
+use crate::dist::Group;
 use crate::kinds::lm::{evaluate, lm_config_from, lm_loss, load_corpus, windows};
 use crate::optim::{Opt, clip_and_step, grad_norm, recorder, save_model, step_ctx};
 use crate::rundir::RunDir;
 use crate::schedule::learning_rate;
-use crate::dist::Group;
 use crate::trainer::{estimator, items, scalar, split_check, wrong_kind};
 use crate::{Result, RunOptions, TrainError};
 
@@ -317,7 +317,9 @@ pub(crate) fn phase<B: AutodiffBackend, M: AutodiffModule<B>>(
                 last = Some(g);
             }
             let (Some(mut sum), Some(mut grads)) = (sum, last) else {
-                return Err(TrainError::Unsupported(format!("{label}: no part to compute")));
+                return Err(TrainError::Unsupported(format!(
+                    "{label}: no part to compute"
+                )));
             };
             if let Some(g) = split.group {
                 sum = g.ordered_sum(
@@ -414,7 +416,8 @@ fn run_adapter_on<B: AutodiffBackend>(
     let world = opts.dist.as_ref().map_or(1, |d| d.world);
     split_check(recipe, world)?;
     opts.refuse_existing(recipe)?;
-    let (group, scratch) = crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
+    let (group, scratch) =
+        crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
     let split = Split::of(recipe, group.as_ref())?;
     let run = match &scratch {
         None => RunDir::open(&opts.run_dir, recipe, false)?,
@@ -514,7 +517,15 @@ fn run_adapter_on<B: AutodiffBackend>(
                 Ok(())
             })?;
             let m = bllm_nn::with_deterministic_ids(m, 0);
-            distill(recipe, m, &ft.valid(), &target, a.distill_steps, &run, &split)?
+            distill(
+                recipe,
+                m,
+                &ft.valid(),
+                &target,
+                a.distill_steps,
+                &run,
+                &split,
+            )?
         }
     };
     if let Some(g) = group {

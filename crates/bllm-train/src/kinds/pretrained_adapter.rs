@@ -33,11 +33,11 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
+use super::adapter::Split;
 use super::adapter::{
     AdapterSummary, PretrainedAdapterReport, Tally, lora_config, phase, write_bits,
 };
 use super::lm::{lm_loss, load_corpus};
-use super::adapter::Split;
 use super::pretrained_lm::{corpus_text, token_windows_at};
 use crate::data::sample;
 use crate::optim::{save_model, step_ctx};
