@@ -531,45 +531,51 @@ fn a_killed_rank_stops_the_other_with_a_clear_error_and_the_run_resumes_exactly(
     let reference = tmp.path().join("reference");
     single(&args, &reference, &["train.accumulate=2"]);
 
-    let dp = tmp.path().join("dp");
-    let orch = Orchestrator::start();
-    let r0 = rank(&orch, 2, 0, &args, &dp, &[]);
-    let mut r1 = rank(&orch, 2, 1, &args, &dp, &[]);
-    // Kill rank 1 once rank 0 has written its first checkpoint.
-    let t0 = Instant::now();
-    while !dp.join("checkpoint-5").is_dir() {
-        assert!(t0.elapsed() < LIMIT, "no checkpoint-5 from rank 0");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    r1.kill().unwrap();
-    let _ = r1.wait();
-    let killed_at = Instant::now();
-    let out = wait(
-        r0,
-        Duration::from_secs(60),
-        "rank 0 after rank 1 was killed",
-    );
-    let waited = killed_at.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "rank 0 finished although rank 1 was killed"
-    );
-    assert!(err.contains("data-parallel run"), "{err}");
-    assert!(
-        waited < Duration::from_secs(30),
-        "rank 0 took {waited:?} to fail (timeout 10 s)"
-    );
-    eprintln!(
-        "rank 0 failed {waited:?} after rank 1 was killed: {}",
-        err.trim()
-    );
-    assert!(!dp.join("summary.json").exists());
-    drop(orch);
+    // Either rank: rank 1 (a follower) or rank 0 (the one that writes the run).
+    for killed in [1usize, 0] {
+        let survivor = 1 - killed;
+        let dp = tmp.path().join(format!("dp-kill{killed}"));
+        let orch = Orchestrator::start();
+        let mut ranks: Vec<Option<Child>> = (0..2)
+            .map(|r| Some(rank(&orch, 2, r, &args, &dp, &[])))
+            .collect();
+        // Kill it once rank 0 has written its first checkpoint.
+        let t0 = Instant::now();
+        while !dp.join("checkpoint-5").is_dir() {
+            assert!(t0.elapsed() < LIMIT, "no checkpoint-5 from rank 0");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut victim = ranks[killed].take().unwrap();
+        victim.kill().unwrap();
+        let _ = victim.wait();
+        let killed_at = Instant::now();
+        let out = wait(
+            ranks[survivor].take().unwrap(),
+            Duration::from_secs(60),
+            &format!("rank {survivor} after rank {killed} was killed"),
+        );
+        let waited = killed_at.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "rank {survivor} finished although rank {killed} was killed"
+        );
+        assert!(err.contains("data-parallel run"), "{err}");
+        assert!(
+            waited < Duration::from_secs(30),
+            "rank {survivor} took {waited:?} to fail (timeout 10 s)"
+        );
+        eprintln!(
+            "rank {survivor} failed {waited:?} after rank {killed} was killed: {}",
+            err.trim()
+        );
+        assert!(!dp.join("summary.json").exists());
+        drop(orch);
 
-    // Every rank resumes from rank 0's newest checkpoint: the same bytes as one process.
-    data_parallel(2, &args, &dp, &["--resume"]);
-    same_run(&dp, &reference);
+        // Every rank resumes from rank 0's newest checkpoint: the same bytes as one process.
+        data_parallel(2, &args, &dp, &["--resume"]);
+        same_run(&dp, &reference);
+    }
 }
 
 #[test]
@@ -696,6 +702,127 @@ fn bad_data_parallel_arguments_are_refused_before_any_work() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("trains nothing"), "{err}");
+}
+
+/// Two test hosts made on this machine: network namespaces joined by a veth pair, each with
+/// its own address (10.77.0.1 and 10.77.0.2, reachable only from inside the pair), deleted
+/// when dropped. `None` when namespaces cannot be made here (not root, no `ip`).
+struct TwoHosts {
+    names: [String; 2],
+}
+
+impl TwoHosts {
+    const ADDRS: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
+
+    fn new() -> Option<Self> {
+        let tag = format!("{}-{}", std::process::id(), free_port());
+        let names = [format!("bllm-a-{tag}"), format!("bllm-b-{tag}")];
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !ip(&["netns", "add", &names[0]]) {
+            return None;
+        }
+        let hosts = Self { names };
+        let [a, b] = &hosts.names;
+        let made = ip(&["netns", "add", b])
+            && ip(&[
+                "link", "add", "name", "ve0", "netns", a, "type", "veth", "peer", "name", "ve1",
+                "netns", b,
+            ])
+            && [(a, "ve0", 0), (b, "ve1", 1)].iter().all(|(n, dev, k)| {
+                ip(&[
+                    "-n",
+                    n,
+                    "addr",
+                    "add",
+                    &format!("{}/24", Self::ADDRS[*k]),
+                    "dev",
+                    dev,
+                ]) && ip(&["-n", n, "link", "set", dev, "up"])
+                    && ip(&["-n", n, "link", "set", "lo", "up"])
+            });
+        made.then_some(hosts)
+    }
+
+    /// `bllm ARGS…` on host `k`.
+    fn bllm(&self, k: usize) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.names[k], env!("CARGO_BIN_EXE_bllm")])
+            .current_dir(root())
+            .env("BLLM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+fn ranks_on_two_network_hosts_equal_accumulation_bit_for_bit() {
+    let Some(hosts) = TwoHosts::new() else {
+        assert!(
+            std::env::var("BLLM_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "BLLM_REQUIRE_NETNS=1 but network namespaces cannot be made here (needs root and \
+             iproute2)"
+        );
+        eprintln!("skipping: network namespaces cannot be made here (needs root and iproute2)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let args = lm_args();
+    let acc = tmp.path().join("acc2");
+    single(&args, &acc, &["train.accumulate=2"]);
+    // The orchestrator and rank 0 on host A, rank 1 on host B: every byte between the ranks
+    // crosses the veth link, not loopback.
+    let [a, b] = TwoHosts::ADDRS;
+    let mut orch = hosts
+        .bllm(0)
+        .args(["orchestrator", "--port", "7000"])
+        .spawn()
+        .unwrap();
+    let dp = tmp.path().join("dp2");
+    let ranks: Vec<Child> = [(0, a), (1, b)]
+        .iter()
+        .map(|(r, addr)| {
+            hosts
+                .bllm(*r)
+                .args(["--threads", "1", "run"])
+                .args(&args)
+                .arg("--run-dir")
+                .arg(&dp)
+                .args(["--world", "2", "--rank", &r.to_string()])
+                .arg(format!("--orchestrator=ws://{a}:7000"))
+                .arg(format!("--node=ws://{addr}:7001"))
+                .args(["--collective-timeout", "10", "--join-timeout", "60"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = ranks
+        .into_iter()
+        .enumerate()
+        .map(|(r, c)| wait(c, LIMIT, &format!("rank {r} on host {r}")))
+        .collect();
+    let _ = orch.kill();
+    let _ = orch.wait();
+    for (r, o) in outs.iter().enumerate() {
+        ok(o, &format!("rank {r} on host {r}"));
+    }
+    same_run(&dp, &acc);
 }
 
 #[test]
