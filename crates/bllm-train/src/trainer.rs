@@ -1025,3 +1025,35 @@ pub(crate) fn wrong_kind(recipe: &Recipe, want: &str) -> crate::TrainError {
         recipe.kind.name()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_cut_equal_parts_and_refuse_uneven_ones() {
+        let v: Vec<usize> = (0..12).collect();
+        assert_eq!(items(&v, 0, 3).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(items(&v, 2, 3).unwrap(), vec![8, 9, 10, 11]);
+        assert_eq!(items(&v, 0, 1).unwrap(), v);
+        for (index, parts) in [(0, 5), (3, 3), (0, 0)] {
+            let e = items(&v, index, parts).unwrap_err().to_string();
+            assert!(e.contains("does not split"), "{e}");
+        }
+    }
+
+    #[test]
+    fn statistics_must_be_whole_numbers_of_one_length() {
+        assert!(stats_slot("moe", &[0.0, 3.0, 16_777_216.0], 3, 0).is_ok());
+        let e = stats_slot("moe", &[1.0, 2.0], 3, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("step 5") && e.contains("gave 2"), "{e}");
+        for bad in [0.5, f32::NAN, 16_777_218.0, f32::INFINITY] {
+            let e = stats_slot("moe", &[1.0, bad], 2, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("whole number"), "{bad}: {e}");
+        }
+    }
+}

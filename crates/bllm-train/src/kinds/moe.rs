@@ -427,6 +427,55 @@ fn moe_config(s: &MoeSection, d_model: usize, estimator: Estimator) -> MoeConfig
     }
 }
 
+/// A step's routing as exact whole numbers: per layer its slot assignments, its first choices
+/// and its dropped count ([`Kind::stats_values`]).
+fn routing_values(routing: &[LayerRouting]) -> Vec<f32> {
+    let mut v = Vec::new();
+    for (a, f, d) in routing {
+        v.extend(a.iter().map(|&x| x as f32));
+        v.extend(f.iter().map(|&x| x as f32));
+        v.push(*d as f32);
+    }
+    v
+}
+
+/// The routing of every part of a step from their [`routing_values`] (laid out as `first`'s):
+/// assignments and first choices concatenated in part order, dropped slots summed.
+fn join_routing(first: &[LayerRouting], parts: &[&[f32]]) -> Result<Vec<LayerRouting>> {
+    let mut out: Vec<LayerRouting> = first
+        .iter()
+        .map(|(a, f, _)| {
+            (
+                Vec::with_capacity(a.len() * parts.len()),
+                Vec::with_capacity(f.len() * parts.len()),
+                0,
+            )
+        })
+        .collect();
+    let need: usize = first.iter().map(|(a, f, _)| a.len() + f.len() + 1).sum();
+    for (p, values) in parts.iter().enumerate() {
+        if values.len() != need {
+            return Err(TrainError::Unsupported(format!(
+                "kind = \"moe\": part {p}'s routing has {} values where its {} layers need \
+                 {need}",
+                values.len(),
+                first.len()
+            )));
+        }
+        let mut rest = *values;
+        for ((a, f, _), (ma, mf, md)) in first.iter().zip(out.iter_mut()) {
+            let (ca, r) = rest.split_at(a.len());
+            let (cf, r) = r.split_at(f.len());
+            let (cd, r) = r.split_at(1);
+            ma.extend(ca.iter().map(|&x| x as usize));
+            mf.extend(cf.iter().map(|&x| x as usize));
+            *md += cd[0] as usize;
+            rest = r;
+        }
+    }
+    Ok(out)
+}
+
 /// `kind = "moe"` over model `M` (the clusters classifier or a byte LM with MoE blocks).
 struct MoeRun<'r, M> {
     recipe: &'r Recipe,
@@ -471,49 +520,13 @@ impl<B: AutodiffBackend, M: Routed<B>> Kind<B> for MoeRun<'_, M> {
 
     /// Per MoE layer: the slot assignments, the first choices and the dropped count.
     fn stats_values(&self, routing: &Self::Stats) -> Vec<f32> {
-        let mut v = Vec::new();
-        for (a, f, d) in routing {
-            v.extend(a.iter().map(|&x| x as f32));
-            v.extend(f.iter().map(|&x| x as f32));
-            v.push(*d as f32);
-        }
-        v
+        routing_values(routing)
     }
 
-    /// The parts' routing joined in part order (assignments and first choices concatenated,
-    /// dropped slots summed): the step's whole batch, for the bias updates and load monitors.
+    /// The parts' routing joined in part order ([`join_routing`]): the step's whole batch, for
+    /// the bias updates and load monitors.
     fn merge_stats(&self, first: Self::Stats, parts: &[&[f32]]) -> Result<Self::Stats> {
-        let mut out: Self::Stats = first
-            .iter()
-            .map(|(a, f, _)| {
-                (
-                    Vec::with_capacity(a.len() * parts.len()),
-                    Vec::with_capacity(f.len() * parts.len()),
-                    0,
-                )
-            })
-            .collect();
-        for (p, values) in parts.iter().enumerate() {
-            let mut at = 0;
-            for ((a, f, _), (ma, mf, md)) in first.iter().zip(out.iter_mut()) {
-                let need = a.len() + f.len() + 1;
-                let Some(chunk) = values.get(at..at + need) else {
-                    return Err(TrainError::Unsupported(format!(
-                        "kind = \"moe\": part {p}'s routing has {} values where {} layers \
-                         need more",
-                        values.len(),
-                        first.len()
-                    )));
-                };
-                let (ca, rest) = chunk.split_at(a.len());
-                let (cf, cd) = rest.split_at(f.len());
-                ma.extend(ca.iter().map(|&x| x as usize));
-                mf.extend(cf.iter().map(|&x| x as usize));
-                *md += cd[0] as usize;
-                at += need;
-            }
-        }
-        Ok(out)
+        join_routing(&first, parts)
     }
 
     fn loss(&self, model: &M, batch: &Vec<usize>, ctx: &Ctx) -> Result<Loss<B, Self::Stats>> {
@@ -847,6 +860,37 @@ mod tests {
             "expected spurious single-batch events"
         );
         assert_eq!(windowed.collapse_events, 0);
+    }
+
+    #[test]
+    fn the_routing_of_every_part_joins_in_part_order() {
+        // Two layers (top-2 over 3 tokens, top-1 over 3 tokens), two parts.
+        let p0: Vec<LayerRouting> = vec![
+            (vec![0, 1, 2, 3, 1, 0], vec![0, 2, 1], 1),
+            (vec![4, 4, 5], vec![4, 4, 5], 0),
+        ];
+        let p1: Vec<LayerRouting> = vec![
+            (vec![3, 3, 2, 1, 0, 7], vec![3, 2, 0], 2),
+            (vec![6, 7, 6], vec![6, 7, 6], 3),
+        ];
+        let (v0, v1) = (routing_values(&p0), routing_values(&p1));
+        assert_eq!(v0.len(), 6 + 3 + 1 + 3 + 3 + 1);
+        let joined = join_routing(&p0, &[&v0, &v1]).unwrap();
+        assert_eq!(joined[0].0, vec![0, 1, 2, 3, 1, 0, 3, 3, 2, 1, 0, 7]);
+        assert_eq!(joined[0].1, vec![0, 2, 1, 3, 2, 0]);
+        assert_eq!(joined[0].2, 3);
+        assert_eq!(
+            joined[1],
+            (vec![4, 4, 5, 6, 7, 6], vec![4, 4, 5, 6, 7, 6], 3)
+        );
+        // One part is the part itself.
+        assert_eq!(join_routing(&p0, &[&v0]).unwrap(), p0);
+        // A part of another length is an error naming the counts.
+        let e = join_routing(&p0, &[&v0, &v1[1..]]).unwrap_err().to_string();
+        assert!(
+            e.contains("part 1") && e.contains("16 values") && e.contains("need 17"),
+            "{e}"
+        );
     }
 
     #[test]
