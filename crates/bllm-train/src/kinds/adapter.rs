@@ -244,14 +244,13 @@ impl<'g, B: burn::tensor::backend::Backend> Split<'g, B> {
         }
     }
 
-    /// The recipe's `train.accumulate`, or this rank's part of `group`'s steps
-    /// ([`split_check`]).
-    pub(crate) fn of(recipe: &Recipe, group: Option<&'g Group<B>>) -> Result<Self> {
-        split_check(recipe, group.map_or(1, Group::world))?;
-        Ok(Self {
+    /// The recipe's `train.accumulate`, or this rank's part of `group`'s steps; the caller
+    /// ran [`split_check`] before joining `group`.
+    pub(crate) fn of(recipe: &Recipe, group: Option<&'g Group<B>>) -> Self {
+        Self {
             group,
             accumulate: recipe.train.accumulate.max(1),
-        })
+        }
     }
 
     fn parts(&self) -> usize {
@@ -418,7 +417,7 @@ fn run_adapter_on<B: AutodiffBackend>(
     opts.refuse_existing(recipe)?;
     let (group, scratch) =
         crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
-    let split = Split::of(recipe, group.as_ref())?;
+    let split = Split::of(recipe, group.as_ref());
     let run = match &scratch {
         None => RunDir::open(&opts.run_dir, recipe, false)?,
         Some(s) => RunDir::prepare(s.path())?,

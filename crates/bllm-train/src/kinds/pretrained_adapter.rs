@@ -146,7 +146,7 @@ pub(crate) fn run_pretrained_adapter_on<B: AutodiffBackend>(
     let (target_held, source_held) = (&held[0], &held[1]);
     let (group, scratch) =
         crate::dist::join_for_phases::<B::InnerBackend>(recipe, opts.dist.as_ref())?;
-    let split = Split::of(recipe, group.as_ref())?;
+    let split = Split::of(recipe, group.as_ref());
     let run = match &scratch {
         None => RunDir::prepare(&opts.run_dir)?,
         Some(s) => RunDir::prepare(s.path())?,
