@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use bllm_nn::Proj;
 use bllm_ste::Ctx;
+use bllm_ste::softmax::softmax;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! a text, and sampling with a KV cache.
 
 use bllm_ste::Ctx;
-use burn::tensor::activation::log_softmax;
+use bllm_ste::softmax::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};

@@ -156,13 +156,13 @@ pub fn listwise_loss<B: Backend>(
     let sc = anchors
         .matmul(db.transpose())
         .div_scalar(k * code_temperature);
-    let teacher = burn::tensor::activation::softmax(
+    let teacher = bllm_ste::softmax::softmax(
         ops::constant(cos)
             .div_scalar(teacher_temperature)
             .mask_fill(exclude.clone(), -1e9),
         1,
     );
-    let logp = burn::tensor::activation::log_softmax(sc.mask_fill(exclude, -1e9), 1);
+    let logp = bllm_ste::softmax::log_softmax(sc.mask_fill(exclude, -1e9), 1);
     (teacher * logp).sum_dim(1).mean().neg()
 }
 

@@ -3,9 +3,9 @@
 
 use bllm_ste::estimators::Levels;
 use bllm_ste::fused::gelu;
+use bllm_ste::softmax::softmax;
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};

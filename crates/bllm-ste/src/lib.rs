@@ -33,6 +33,7 @@ pub mod fused;
 pub mod ops;
 pub mod quant;
 pub mod schedule;
+pub mod softmax;
 
 pub use ctx::{Ctx, Shadow};
 pub use error::{Result, SteError};

@@ -8,7 +8,6 @@ use bllm_recipe::{DataSection, ModelSection, Recipe, Task};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
@@ -198,11 +197,10 @@ impl<B: AutodiffBackend> Kind<B> for Classify<'_> {
 
     fn loss(&self, model: &Self::Model, (x, y): &Self::Batch, ctx: &Ctx) -> Result<Loss<B, ()>> {
         let logits = model.forward(x.clone(), ctx);
-        Ok(Loss::new(
-            CrossEntropyLossConfig::new()
-                .init(&logits.device())
-                .forward(logits, y.clone()),
-        ))
+        Ok(Loss::new(bllm_ste::softmax::cross_entropy(
+            logits,
+            y.clone(),
+        )))
     }
 
     fn sites<'a>(&'a self, model: &'a Self::Model) -> Vec<Site<'a, B>> {
@@ -228,9 +226,7 @@ impl<B: AutodiffBackend> Kind<B> for Classify<'_> {
         let mut m = model.clone();
         m.binary_layers.get_mut(site)?.weight = Param::from_tensor(w);
         let logits = m.forward(x.clone().inner(), ctx);
-        let loss = CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits, y.clone().inner());
+        let loss = bllm_ste::softmax::cross_entropy(logits, y.clone().inner());
         Some(scalar(loss))
     }
 
@@ -244,9 +240,7 @@ impl<B: AutodiffBackend> Kind<B> for Classify<'_> {
             .eval
             .batch::<B::InnerBackend>(&idx, &Default::default());
         let logits = m.forward(x, &ctx);
-        let loss = CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits.clone(), y.clone());
+        let loss = bllm_ste::softmax::cross_entropy(logits.clone(), y.clone());
         let pred = logits.argmax(1).squeeze_dim::<1>(1);
         let correct: f32 = pred.equal(y).float().sum().into_scalar().elem();
         Ok(Metrics::from([

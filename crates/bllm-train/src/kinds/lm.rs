@@ -21,7 +21,6 @@ use bllm_ste::{Ctx, Estimator};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
@@ -143,9 +142,7 @@ pub(crate) fn lm_loss<B: Backend>(
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let [n, t, v] = logits.dims();
-    CrossEntropyLossConfig::new()
-        .init(&logits.device())
-        .forward(logits.reshape([n * t, v]), targets)
+    bllm_ste::softmax::cross_entropy(logits.reshape([n * t, v]), targets)
 }
 
 /// Held-out loss in nats per byte over non-overlapping windows of `bytes`.

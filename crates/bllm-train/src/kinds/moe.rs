@@ -21,7 +21,6 @@ use bllm_ste::{Ctx, Estimator};
 use burn::data::dataset::Dataset;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
@@ -203,9 +202,9 @@ impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
         };
         let (x, y) = train.batch::<B>(batch, &Default::default());
         let keys: Vec<u64> = batch.iter().map(|&i| i as u64).collect();
-        let dev = x.device();
+
         let (logits, out) = self.forward(x, &keys, ctx);
-        let loss = CrossEntropyLossConfig::new().init(&dev).forward(logits, y);
+        let loss = bllm_ste::softmax::cross_entropy(logits, y);
         (
             loss,
             out.aux_loss,
@@ -221,12 +220,10 @@ impl<B: AutodiffBackend> Routed<B> for MoeClassifier<B> {
         let n = eval.len();
         let idx: Vec<usize> = (0..n).collect();
         let (x, y) = eval.batch::<B::InnerBackend>(&idx, &Default::default());
-        let dev = x.device();
+
         let keys: Vec<u64> = (0..n).map(|i| (c.train_size + i) as u64).collect();
         let (logits, _) = m.forward(x, &keys, ctx);
-        let loss: f32 = CrossEntropyLossConfig::new()
-            .init(&dev)
-            .forward(logits.clone(), y.clone())
+        let loss: f32 = bllm_ste::softmax::cross_entropy(logits.clone(), y.clone())
             .into_scalar()
             .elem();
         let pred = logits.argmax(1).squeeze_dim::<1>(1);
