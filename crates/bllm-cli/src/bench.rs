@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// Milliseconds per training step of the bundled recipes on each CPU backend, side by side
     /// with `scripts/bench_vs_torch.py --json` given as `--torch`.
     Train(crate::bench_train::TrainBenchArgs),
+    /// Evaluation of a trained 1-bit classifier on the packed popcount kernels vs its float
+    /// evaluation (Burn here; PyTorch through `scripts/bench_vs_torch.py --packed`).
+    Packed(crate::bench_packed::PackedBenchArgs),
 }
 
 /// Arguments of `bllm bench kernels`.
@@ -93,6 +96,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Kernels(a) => kernels(a),
         BenchCommand::Models(a) => crate::models::bench_models(a),
         BenchCommand::Train(a) => crate::bench_train::bench_train(a),
+        BenchCommand::Packed(a) => crate::bench_packed::bench_packed(a),
     }
 }
 

@@ -24,18 +24,21 @@ use serde::Serialize;
 /// Arguments of `bllm bench train`.
 #[derive(Debug, Args)]
 pub struct TrainBenchArgs {
-    /// Cases to run (default: all): lm-float, lm-binary, lm-6x256, retrieval.
+    /// Cases to run (default: all): lm-float, lm-binary, lm-6x256, retrieval, minilm, smollm2.
+    /// minilm and smollm2 need `models/` (`python3 scripts/fetch_models.py`).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
     /// CPU backends to compare.
     #[arg(long, value_delimiter = ',', default_value = "ndarray,flex")]
     pub backends: Vec<String>,
-    /// Measured steps per case and backend.
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    /// Steps run before measuring (allocator and caches warm up).
-    #[arg(long, default_value_t = 5)]
-    pub warmup: usize,
+    /// Measured steps per case and backend (default: the case's own, 30 for the small
+    /// models, 10 for MiniLM, 5 for SmolLM2).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Steps run before measuring (allocator and caches warm up; default: the case's own, 5
+    /// or 2).
+    #[arg(long)]
+    pub warmup: Option<usize>,
     /// The repository root: the cases' recipes are `recipes/…` and their data `datasets/…`
     /// under it.
     #[arg(long, default_value = ".")]
@@ -56,33 +59,42 @@ pub struct Case {
     pub what: &'static str,
     /// Recipe path under `recipes/`.
     pub recipe: &'static str,
-    /// Its `data.path` under the repository root.
-    pub data: &'static str,
+    /// Recipe keys that name files, each set to its path under the repository root
+    /// (`data.path`, `data.texts`, `encoder.pretrained`, `model.pretrained`).
+    pub paths: &'static [(&'static str, &'static str)],
     /// Overrides applied after the recipe's own.
     pub overrides: &'static [&'static str],
+    /// Measured steps unless `--steps` is given.
+    pub steps: usize,
+    /// Warm-up steps unless `--warmup` is given.
+    pub warmup: usize,
 }
 
 /// The cases of issue #17's table (the same as `scripts/bench_vs_torch.py`).
-pub const CASES: [Case; 4] = [
+pub const CASES: [Case; 6] = [
     Case {
         name: "lm-float",
         what: "float byte LM 2 × 64, context 64, batch 32",
         recipe: "lm/float.toml",
-        data: "datasets/kjv-text",
+        paths: &[("data.path", "datasets/kjv-text")],
         overrides: &[],
+        steps: 30,
+        warmup: 5,
     },
     Case {
         name: "lm-binary",
         what: "same, 1-bit block projections, clipped STE",
         recipe: "ablation/ste.toml",
-        data: "datasets/kjv-text",
+        paths: &[("data.path", "datasets/kjv-text")],
         overrides: &[],
+        steps: 30,
+        warmup: 5,
     },
     Case {
         name: "lm-6x256",
         what: "float byte LM 6 × 256, 8 heads, context 128, batch 16",
         recipe: "lm/float.toml",
-        data: "datasets/kjv-text",
+        paths: &[("data.path", "datasets/kjv-text")],
         overrides: &[
             "model.d_model=256",
             "model.layers=6",
@@ -90,13 +102,43 @@ pub const CASES: [Case; 4] = [
             "model.context=128",
             "train.batch_size=16",
         ],
+        steps: 30,
+        warmup: 5,
     },
     Case {
         name: "retrieval",
         what: "hash head 384 → 256, listwise over 9,000 rows, 256 anchors",
         recipe: "quickstart.toml",
-        data: "datasets/kjv-minilm/embeddings.npy",
+        paths: &[("data.path", "datasets/kjv-minilm/embeddings.npy")],
         overrides: &["export.faiss=false"],
+        steps: 30,
+        warmup: 5,
+    },
+    Case {
+        name: "minilm",
+        what: "all-MiniLM-L6-v2, all 6 layers + 256-bit head, 64 verses vs a bank of 2,048",
+        recipe: "retrieval/finetune-kjv.toml",
+        paths: &[
+            ("data.texts", "datasets/kjv-minilm/verses.txt"),
+            ("encoder.pretrained", "models/minilm"),
+        ],
+        // Every layer trained, so the step is a whole MiniLM forward and backward; the bank's
+        // refresh (every 50 steps) falls outside the measured steps.
+        overrides: &["encoder.train_layers=6", "eval.methods=[]"],
+        steps: 10,
+        warmup: 2,
+    },
+    Case {
+        name: "smollm2",
+        what: "SmolLM2-135M, all block projections 1-bit (OneBit, SVID), batch 4 × 128 tokens",
+        recipe: "pretrained/onebit-qat.toml",
+        paths: &[
+            ("data.path", "datasets/kjv-text"),
+            ("model.pretrained", "models/smollm2"),
+        ],
+        overrides: &["data.eval_texts=[]"],
+        steps: 5,
+        warmup: 2,
     },
 ];
 
@@ -133,11 +175,16 @@ struct Clock {
 }
 
 fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Result<Row> {
-    let total = a.warmup + a.steps + 1;
+    let (steps, warmup) = (
+        a.steps.unwrap_or(case.steps),
+        a.warmup.unwrap_or(case.warmup),
+    );
+    let total = warmup + steps + 1;
     let mut ovs: Vec<String> = case.overrides.iter().map(|s| (*s).to_owned()).collect();
-    let data = a.repo.join(case.data);
+    for (key, rel) in case.paths {
+        ovs.push(format!("{key}={:?}", a.repo.join(rel).to_string_lossy()));
+    }
     ovs.extend([
-        format!("data.path={:?}", data.to_string_lossy()),
         format!("device={backend:?}"),
         format!("train.log_every={total}"),
         "eval.every=0".to_owned(),
@@ -156,7 +203,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     for (_, m) in &mut recipe.monitors.monitors {
         m.enabled = false;
     }
-    let from = a.warmup;
+    let from = warmup;
     let clock = Rc::new(RefCell::new(Clock::default()));
     let c = Rc::clone(&clock);
     let mut opts = RunOptions {
@@ -185,7 +232,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     };
     r.with_context(|| format!("case {} on {backend}", case.name))?;
     let c = clock.borrow();
-    if c.at.len() < a.warmup + 2 {
+    if c.at.len() < warmup + 2 {
         bail!(
             "case {}: only {} steps reported; expected {total}",
             case.name,
@@ -207,7 +254,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
         backend: backend.to_owned(),
         ms_per_step: crate::bench::median(dt) * 1e3,
         sys_share,
-        steps: a.steps,
+        steps,
     })
 }
 
@@ -253,15 +300,17 @@ pub fn bench_train(a: TrainBenchArgs) -> Result<()> {
             bail!("--backends: unknown CPU backend {b:?}; expected ndarray or flex");
         }
     }
-    if a.steps < 3 {
+    if a.steps.is_some_and(|s| s < 3) {
         bail!("--steps must be at least 3 (the median of the step times is reported)");
     }
     let torch = a.torch.as_deref().map(torch_numbers).transpose()?;
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let threads = rayon::current_num_threads();
+    let count = |v: Option<usize>| v.map_or("the case's own".to_owned(), |n| n.to_string());
     eprintln!(
         "bllm bench train: {} measured steps after {} warm-up, {threads} threads",
-        a.steps, a.warmup
+        count(a.steps),
+        count(a.warmup)
     );
     let mut rows = Vec::new();
     for case in CASES

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod bench_packed;
 mod bench_train;
 mod codes;
 mod dist;

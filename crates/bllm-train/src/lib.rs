@@ -46,7 +46,7 @@ mod trainer;
 pub use dist::{DistConfig, serve_orchestrator};
 pub use error::{Result, TrainError};
 pub use kinds::adapter::{AdapterSummary, PretrainedAdapterReport, run_adapter};
-pub use kinds::classify::{ClassifyMlp, RunSummary, run};
+pub use kinds::classify::{ClassifyMlp, RunSummary, TrainedClassifier, load_trained, run};
 pub use kinds::kv_probe::{
     KvProbeSummary, MARKDOWN_HEADER as KV_PROBE_HEADER, bytes_at as kv_probe_bytes_at,
     markdown as kv_probe_markdown, markdown_rows as kv_probe_rows, run_kv_probe,

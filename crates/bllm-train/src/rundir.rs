@@ -450,7 +450,7 @@ impl RunDir {
 }
 
 /// The saved recipe of run directory `dir`, `None` when it has no [`RECIPE_FILE`].
-fn saved_recipe(dir: &Path) -> Result<Option<Recipe>> {
+pub(crate) fn saved_recipe(dir: &Path) -> Result<Option<Recipe>> {
     let p = dir.join(RECIPE_FILE);
     if fs::symlink_metadata(&p).is_err() {
         return Ok(None);

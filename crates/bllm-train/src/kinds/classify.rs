@@ -281,6 +281,57 @@ impl<B: AutodiffBackend> Kind<B> for Classify<'_> {
     }
 }
 
+/// A finished classify run read back for evaluation: its saved recipe, the model of its
+/// `final/` checkpoint, and the evaluation set its metrics were computed on (regenerated from
+/// the recipe's seed).
+pub struct TrainedClassifier<B: Backend> {
+    /// The run's resolved recipe.
+    pub recipe: Recipe,
+    /// The trained model.
+    pub model: ClassifyMlp<B>,
+    /// The evaluation set.
+    pub eval: Clusters,
+}
+
+/// Loads the finished classify run in `run_dir` (its `recipe.resolved.toml` and
+/// `final/model.mpk`) on `device`.
+pub fn load_trained<B: Backend>(
+    run_dir: &Path,
+    device: &B::Device,
+) -> Result<TrainedClassifier<B>> {
+    let recipe = crate::rundir::saved_recipe(run_dir)?.ok_or_else(|| TrainError::Checkpoint {
+        path: run_dir.to_owned(),
+        message: format!(
+            "no {} here: not a run directory",
+            crate::rundir::RECIPE_FILE
+        ),
+    })?;
+    if !matches!(recipe.kind, bllm_recipe::Kind::Classify) {
+        return Err(wrong_kind(&recipe, "classify"));
+    }
+    let (data, _) = sections(&recipe)?;
+    let (_, eval) = make_data(&recipe, data);
+    let model = ClassifyMlp::<B>::new(&recipe, &estimator(&recipe)?, device)?;
+    let path = run_dir.join("final").join("model");
+    if !path.with_extension("mpk").is_file() {
+        return Err(TrainError::Checkpoint {
+            path: path.with_extension("mpk"),
+            message: "missing: the run has not finished (no final/ checkpoint)".into(),
+        });
+    }
+    let model = model
+        .load_file(path.clone(), &crate::optim::recorder(), device)
+        .map_err(|e| TrainError::Checkpoint {
+            path: path.with_extension("mpk"),
+            message: e.to_string(),
+        })?;
+    Ok(TrainedClassifier {
+        recipe,
+        model,
+        eval,
+    })
+}
+
 /// Runs (or resumes) a classify recipe into `opts.run_dir`.
 pub fn run(recipe: &Recipe, opts: &mut RunOptions) -> Result<RunSummary> {
     crate::backend::dispatch_run!(recipe, opts, run_on -> RunSummary)
