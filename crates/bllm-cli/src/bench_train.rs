@@ -62,6 +62,9 @@ pub struct Case {
     /// Recipe keys that name files, each set to its path under the repository root
     /// (`data.path`, `data.texts`, `encoder.pretrained`, `model.pretrained`).
     pub paths: &'static [(&'static str, &'static str)],
+    /// Recipe keys that name a list of files, each set to a one-element list of its path
+    /// under the repository root (`data.eval_texts`).
+    pub path_lists: &'static [(&'static str, &'static str)],
     /// Overrides applied after the recipe's own.
     pub overrides: &'static [&'static str],
     /// Measured steps unless `--steps` is given.
@@ -77,6 +80,7 @@ pub const CASES: [Case; 6] = [
         what: "float byte LM 2 × 64, context 64, batch 32",
         recipe: "lm/float.toml",
         paths: &[("data.path", "datasets/kjv-text")],
+        path_lists: &[],
         overrides: &[],
         steps: 30,
         warmup: 5,
@@ -86,6 +90,7 @@ pub const CASES: [Case; 6] = [
         what: "same, 1-bit block projections, clipped STE",
         recipe: "ablation/ste.toml",
         paths: &[("data.path", "datasets/kjv-text")],
+        path_lists: &[],
         overrides: &[],
         steps: 30,
         warmup: 5,
@@ -95,6 +100,7 @@ pub const CASES: [Case; 6] = [
         what: "float byte LM 6 × 256, 8 heads, context 128, batch 16",
         recipe: "lm/float.toml",
         paths: &[("data.path", "datasets/kjv-text")],
+        path_lists: &[],
         overrides: &[
             "model.d_model=256",
             "model.layers=6",
@@ -110,6 +116,7 @@ pub const CASES: [Case; 6] = [
         what: "hash head 384 → 256, listwise over 9,000 rows, 256 anchors",
         recipe: "quickstart.toml",
         paths: &[("data.path", "datasets/kjv-minilm/embeddings.npy")],
+        path_lists: &[],
         overrides: &["export.faiss=false"],
         steps: 30,
         warmup: 5,
@@ -124,6 +131,7 @@ pub const CASES: [Case; 6] = [
         ],
         // Every layer trained, so the step is a whole MiniLM forward and backward; the bank's
         // refresh (every 50 steps) falls outside the measured steps.
+        path_lists: &[],
         overrides: &["encoder.train_layers=6", "eval.methods=[]"],
         steps: 10,
         warmup: 2,
@@ -136,7 +144,9 @@ pub const CASES: [Case; 6] = [
             ("data.path", "datasets/kjv-text"),
             ("model.pretrained", "models/smollm2"),
         ],
-        overrides: &["data.eval_texts=[]"],
+        path_lists: &[("data.eval_texts", "datasets/sotu-text")],
+        // A short held-out evaluation at the end (outside the measured steps).
+        overrides: &["data.eval_bytes=2048"],
         steps: 5,
         warmup: 2,
     },
@@ -183,6 +193,9 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
     let mut ovs: Vec<String> = case.overrides.iter().map(|s| (*s).to_owned()).collect();
     for (key, rel) in case.paths {
         ovs.push(format!("{key}={:?}", a.repo.join(rel).to_string_lossy()));
+    }
+    for (key, rel) in case.path_lists {
+        ovs.push(format!("{key}=[{:?}]", a.repo.join(rel).to_string_lossy()));
     }
     ovs.extend([
         format!("device={backend:?}"),
