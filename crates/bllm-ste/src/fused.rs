@@ -27,7 +27,7 @@ use crate::ops::{constant, inject};
 pub const CHUNK: usize = 16 * 1024;
 
 /// Below this many elements the kernels run on the calling thread.
-const PARALLEL_MIN: usize = 64 * 1024;
+pub(crate) const PARALLEL_MIN: usize = 64 * 1024;
 
 /// Largest absolute error of [`tanh_f32`] against the exact `tanh`, over all f32 inputs
 /// (measured on a 2·10⁶-point grid of [−10, 10] and tested).

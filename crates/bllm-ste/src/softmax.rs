@@ -36,13 +36,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::fused::exp_f32;
-
-/// Rows per parallel work item are chosen so an item holds about this many elements.
-const BLOCK_ELEMS: usize = 16 * 1024;
-
-/// Below this many elements the kernels run on the calling thread.
-const PARALLEL_MIN: usize = 64 * 1024;
+use crate::fused::{CHUNK, PARALLEL_MIN, exp_f32};
 
 /// `softmax(x)` along dimension `dim` (`Σ = 1` over it). On the CPU backends, for the last
 /// dimension: one fused pass forward and one backward (see the module docs); elsewhere Burn's
@@ -82,8 +76,9 @@ pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> T
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let [n, classes] = logits.dims();
     let composed = |logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>| {
-        let lp = burn::tensor::activation::log_softmax(logits, 1);
-        lp.gather(1, targets.reshape([n, 1])).mean().neg()
+        burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, targets)
     };
     if logits.dtype() != DType::F32 || n == 0 || !host_backend::<B>() {
         return composed(logits, targets);
@@ -178,12 +173,13 @@ fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Vec<f32>, burn::tensor:
 struct Forward {
     out: Vec<f32>,
     out_shape: burn::tensor::Shape,
-    /// `y` (softmax) or `p` (log-softmax, cross-entropy).
+    /// `y` (softmax; empty unless asked for) or `p` (log-softmax, cross-entropy).
     kept: Vec<f32>,
 }
 
-/// The forward kernel of `op` on host rows `x` (consumed) of shape `shape`.
-fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op) -> Forward {
+/// The forward kernel of `op` on host rows `x` (consumed) of shape `shape`; softmax copies its
+/// output for the backward pass only when `keep` is set.
+fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> Forward {
     let dims = shape.to_vec();
     let n = *dims.last().unwrap_or(&1);
     match op {
@@ -192,7 +188,7 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op) -> Forward {
                 softmax_row(r);
             });
             Forward {
-                kept: x.clone(),
+                kept: if keep { x.clone() } else { Vec::new() },
                 out: x,
                 out_shape: shape,
             }
@@ -245,9 +241,10 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op) -> Forward {
     }
 }
 
-/// Rows per parallel item for rows of `n` elements.
+/// Rows per parallel item for rows of `n` elements (about [`CHUNK`] elements an item, as the
+/// element-wise kernels of [`crate::fused`]).
 fn block_rows(n: usize) -> usize {
-    (BLOCK_ELEMS / n.max(1)).max(1)
+    (CHUNK / n.max(1)).max(1)
 }
 
 /// `f` on every row of `n` elements of `x`, in fixed blocks across the rayon pool.
@@ -373,31 +370,35 @@ fn softmax_row(r: &mut [f32]) -> f32 {
     m + s.ln()
 }
 
-/// The backward kernel of `op`: `g` (the upstream gradient, consumed) becomes `∂x`.
-fn backward(mut g: Vec<f32>, kept: &[f32], n: usize, op: &Op) -> Vec<f32> {
+/// The backward kernel of `op`: `g` (the upstream gradient, consumed) becomes `∂x`; `kept` is
+/// what the forward pass kept (consumed: cross-entropy's gradient is written over `p`).
+fn backward(mut g: Vec<f32>, kept: Vec<f32>, n: usize, op: &Op) -> Vec<f32> {
+    let kept = match op {
+        Op::CrossEntropy(t) => return ce_backward(g[0], kept, t, n),
+        _ => kept,
+    };
     match op {
-        Op::Softmax => rows_with(&mut g, kept, n, |g, y| {
+        Op::Softmax => rows_with(&mut g, &kept, n, |g, y| {
             let d = dot8(g, y);
             for (g, y) in g.iter_mut().zip(y) {
                 *g = *y * (*g - d);
             }
         }),
-        Op::LogSoftmax => rows_with(&mut g, kept, n, |g, p| {
+        Op::LogSoftmax => rows_with(&mut g, &kept, n, |g, p| {
             let s = sum8(g);
             for (g, p) in g.iter_mut().zip(p) {
                 *g -= *p * s;
             }
         }),
-        Op::CrossEntropy(_) => unreachable!("cross-entropy's backward is ce_backward"),
+        Op::CrossEntropy(_) => {}
     }
     g
 }
 
-/// Cross-entropy's backward: `(p − onehot(t))·g/rows`.
-fn ce_backward(g: f32, p: &[f32], t: &[usize], n: usize) -> Vec<f32> {
+/// Cross-entropy's backward: `(p − onehot(t))·g/rows`, written over `p`.
+fn ce_backward(g: f32, mut out: Vec<f32>, t: &[usize], n: usize) -> Vec<f32> {
     let rows = t.len();
     let k = g / rows as f32;
-    let mut out = p.to_vec();
     let f = |(i, r): (usize, &mut [f32])| {
         r[t[i]] -= 1.0;
         for v in r.iter_mut() {
@@ -415,12 +416,23 @@ fn ce_backward(g: f32, p: &[f32], t: &[usize], n: usize) -> Vec<f32> {
     out
 }
 
-/// `op` without autodiff on backend `B`.
-fn plain<B: Backend, const D: usize>(x: Tensor<B, D>, op: Op) -> Tensor<B, D> {
+/// `op` on `x`'s host data, back as a tensor of backend `B`: the output, what the backward
+/// pass keeps (see [`forward`]) and `x`'s shape.
+fn on_host<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    op: &Op,
+    keep: bool,
+) -> (Tensor<B, D>, Vec<f32>, burn::tensor::Shape) {
     let device = x.device();
     let (v, shape) = host(x);
-    let f = forward(v, shape, &op);
-    Tensor::from_data(TensorData::new(f.out, f.out_shape), &device)
+    let f = forward(v, shape.clone(), op, keep);
+    let out = Tensor::from_data(TensorData::new(f.out, f.out_shape), &device);
+    (out, f.kept, shape)
+}
+
+/// `op` without autodiff on backend `B`.
+fn plain<B: Backend, const D: usize>(x: Tensor<B, D>, op: Op) -> Tensor<B, D> {
+    on_host(x, &op, false).0
 }
 
 /// What the backward pass of a fused op keeps.
@@ -452,10 +464,9 @@ impl<B: Backend, const D: usize> Backward<B, 1> for Fused<D> {
                 .convert::<f32>()
                 .into_vec::<f32>()
                 .unwrap_or_else(|_| unreachable!("converted to f32"));
-            let dx = match &k.op {
-                Op::CrossEntropy(t) => ce_backward(g[0], &k.values, t, k.n),
-                op => backward(g, &k.values, k.n, op),
-            };
+            // The state is consumed here, so its buffer is normally free to reuse.
+            let kept = std::sync::Arc::try_unwrap(k.values).unwrap_or_else(|a| (*a).clone());
+            let dx = backward(g, kept, k.n, &k.op);
             Tensor::<B, D>::from_data(TensorData::new(dx, k.shape.clone()), &device)
                 .into_primitive()
                 .tensor()
@@ -469,40 +480,27 @@ fn tracked<B: Backend, const D: usize>(
     x: Tensor<Autodiff<B>, D>,
     op: Op,
 ) -> Tensor<Autodiff<B>, D> {
-    let device = x.device();
-    let inner_device: B::Device = device.clone();
     let xt = x.into_primitive().tensor();
-    let shape = burn::tensor::TensorMetadata::shape(&xt.primitive);
-    let n = *shape.as_slice().last().unwrap_or(&1);
-    let out = match Fused::<D>
+    let kind = Fused::<D>
         .prepare::<NoCheckpointing>([xt.node.clone()])
         .compute_bound()
-        .stateful()
-    {
+        .stateful();
+    let keep = matches!(kind, OpsKind::Tracked(_));
+    let inner = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(xt.primitive));
+    let (out, kept, shape) = on_host(inner, &op, keep);
+    let out = out.into_primitive().tensor();
+    let out = match kind {
         OpsKind::Tracked(prep) => {
-            let inner = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(xt.primitive));
-            let (v, s) = host(inner);
-            let f = forward(v, s.clone(), &op);
+            let n = *shape.as_slice().last().unwrap_or(&1);
             let kept = Kept {
                 op,
-                values: std::sync::Arc::new(f.kept),
+                values: std::sync::Arc::new(kept),
                 n,
-                shape: s,
+                shape,
             };
-            let out = Tensor::<B, D>::from_data(TensorData::new(f.out, f.out_shape), &inner_device)
-                .into_primitive()
-                .tensor();
             prep.finish(kept, out)
         }
-        OpsKind::UnTracked(prep) => {
-            let inner = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(xt.primitive));
-            let (v, s) = host(inner);
-            let f = forward(v, s, &op);
-            let out = Tensor::<B, D>::from_data(TensorData::new(f.out, f.out_shape), &inner_device)
-                .into_primitive()
-                .tensor();
-            prep.finish(out)
-        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
