@@ -169,7 +169,7 @@ pub fn xnor_matmul(a: &PackedCodes, w: &PackedCodes, epi: &Epilogue) -> Result<V
     let avx2 = popcnt && std::arch::is_x86_feature_detected!("avx2");
     // Each task owns `XNOR_ROWS` batch rows of the output and walks the weights in blocks of
     // `XNOR_WEIGHT_BLOCK` rows (kept in cache while its batch rows go past), each in register
-    // tiles of 4 batch rows × 4 weight rows: 8 words loaded per 16 popcounts.
+    // tiles of 2 batch rows × 4 weight rows: 6 words loaded per 8 popcounts.
     y.par_chunks_mut(XNOR_ROWS * out)
         .enumerate()
         .for_each(|(task, dst)| {
@@ -225,48 +225,26 @@ fn xnor_counts(a: &PackedCodes, w: &PackedCodes, b0: usize, nb: usize, out: &mut
     let o_n = w.rows();
     for ob in (0..o_n).step_by(XNOR_WEIGHT_BLOCK) {
         let oe = (ob + XNOR_WEIGHT_BLOCK).min(o_n);
-        let mut i = 0;
-        while i < nb {
-            let full_i = i + 4 <= nb;
+        // Pairs of batch rows (a last odd row alone), each against the block's weight rows in
+        // fours (the last few one by one).
+        for i in (0..nb).step_by(2) {
+            let pair = i + 2 <= nb;
             let mut o = ob;
-            while o < oe {
-                if full_i && o + 4 <= oe {
-                    let ar = [
-                        a.row(b0 + i),
-                        a.row(b0 + i + 1),
-                        a.row(b0 + i + 2),
-                        a.row(b0 + i + 3),
-                    ];
-                    let wr = [w.row(o), w.row(o + 1), w.row(o + 2), w.row(o + 3)];
-                    let t = tile4(ar, wr);
-                    for (r, row) in t.iter().enumerate() {
-                        out[(i + r) * o_n + o..(i + r) * o_n + o + 4].copy_from_slice(row);
-                    }
-                    o += 4;
-                } else {
-                    let rows = if full_i { 4 } else { 1 };
-                    for r in 0..rows {
-                        out[(i + r) * o_n + o] = a
-                            .row(b0 + i + r)
-                            .iter()
-                            .zip(w.row(o))
-                            .map(|(x, y)| (x ^ y).count_ones())
-                            .sum();
-                    }
-                    o += 1;
+            while pair && o + 4 <= oe {
+                let ar = [a.row(b0 + i), a.row(b0 + i + 1)];
+                let wr = [w.row(o), w.row(o + 1), w.row(o + 2), w.row(o + 3)];
+                for (r, row) in tile2x4(ar, wr).iter().enumerate() {
+                    out[(i + r) * o_n + o..(i + r) * o_n + o + 4].copy_from_slice(row);
+                }
+                o += 4;
+            }
+            for r in i..(i + 2).min(nb) {
+                for c in o..oe {
+                    out[r * o_n + c] = bllm_codes::hamming::distance(a.row(b0 + r), w.row(c));
                 }
             }
-            i += if full_i { 4 } else { 1 };
         }
     }
-}
-
-/// The 4 × 4 popcounts of `a[r] ⊕ w[c]` (rows of equal length), as two 2 × 4 halves.
-#[inline(always)]
-fn tile4(a: [&[u64]; 4], w: [&[u64]; 4]) -> [[u32; 4]; 4] {
-    let top = tile2x4([a[0], a[1]], w);
-    let bottom = tile2x4([a[2], a[3]], w);
-    [top[0], top[1], bottom[0], bottom[1]]
 }
 
 /// The 2 × 4 popcounts of `a[r] ⊕ w[c]`: four words at a time in four independent lanes per
@@ -522,7 +500,7 @@ mod tests {
 
     #[test]
     fn xnor_matmul_equals_the_float_dot_of_signs() {
-        // Shapes on both sides of the 4 × 4 register tiles, the 64-row weight blocks, the
+        // Shapes on both sides of the 2 × 4 register tiles, the 64-row weight blocks, the
         // 16-row tasks and the 4-word lanes.
         for &(batch, out, k) in &[
             (1, 1, 1),
