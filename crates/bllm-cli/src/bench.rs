@@ -117,6 +117,13 @@ fn time(min_secs: f64, mut f: impl FnMut()) -> f64 {
     median(t)
 }
 
+/// The JSON in `path`, a file given as `--torch`; the errors name the flag and the file.
+pub(crate) fn read_torch_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--torch {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("--torch {}: not JSON", path.display()))
+}
+
 /// The median of `t` (the upper one of an even count).
 pub(crate) fn median(mut t: Vec<f64>) -> f64 {
     t.sort_by(f64::total_cmp);

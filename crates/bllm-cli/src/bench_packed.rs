@@ -227,8 +227,8 @@ fn packed_eval(
     Ok(h)
 }
 
+/// Median milliseconds of `repeats` runs of `f` (the caller has run it once as a warm-up).
 fn median_ms(mut f: impl FnMut() -> Result<()>, repeats: usize) -> Result<f64> {
-    f()?; // warm-up
     let mut t = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let s = Instant::now();
@@ -302,10 +302,7 @@ fn export(
 
 /// PyTorch's numbers from `scripts/bench_vs_torch.py --packed DIR --json FILE`.
 fn torch_result(path: &Path) -> Result<(serde_json::Value, f64)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--torch {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("--torch {}: not JSON", path.display()))?;
+    let v = crate::bench::read_torch_json(path)?;
     let ms = v
         .pointer("/packed/ms_per_eval")
         .and_then(serde_json::Value::as_f64)
@@ -340,22 +337,12 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
     let ctx = Ctx::default().for_eval();
     let x_t = Tensor::<Flex, 2>::from_data(TensorData::new(eval.x.clone(), [rows, dim]), &dev);
     let st = stages(&model)?;
-    let classes = model
-        .plan
-        .last()
-        .map(|&(f, j)| {
-            if f {
-                model.float_layers[j].weight.dims()[1]
-            } else {
-                model.binary_layers[j].config.d_output
-            }
-        })
-        .unwrap_or(0);
-
+    // The first evaluation of each path is also its warm-up.
     let float_logits = host(model.forward(x_t.clone(), &ctx))?;
     let mut stage_secs = vec![0f64; st.len()];
     let packed_logits = packed_eval(&st, &eval.x, rows, dim, &mut stage_secs)?;
     stage_secs.iter_mut().for_each(|t| *t = 0.0);
+    let classes = float_logits.len() / rows;
     let float_ms = median_ms(
         || {
             host(model.forward(x_t.clone(), &ctx))?;
@@ -382,6 +369,7 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
             .count() as f64
             / rows as f64
     };
+    let (float_accuracy, packed_accuracy) = (acc(&fp), acc(&pp));
     let agreement = fp.iter().zip(&pp).filter(|(a, b)| a == b).count() as f64 / rows as f64;
     let scale = float_logits
         .iter()
@@ -391,11 +379,12 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
         .iter()
         .zip(&packed_logits)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_rel_logit_diff = (max_diff / scale) as f64;
     let (mut float_bytes, mut packed_bytes) = (0usize, 0usize);
-    // Mean seconds per stage over the warm-up and the measured evaluations.
+    // Mean milliseconds per stage over the measured evaluations.
     let stage_ms: Vec<f64> = stage_secs
         .iter()
-        .map(|t| t * 1e3 / (a.repeats + 1) as f64)
+        .map(|t| t * 1e3 / a.repeats as f64)
         .collect();
     let mut layers = Vec::new();
     for ((stage, act), ms) in st.iter().zip(&stage_ms) {
@@ -438,11 +427,11 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
     println!("|---|---:|---:|---:|");
     println!(
         "| float, Burn `flex` | {float_ms:.1} | {:.4} | 1.00× |",
-        acc(&fp)
+        float_accuracy
     );
     println!(
         "| packed popcount kernels | {packed_ms:.1} | {:.4} | {:.2}× |",
-        acc(&pp),
+        packed_accuracy,
         float_ms / packed_ms
     );
     if let Some((v, ms)) = &torch {
@@ -460,7 +449,7 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
         "\npredictions equal on {:.2} % of rows; max |Δ logit| / max |logit| = {:.2e}; weights \
          {:.2} MiB float vs {:.2} MiB packed",
         agreement * 100.0,
-        max_diff / scale,
+        max_rel_logit_diff,
         float_bytes as f64 / 1048576.0,
         packed_bytes as f64 / 1048576.0
     );
@@ -469,10 +458,10 @@ pub fn bench_packed(a: PackedBenchArgs) -> Result<()> {
         layers,
         float_ms,
         packed_ms,
-        float_accuracy: acc(&fp),
-        packed_accuracy: acc(&pp),
+        float_accuracy,
+        packed_accuracy,
         agreement,
-        max_rel_logit_diff: (max_diff / scale) as f64,
+        max_rel_logit_diff,
         float_weight_bytes: float_bytes,
         packed_weight_bytes: packed_bytes,
         torch: torch.map(|(v, _)| v),

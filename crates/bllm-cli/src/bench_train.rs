@@ -129,9 +129,9 @@ pub const CASES: [Case; 6] = [
             ("data.texts", "datasets/kjv-minilm/verses.txt"),
             ("encoder.pretrained", "models/minilm"),
         ],
+        path_lists: &[],
         // Every layer trained, so the step is a whole MiniLM forward and backward; the bank's
         // refresh (every 50 steps) falls outside the measured steps.
-        path_lists: &[],
         overrides: &["encoder.train_layers=6", "eval.methods=[]"],
         steps: 10,
         warmup: 2,
@@ -273,10 +273,7 @@ fn measure(a: &TrainBenchArgs, case: &Case, backend: &str, scratch: &Path) -> Re
 
 /// PyTorch's ms/step per case from `scripts/bench_vs_torch.py --json`.
 fn torch_numbers(path: &Path) -> Result<(serde_json::Value, Vec<(String, f64)>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--torch {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("--torch {}: not JSON", path.display()))?;
+    let v = crate::bench::read_torch_json(path)?;
     let cases = v
         .get("cases")
         .and_then(|c| c.as_object())
