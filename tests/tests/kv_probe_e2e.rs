@@ -9,9 +9,7 @@ use std::path::PathBuf;
 
 use bllm_e2e::{bllm, bllm_ok, repo_root};
 
-#[path = "support/tiny_llama.rs"]
-mod support;
-use support::{Setup, s, words};
+use crate::support::{Setup, s, words};
 
 /// The tiny model, a corpus and a plain text file.
 fn setup() -> Setup {
@@ -21,7 +19,7 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn recipe(&self, cache: &str, sweep: &str) -> PathBuf {
+    fn kv_recipe(&self, cache: &str, sweep: &str) -> PathBuf {
         let text = format!(
             r#"name = "kv-tiny"
 kind = "kv_probe"
@@ -53,7 +51,7 @@ bucket = 16
     }
 
     fn run(&self, cache: &str, dir: &str, extra: &[&str]) -> Result<serde_json::Value, String> {
-        let r = self.recipe(cache, "");
+        let r = self.kv_recipe(cache, "");
         let d = self.root.join(dir);
         let (r, ds) = (s(&r), s(&d));
         let mut args = vec!["run", &r];
@@ -144,7 +142,7 @@ fn float_cache_is_exact_and_one_bit_caches_hurt_more_than_f16() {
 #[test]
 fn a_sweep_over_caches_writes_one_table() {
     let st = setup();
-    let r = st.recipe(
+    let r = st.kv_recipe(
         "keys = { kind = \"f16\" }\nvalues = { kind = \"f16\" }",
         r#"[sweep]
 cache = [
@@ -215,7 +213,7 @@ fn bad_recipes_and_inputs_name_the_key_or_file() {
     assert!(e.contains("data.texts"), "{e}");
     // Nothing to resume.
     st.run("", "once", &[]).unwrap();
-    let r = s(&st.recipe("", ""));
+    let r = s(&st.kv_recipe("", ""));
     let e = bllm(&[
         "run",
         &r,

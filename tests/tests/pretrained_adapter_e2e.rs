@@ -6,9 +6,7 @@
 
 use std::path::PathBuf;
 
-#[path = "support/tiny_llama.rs"]
-mod support;
-use support::{Setup, bytes, run, s, summary};
+use crate::support::{Setup, bytes, run, s, summary};
 
 /// The target and source corpora beside the tiny model.
 fn setup() -> Setup {
@@ -17,7 +15,7 @@ fn setup() -> Setup {
 
 impl Setup {
     /// Adapter `kind` of rank 4 on every projection of the tiny model, 8 steps.
-    fn recipe(&self, kind: &str, extra_model: &str) -> PathBuf {
+    fn adapter_recipe(&self, kind: &str, extra_model: &str) -> PathBuf {
         let text = format!(
             r#"name = "tiny-{kind}"
 kind = "adapter"
@@ -65,7 +63,7 @@ const LORA_PARAMS: usize = 2 * 4 * (2 * (24 + 24) + 2 * (24 + 8) + 3 * (24 + 40)
 fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
     let w = setup();
     for kind in ["lora", "binary_lora", "bitdelta"] {
-        let r = w.recipe(kind, "");
+        let r = w.adapter_recipe(kind, "");
         let (a, b) = (
             w.root.join(format!("{kind}-a")),
             w.root.join(format!("{kind}-b")),
@@ -170,7 +168,7 @@ fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
         assert_eq!(sa, sb, "{kind}: summaries differ");
     }
     // Adapters on the MLP gate alone: 1/7 of the projections.
-    let r = w.recipe("lora", "");
+    let r = w.adapter_recipe("lora", "");
     let g = w.root.join("gate");
     run(&r, &g, &["adapter.targets=[\"gate\"]"]).unwrap();
     assert_eq!(summary(&g)["trainable_params"], 2 * 4 * (24 + 40));
@@ -182,7 +180,7 @@ fn lora_binary_lora_and_bitdelta_on_a_pretrained_llama() {
 #[test]
 fn bad_pretrained_adapter_recipes_are_refused_with_the_key() {
     let w = setup();
-    let r = w.recipe("lora", "");
+    let r = w.adapter_recipe("lora", "");
     for (overrides, want) in [
         (vec!["source.steps=10"], "source.steps"),
         (vec!["source.cache=\"x\""], "source.cache"),

@@ -7,9 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "support/tiny_llama.rs"]
-mod support;
-use support::{Setup, bytes, s, summary};
+use crate::support::{Setup, bytes, s, summary};
 
 /// The training corpus and one more held-out text beside the tiny model.
 fn setup() -> Setup {
@@ -18,7 +16,7 @@ fn setup() -> Setup {
 
 impl Setup {
     /// The recipe: every block projection 1-bit with SVID, distilled, 6 steps.
-    fn recipe(&self, extra: &str) -> PathBuf {
+    fn lm_recipe(&self, extra: &str) -> PathBuf {
         let text = format!(
             r#"name = "tiny-onebit"
 kind = "lm"
@@ -78,13 +76,13 @@ weights = true
 
 fn run(recipe: &Path, dir: &Path, overrides: &[&str], flags: &[&str]) -> Result<(), String> {
     let args: Vec<&str> = overrides.iter().chain(flags).copied().collect();
-    support::run(recipe, dir, &args)
+    crate::support::run(recipe, dir, &args)
 }
 
 #[test]
 fn distilled_onebit_run_is_deterministic_resumes_exactly_and_exports() {
     let w = setup();
-    let r = w.recipe("");
+    let r = w.lm_recipe("");
     let (a, b, c) = (w.root.join("a"), w.root.join("b"), w.root.join("c"));
     run(&r, &a, &[], &[]).unwrap();
     let sa = summary(&a);
@@ -157,7 +155,7 @@ fn distilled_onebit_run_is_deterministic_resumes_exactly_and_exports() {
 fn layer_ranges_xnor_and_bitnet_runs() {
     let w = setup();
     // XNOR with learnable scales on the MLPs of layer 1 only, plain QAT (no [distill]).
-    let r = w.recipe("");
+    let r = w.lm_recipe("");
     let x = w.root.join("x");
     run(
         &r,
@@ -213,7 +211,7 @@ fn layer_ranges_xnor_and_bitnet_runs() {
 #[test]
 fn bad_pretrained_recipes_name_the_key() {
     let w = setup();
-    let r = w.recipe("");
+    let r = w.lm_recipe("");
     let d = w.root.join("e");
     let cases: [(&[&str], &str); 7] = [
         (&["model.d_model=32"], "model.d_model"),
