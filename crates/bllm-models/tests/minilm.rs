@@ -1,7 +1,7 @@
 //! all-MiniLM-L6-v2 against sentence-transformers: token ids on every verse and embeddings of
 //! `datasets/kjv-minilm` (made by sentence-transformers from the same weights).
 
-mod common;
+use crate::common;
 
 use bllm_models::SentenceEncoder;
 use burn::tensor::backend::Backend;

@@ -1,7 +1,7 @@
 //! all-MiniLM-L6-v2's tokenizer against sentence-transformers' on every line of
 //! `datasets/kjv-minilm/verses.txt` (fixture made by `scripts/make_model_references.py`).
 
-mod common;
+use crate::common;
 
 use bllm_models::SentenceEncoder;
 use burn_ndarray::NdArray;

@@ -2,7 +2,7 @@
 //! (`gguf.quants.dequantize`, fixtures made by `scripts/make_model_references.py`), and fuzzing of
 //! both readers with corrupted files (every outcome is `Ok` or an error, never a panic).
 
-mod common;
+use crate::common;
 
 use bllm_models::Checkpoint;
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,7 @@
 //! Python by `scripts/make_model_references.py`: `transformers` loading the same GGUF (logits,
 //! perplexity) and the model's own tokenizer pipeline, checked there against llama.cpp's.
 
-mod common;
+use crate::common;
 
 use bllm_models::lm::perplexity;
 use bllm_models::{Llama, LoadedLlama};
