@@ -11,8 +11,8 @@ use std::path::Path;
 
 use bllm_nn::Proj;
 use bllm_ste::Ctx;
+use bllm_ste::attention::{Mask, attention};
 use bllm_ste::fused::gelu;
-use bllm_ste::softmax::softmax;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
@@ -186,9 +186,8 @@ impl<B: Backend> BertLayer<B> {
         let q = heads(&self.query, x.clone(), 0);
         let k = heads(&self.key, x.clone(), 1);
         let v = heads(&self.value, x.clone(), 2);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias;
-        let att = softmax(scores, 3)
-            .matmul(v)
+        let bias = Mask::KeyBias(bias.reshape([b, t]));
+        let att = attention(q, k, v, bias, scale)
             .swap_dims(1, 2)
             .reshape([b * t, d]);
         let att = self.attention_output.forward(att, &ctx.fork(3), None);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use bllm_nn::Proj;
 use bllm_ste::Ctx;
+use bllm_ste::attention::{Mask, attention};
 use bllm_ste::softmax::softmax;
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
@@ -852,7 +853,9 @@ impl<B: Backend> Llama<B> {
                         }
                         None => (k, v),
                     };
-                    self.attention(q, k, v, future.clone())
+                    // The mask `future` describes, computed by the fused kernel.
+                    let scale = 1.0 / (dh as f64).sqrt();
+                    attention(q, k, v, Mask::Causal { offset: start }, scale)
                 }
             };
             let att = heads.swap_dims(1, 2).reshape([b * t, nh * dh]);

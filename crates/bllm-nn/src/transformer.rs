@@ -1,6 +1,7 @@
 //! [`ByteLm`]: a decoder-only byte-level transformer (pre-norm, causal multi-head attention,
 //! MLP) whose projections are each float, 1-bit or BitNet b1.58 as configured.
 
+use bllm_ste::attention::{Mask, attention};
 use bllm_ste::estimators::Levels;
 use bllm_ste::fused::gelu;
 use bllm_ste::softmax::softmax;
@@ -310,30 +311,56 @@ impl<B: Backend> Attention<B> {
         let q = split(&self.q, 1);
         let k = split(&self.k, 2);
         let v = split(&self.v, 3);
+        if self.kind == AttentionKind::Softmax {
+            let scale = 1.0 / (dh as f64).sqrt();
+            if let Some(s) = stats.as_deref_mut() {
+                // The weights for the monitor only: the output below does not depend on them.
+                let scores = q
+                    .clone()
+                    .matmul(k.clone().swap_dims(2, 3))
+                    .mul_scalar(scale);
+                let future = future_mask::<B>(t, &scores.device())
+                    .unsqueeze::<4>()
+                    .expand([b, h, t, t]);
+                let weights = softmax(scores.mask_fill(future, -1e9), 3).detach();
+                s.attention.push(self.head_stats(weights));
+                s.act_clamp.extend(clamp.iter().copied());
+            }
+            let out = attention(q, k, v, Mask::Causal { offset: 0 }, scale)
+                .swap_dims(1, 2)
+                .reshape([b, t, d]);
+            return self.project_out(out, ctx, stats);
+        }
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
         let device = scores.device();
         let future = future_mask::<B>(t, &device)
             .unsqueeze::<4>()
             .expand([b, h, t, t]);
-        let weights = match self.kind {
-            AttentionKind::Softmax => softmax(scores.mask_fill(future, -1e9), 3),
-            AttentionKind::BinaryMask => {
-                let q = self.estimator.apply(scores, &ctx.fork(5));
-                let ones = match self.estimator.levels() {
-                    Levels::ZeroOne => q,
-                    _ => q.add_scalar(1.0).div_scalar(2.0),
-                };
-                let counts: Vec<f32> = (0..t).map(|i| 1.0 / (i + 1) as f32).collect();
-                let inv = Tensor::<B, 1>::from_data(TensorData::new(counts, [t]), &device)
-                    .reshape([1, 1, t, 1]);
-                ones.mask_fill(future, 0.0) * inv
-            }
+        // {0, 1} attention: the estimator's mask averaged over the causal positions.
+        let q = self.estimator.apply(scores, &ctx.fork(5));
+        let ones = match self.estimator.levels() {
+            Levels::ZeroOne => q,
+            _ => q.add_scalar(1.0).div_scalar(2.0),
         };
+        let counts: Vec<f32> = (0..t).map(|i| 1.0 / (i + 1) as f32).collect();
+        let inv =
+            Tensor::<B, 1>::from_data(TensorData::new(counts, [t]), &device).reshape([1, 1, t, 1]);
+        let weights = ones.mask_fill(future, 0.0) * inv;
         if let Some(s) = stats.as_deref_mut() {
             s.attention.push(self.head_stats(weights.clone()));
             s.act_clamp.extend(clamp.iter().copied());
         }
         let out = weights.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        self.project_out(out, ctx, stats)
+    }
+
+    /// The output projection of the heads `[batch, t, d]`, its clamp statistics to `stats`.
+    fn project_out(
+        &self,
+        out: Tensor<B, 3>,
+        ctx: &Ctx,
+        stats: Option<&mut LmStats>,
+    ) -> Tensor<B, 3> {
         let mut clamp_o = Vec::new();
         let y = self
             .o

@@ -25,6 +25,7 @@
 //! assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![-1.0, 1.0, 1.0]);
 //! ```
 
+pub mod attention;
 mod ctx;
 mod error;
 mod estimator;

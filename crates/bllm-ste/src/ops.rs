@@ -1,7 +1,14 @@
 //! Tensor building blocks shared by the estimators.
 
-use burn::tensor::Tensor;
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn_flex::Flex;
+use burn_ndarray::NdArray;
 
 /// The values of `x` as a constant: no gradient and no autodiff graph at all.
 ///
@@ -45,9 +52,75 @@ pub fn inject<B: Backend, const D: usize>(
     if !B::ad_enabled(&x.device()) {
         return q;
     }
+    let (x, q, g) = match inject_node(x, q, g) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
     let t = x * g;
     // (t − t⁻) is exactly 0 forward and has derivative g backward.
     q + (t.clone() - constant(t))
+}
+
+/// [`inject`] as one autodiff node on `Autodiff<Flex>` and `Autodiff<NdArray>`: forward `q`'s
+/// values as they are, backward `∂x = grad ⊙ g` (the multiplication the composed form's
+/// backward does, so the same bits). The composed form costs three element-wise passes
+/// forward (`x·g`, `t − t⁻`, `q + …`) and their nodes backward. Other backends get the
+/// arguments back.
+#[allow(clippy::type_complexity)]
+fn inject_node<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    q: Tensor<B, D>,
+    g: Tensor<B, D>,
+) -> std::result::Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>)> {
+    use std::any::TypeId;
+    fn cast<T: 'static, U: 'static>(t: T) -> U {
+        crate::softmax::same::<T, U>(t)
+            .unwrap_or_else(|_| unreachable!("a tensor cast to the backend it was matched as"))
+    }
+    let id = TypeId::of::<B>();
+    if id == TypeId::of::<Autodiff<Flex>>() {
+        let y = inject_tracked::<Flex, D>(cast(x), cast(q), cast(g));
+        Ok(cast(y))
+    } else if id == TypeId::of::<Autodiff<NdArray>>() {
+        let y = inject_tracked::<NdArray, D>(cast(x), cast(q), cast(g));
+        Ok(cast(y))
+    } else {
+        Err((x, q, g))
+    }
+}
+
+/// The node of [`inject_node`]; its state is `g`.
+#[derive(Debug)]
+struct Inject<const D: usize>;
+
+impl<B: Backend, const D: usize> Backward<B, 1> for Inject<D> {
+    type State = B::FloatTensorPrimitive;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(ops.state));
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(grad));
+            (grad * g).into_primitive().tensor()
+        });
+    }
+}
+
+fn inject_tracked<B: Backend, const D: usize>(
+    x: Tensor<Autodiff<B>, D>,
+    q: Tensor<Autodiff<B>, D>,
+    g: Tensor<Autodiff<B>, D>,
+) -> Tensor<Autodiff<B>, D> {
+    let xt = x.into_primitive().tensor();
+    let values = q.inner().into_primitive().tensor();
+    let kind = Inject::<D>
+        .prepare::<NoCheckpointing>([xt.node.clone()])
+        .compute_bound()
+        .stateful();
+    let out = match kind {
+        OpsKind::Tracked(prep) => prep.finish(g.inner().into_primitive().tensor(), values),
+        OpsKind::UnTracked(prep) => prep.finish(values),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// Straight-through rounding: forward `round(x)` (half to even), gradient 1.
@@ -59,4 +132,47 @@ pub fn round_ste<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// A scalar mean of `|x|` broadcastable against `x` (shape `[1; D]`).
 pub fn mean_abs<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.abs().mean().unsqueeze::<D>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use burn::tensor::backend::AutodiffBackend;
+
+    /// `inject` as one node gives `q` forward and the composed form's gradient, bit for bit.
+    fn same_as_composed<B: AutodiffBackend>() {
+        let dev = Default::default();
+        let vals = |seed: u64| {
+            let mut r = bllm_codes::rng::SplitMix64::new(seed);
+            let v: Vec<f32> = (0..60).map(|_| (r.next_f64() * 4.0 - 2.0) as f32).collect();
+            Tensor::<B, 2>::from_data(TensorData::new(v, [6, 10]), &dev)
+        };
+        let w = vals(4);
+        let run = |node: bool| {
+            let x = vals(1).require_grad();
+            let q = constant(vals(2));
+            let g = constant(vals(3));
+            let y = if node {
+                inject(x.clone(), q, g)
+            } else {
+                let t = x.clone() * g;
+                q + (t.clone() - constant(t))
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            let dx = x.grad(&grads).unwrap();
+            (y.into_data(), dx.into_data())
+        };
+        let (y, dx) = run(true);
+        let (y_ref, dx_ref) = run(false);
+        assert_eq!(y, y_ref);
+        assert_eq!(dx, dx_ref);
+        assert_eq!(y, constant(vals(2)).into_data());
+    }
+
+    #[test]
+    fn inject_node_matches_the_composed_form() {
+        same_as_composed::<Autodiff<Flex>>();
+        same_as_composed::<Autodiff<NdArray>>();
+    }
 }

@@ -108,7 +108,7 @@ enum Op {
 }
 
 /// Whether `B` is one of the backends [`dispatch`] handles.
-fn host_backend<B: Backend>() -> bool {
+pub(crate) fn host_backend<B: Backend>() -> bool {
     use std::any::TypeId;
     let b = TypeId::of::<B>();
     b == TypeId::of::<Flex>()
@@ -118,7 +118,7 @@ fn host_backend<B: Backend>() -> bool {
 }
 
 /// Moves `t` into type `U` when they are the same type (checked by [`Any`]).
-fn same<T: 'static, U: 'static>(t: T) -> std::result::Result<U, T> {
+pub(crate) fn same<T: 'static, U: 'static>(t: T) -> std::result::Result<U, T> {
     let b: Box<dyn Any> = Box::new(t);
     match b.downcast::<U>() {
         Ok(u) => Ok(*u),
@@ -309,7 +309,7 @@ fn sum8(v: &[f32]) -> f32 {
 
 /// `⟨a, b⟩` in eight lanes by position, as [`sum8`].
 #[inline]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut l = [0f32; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {
@@ -350,7 +350,7 @@ fn exp_shifted(d: f32) -> f32 {
 /// A row whose maximum is not finite (all −∞, or +∞/NaN present) falls back to the plain
 /// formula, which yields NaN as the composed op does.
 #[inline]
-fn softmax_row(r: &mut [f32]) -> f32 {
+pub(crate) fn softmax_row(r: &mut [f32]) -> f32 {
     let m = max8(r);
     if !m.is_finite() {
         let m = if m == f32::NEG_INFINITY { m } else { f32::NAN };
