@@ -3,6 +3,7 @@
 
 // Each test file uses a part of these helpers.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
