@@ -13,6 +13,7 @@ use bllm_nn::Proj;
 use bllm_ste::Ctx;
 use bllm_ste::attention::{Mask, attention};
 use bllm_ste::fused::gelu;
+use bllm_ste::norm::layer_norm as fused_layer_norm;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
@@ -141,6 +142,9 @@ pub struct BertLayer<B: Backend> {
     pub output: Proj<B>,
     /// `output.LayerNorm`.
     pub output_norm: LayerNorm<B>,
+    /// ε of both LayerNorms (`layer_norm_eps`; Burn keeps its own copy private).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
 }
 
 /// The BERT encoder.
@@ -191,10 +195,11 @@ impl<B: Backend> BertLayer<B> {
             .swap_dims(1, 2)
             .reshape([b * t, d]);
         let att = self.attention_output.forward(att, &ctx.fork(3), None);
-        let x = self.attention_norm.forward(att + x);
+        let eps = self.layer_norm_eps;
+        let x = fused_layer_norm(&self.attention_norm, eps, att + x);
         let m = gelu(self.intermediate.forward(x.clone(), &ctx.fork(4), None));
         let m = self.output.forward(m, &ctx.fork(5), None);
-        self.output_norm.forward(m + x)
+        fused_layer_norm(&self.output_norm, eps, m + x)
     }
 
     /// The layer's weights under the checkpoint's names (`{prefix}.attention.self.query.weight`,
@@ -340,6 +345,7 @@ impl<B: Backend> Bert<B> {
                 intermediate,
                 output,
                 output_norm: layer_norm(ck, &format!("{p}.output.LayerNorm"), d, eps, device)?,
+                layer_norm_eps: eps,
             });
         }
         Ok(Self {

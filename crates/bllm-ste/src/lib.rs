@@ -31,6 +31,7 @@ mod error;
 mod estimator;
 pub mod estimators;
 pub mod fused;
+pub mod norm;
 pub mod ops;
 pub mod quant;
 pub mod schedule;

@@ -293,7 +293,7 @@ fn rows_with(a: &mut [f32], b: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) 
 /// Sum of `v` in eight lanes by position (`v[i]` goes to lane `i mod 8`), lanes added as a
 /// balanced tree: the same bits wherever `v` lives in memory.
 #[inline]
-fn sum8(v: &[f32]) -> f32 {
+pub(crate) fn sum8(v: &[f32]) -> f32 {
     let mut l = [0f32; 8];
     let mut c = v.chunks_exact(8);
     for k in &mut c {
