@@ -795,13 +795,16 @@ impl<B: Backend> Llama<B> {
             .reshape([1, 1, t, dh]);
         let sin = Tensor::<B, 2>::from_data(TensorData::new(sin, [t, dh]), &device)
             .reshape([1, 1, t, dh]);
-        // Query i (absolute start + i) sees keys j ≤ start + i.
-        let future: Vec<bool> = (0..t * total)
-            .map(|n| n % total > start + n / total)
-            .collect();
-        let future = Tensor::<B, 2, Bool>::from_data(TensorData::new(future, [t, total]), &device)
-            .reshape([1, 1, t, total])
-            .expand([b, nh, t, total]);
+        // Query i (absolute start + i) sees keys j ≤ start + i. Only a hook reads the mask as a
+        // tensor; the fused attention below applies it as `Mask::Causal { offset: start }`.
+        let future = hook.is_some().then(|| {
+            let future: Vec<bool> = (0..t * total)
+                .map(|n| n % total > start + n / total)
+                .collect();
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(future, [t, total]), &device)
+                .reshape([1, 1, t, total])
+                .expand([b, nh, t, total])
+        });
         // Token states stay `[b·t, d]` so each projection is one 2-D matrix product.
         let mut x = self.embed_tokens.val().select(0, ids.reshape([b * t]));
         for (i, l) in self.layers.iter().enumerate() {
@@ -825,8 +828,8 @@ impl<B: Backend> Llama<B> {
                 .swap_dims(1, 2);
             let q = apply_rope(q, cos.clone(), sin.clone());
             let k = apply_rope(k_pre.clone(), cos.clone(), sin.clone());
-            let heads = match hook.as_deref_mut() {
-                Some(hook) => hook.attend(
+            let heads = match (hook.as_deref_mut(), &future) {
+                (Some(hook), Some(future)) => hook.attend(
                     self,
                     AttentionInputs {
                         layer: i,
@@ -839,7 +842,7 @@ impl<B: Backend> Llama<B> {
                         sin: sin.clone(),
                     },
                 ),
-                None => {
+                _ => {
                     let (k, v) = match cache.as_deref_mut() {
                         Some(cache) => {
                             let (k, v) = match cache.layers[i].take() {
@@ -853,7 +856,6 @@ impl<B: Backend> Llama<B> {
                         }
                         None => (k, v),
                     };
-                    // The mask `future` describes, computed by the fused kernel.
                     let scale = 1.0 / (dh as f64).sqrt();
                     attention(q, k, v, Mask::Causal { offset: start }, scale)
                 }
