@@ -16,8 +16,8 @@ use bllm_nn::Proj;
 use bllm_ste::Ctx;
 use bllm_ste::attention::{Mask, attention};
 use bllm_ste::softmax::softmax;
+use bllm_ste::swiglu::swiglu;
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -210,14 +210,7 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Shapes: `[..., d]` → `[..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let inv = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt()
-            .recip();
-        x * inv * self.weight.val().unsqueeze::<D>()
+        bllm_ste::norm::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -248,12 +241,7 @@ pub fn apply_rope<B: Backend>(
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let [b, h, t, dh] = x.dims();
-    let half = dh / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..dh]);
-    let rot = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos + rot * sin
+    bllm_ste::rope::rope(x, cos, sin)
 }
 
 /// Grouped-query self-attention.
@@ -695,11 +683,8 @@ impl<B: Backend> Llama<B> {
         match &self.lm_head {
             Some(p) => p.forward(hidden, &ctx.fork(1 << 20), None),
             None => {
-                let [b, t, d] = hidden.dims();
-                hidden
-                    .reshape([b * t, d])
-                    .matmul(self.embed_tokens.val().transpose())
-                    .reshape([b, t, self.config.vocab_size])
+                // The tied head reads the embedding transposed in place.
+                bllm_ste::linear::linear(hidden, self.embed_tokens.val().transpose(), None)
             }
         }
     }
@@ -864,9 +849,9 @@ impl<B: Backend> Llama<B> {
             x = x + a.o_proj.forward(att, &ctx.fork(3), None);
             let y = l.post_attention_layernorm.forward(x.clone());
             let m = &l.mlp;
-            let g = silu(m.gate_proj.forward(y.clone(), &ctx.fork(4), None));
+            let g = m.gate_proj.forward(y.clone(), &ctx.fork(4), None);
             let u = m.up_proj.forward(y, &ctx.fork(5), None);
-            x = x + m.down_proj.forward(g * u, &ctx.fork(6), None);
+            x = x + m.down_proj.forward(swiglu(g, u), &ctx.fork(6), None);
             if let Some(states) = states.as_deref_mut() {
                 states.push(x.clone());
             }

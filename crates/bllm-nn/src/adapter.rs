@@ -201,10 +201,10 @@ impl<B: Backend> Adapter<B> {
     /// `x · ΔW` for inputs `[..., d_input]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D> {
         if let Some((a, b)) = self.factors(ctx) {
-            let h = burn::tensor::module::linear(x, a, None);
-            return burn::tensor::module::linear(h, b, None);
+            let h = bllm_ste::linear::linear(x, a, None);
+            return bllm_ste::linear::linear(h, b, None);
         }
-        burn::tensor::module::linear(x, self.delta_weight(ctx), None)
+        bllm_ste::linear::linear(x, self.delta_weight(ctx), None)
     }
 
     /// The weight delta `ΔW`, `[d_input, d_output]`.

@@ -2,11 +2,11 @@
 
 use bllm_codes::PackedCodes;
 use bllm_ste::estimators::Levels;
+use bllm_ste::linear::linear;
 use bllm_ste::ops::{constant, mean_abs, round_ste};
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -293,6 +293,10 @@ impl<B: Backend> BinaryLinear<B> {
     pub fn effective_weight(&self, ctx: &Ctx) -> Tensor<B, 2> {
         let w = self.centered();
         let q = self.config.weight.apply(w.clone(), &ctx.fork(1));
+        // SVID's g hᵀ as one fused op (the same bits as `q * scale`, no outer-product matrix).
+        if let (Some(h), Some(g)) = (&self.alpha, &self.input_scale) {
+            return bllm_ste::scale::scale_outer(q, g.val(), h.val());
+        }
         match self.scale(w) {
             Some(s) => q * s,
             None => q,

@@ -1,11 +1,11 @@
 //! [`BitLinear`]: BitNet b1.58's linear layer.
 
 use bllm_codes::PackedCodes;
+use bllm_ste::linear::linear;
 use bllm_ste::{Ctx, Estimator};
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
 use crate::binary_linear::to_vec;

@@ -88,7 +88,7 @@ pub struct HashHead<B: Backend> {
 impl<B: Backend> HashHead<B> {
     /// Pre-binarization projections: `[n, d]` centred inputs → `[n, k]`.
     pub fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.projection.val()) + self.bias.val().unsqueeze::<2>()
+        bllm_ste::linear::linear(x, self.projection.val(), Some(self.bias.val()))
     }
 
     /// Training codes `[n, k]` of projections `z` (from [`HashHead::logits`]), in `mode`,

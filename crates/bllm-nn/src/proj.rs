@@ -115,8 +115,7 @@ impl<B: Backend> RmsGain<B> {
 
     /// Normalises the last dimension. Shapes: `[..., d]` → `[..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(1e-6).sqrt();
-        x / rms * self.gain.val().unsqueeze::<D>()
+        bllm_ste::norm::rms_norm(x, self.gain.val(), 1e-6)
     }
 }
 
@@ -278,7 +277,9 @@ impl<B: Backend> Proj<B> {
             };
         }
         match &self.float {
-            Some(l) => l.forward(x),
+            Some(l) => {
+                bllm_ste::linear::linear(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()))
+            }
             None => x,
         }
     }

@@ -41,10 +41,11 @@ use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
+use crate::host::View;
 use crate::softmax::{dot8, host_backend, same, softmax_row};
 
 /// Which scores a query may not see.
@@ -168,70 +169,20 @@ impl Dims {
     }
 }
 
-/// A rank-4 f32 tensor's elements on the host, in place (Flex) or copied (NdArray).
-#[derive(Clone, Debug)]
-struct View {
-    buf: Buf,
-    offset: isize,
-    strides: [isize; 4],
-}
-
-#[derive(Clone, Debug)]
-enum Buf {
-    Flex(FlexTensor),
-    Host(Arc<Vec<f32>>),
-}
-
-impl View {
-    fn of<B: Backend>(x: Tensor<B, 4>) -> View {
-        let dims = x.dims();
-        match same::<_, Tensor<Flex, 4>>(x) {
-            Ok(x) => {
-                let p = x.into_primitive().tensor();
-                let l = p.layout();
-                let st = l.strides();
-                View {
-                    offset: l.start_offset() as isize,
-                    strides: [st[0], st[1], st[2], st[3]],
-                    buf: Buf::Flex(p),
-                }
-            }
-            Err(x) => {
-                let v = x
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .unwrap_or_else(|_| unreachable!("converted to f32"));
-                let [_, d1, d2, d3] = dims.map(|d| d as isize);
-                View {
-                    buf: Buf::Host(Arc::new(v)),
-                    offset: 0,
-                    strides: [d1 * d2 * d3, d2 * d3, d3, 1],
-                }
-            }
-        }
-    }
-
-    fn data(&self) -> &[f32] {
-        match &self.buf {
-            Buf::Flex(t) => t.storage::<f32>(),
-            Buf::Host(v) => v,
-        }
-    }
-
+/// Attention's operands are read through [`View`]s of rank 4.
+impl View<4> {
     /// Rows `0..n` of head `(b, h)` into `dst` `[n, dh]`, contiguous.
     fn gather(&self, b: usize, h: usize, n: usize, dh: usize, dst: &mut [f32]) {
         let data = self.data();
         let [sb, sh, st, sd] = self.strides;
-        let base = self.offset + b as isize * sb + h as isize * sh;
+        let base = self.offset + b * sb + h * sh;
         for (i, row) in dst[..n * dh].chunks_exact_mut(dh).enumerate() {
-            let r = base + i as isize * st;
+            let r = base + i * st;
             if sd == 1 {
-                let r = r as usize;
                 row.copy_from_slice(&data[r..r + dh]);
             } else {
                 for (j, x) in row.iter_mut().enumerate() {
-                    *x = data[(r + j as isize * sd) as usize];
+                    *x = data[r + j * sd];
                 }
             }
         }
@@ -309,9 +260,9 @@ fn mask_softmax(p: &mut [f32], b: usize, d: &Dims, mask: &HostMask) {
 /// Forward on the host: the output token-major `[b, t, h, dh]`, and `P` `[b, h, t, s]` when
 /// `keep`.
 fn forward(
-    q: &View,
-    k: &View,
-    v: &View,
+    q: &View<4>,
+    k: &View<4>,
+    v: &View<4>,
     mask: &HostMask,
     d: &Dims,
     keep: bool,
@@ -368,7 +319,7 @@ fn token_major(x: &[f32], h: usize, n: usize, dh: usize) -> Vec<f32> {
 }
 
 /// Backward on the host: `(dq, dk, dv)` token-major, from the output's gradient `go`.
-fn backward(go: &View, st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward(go: &View<4>, st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = &st.dims;
     let (t, s, dh, rep) = (d.t, d.s, d.dh, d.rep());
     let mut dq = vec![0f32; d.b * d.h * t * dh];
@@ -518,9 +469,9 @@ fn plain<B: Backend>((q, k, v, mask): Args<B>, scale: f64) -> Tensor<B, 4> {
 /// What the backward pass keeps.
 #[derive(Clone, Debug)]
 struct State {
-    q: View,
-    k: View,
-    v: View,
+    q: View<4>,
+    k: View<4>,
+    v: View<4>,
     /// The attention weights `[b, h, t, s]`.
     p: Arc<Vec<f32>>,
     dims: Dims,

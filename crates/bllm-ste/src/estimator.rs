@@ -186,6 +186,9 @@ impl Estimator {
         if !B::ad_enabled(&x.device()) {
             return q;
         }
+        if dispatch!(self, b => b.unit_grad()) {
+            return ops::pass_through(x, q);
+        }
         let g = self.grad(xd, ctx);
         ops::inject(x, q, g)
     }

@@ -162,8 +162,17 @@ fn on_host<B: Backend, const D: usize>(
     }
     let shape = x.shape();
     let device = x.device();
-    let data = constant(x.clone()).into_data();
-    let (a, b) = map2(data.as_slice::<f32>().ok()?, f);
+    // In place when the values are contiguous (no copy of `x`), else one row-major copy.
+    let (a, b) = match crate::host::view_of(x) {
+        Some(v) => match v.contiguous() {
+            Some(s) => map2(s, f),
+            None => map2(&v.to_vec(), f),
+        },
+        None => {
+            let data = constant(x.clone()).into_data();
+            map2(data.as_slice::<f32>().ok()?, f)
+        }
+    };
     Some((
         Tensor::from_data(TensorData::new(a, shape.clone()), &device),
         Tensor::from_data(TensorData::new(b, shape), &device),

@@ -31,11 +31,16 @@ mod error;
 mod estimator;
 pub mod estimators;
 pub mod fused;
+mod host;
+pub mod linear;
 pub mod norm;
 pub mod ops;
 pub mod quant;
+pub mod rope;
+pub mod scale;
 pub mod schedule;
 pub mod softmax;
+pub mod swiglu;
 
 pub use ctx::{Ctx, Shadow};
 pub use error::{Result, SteError};

@@ -20,12 +20,19 @@ pub fn constant<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.detach().set_require_grad(false)
 }
 
-/// `+1` where `x >= 0` (including 0 and −0.0), `−1` elsewhere. No gradient.
+/// `+1` where `x >= 0` (including 0 and −0.0), `−1` elsewhere (NaN included). No gradient.
+///
+/// On the CPU backends one pass over `x` (it is taken of every latent weight matrix at every
+/// step); elsewhere four Burn ops (compare, cast, scale, shift).
 pub fn sign_pm1<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.greater_equal_elem(0.0)
-        .float()
-        .mul_scalar(2.0)
-        .sub_scalar(1.0)
+    match crate::host::map_constant(x, |v| if v >= 0.0 { 1.0 } else { -1.0 }) {
+        Ok(s) => s,
+        Err(x) => x
+            .greater_equal_elem(0.0)
+            .float()
+            .mul_scalar(2.0)
+            .sub_scalar(1.0),
+    }
 }
 
 /// `1` where `x >= 0`, `0` elsewhere. No gradient.
@@ -123,6 +130,55 @@ fn inject_tracked<B: Backend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// [`inject`] with `G = 1`: forward value exactly `q`, the upstream gradient passed to `x`
+/// unchanged. On `Autodiff<Flex|NdArray>` one node whose backward hands the gradient on (no
+/// multiplication by a tensor of ones: the same bits as `inject(x, q, 1)`); elsewhere the
+/// composed `q + (x − x⁻)`. Without autodiff this is just `q`.
+pub fn pass_through<B: Backend, const D: usize>(x: Tensor<B, D>, q: Tensor<B, D>) -> Tensor<B, D> {
+    if !B::ad_enabled(&x.device()) {
+        return q;
+    }
+    use crate::host::cast;
+    use std::any::TypeId;
+    let id = TypeId::of::<B>();
+    if id == TypeId::of::<Autodiff<Flex>>() {
+        cast(pass_tracked::<Flex, D>(cast(x), cast(q)))
+    } else if id == TypeId::of::<Autodiff<NdArray>>() {
+        cast(pass_tracked::<NdArray, D>(cast(x), cast(q)))
+    } else {
+        q + (x.clone() - constant(x))
+    }
+}
+
+/// The node of [`pass_through`].
+#[derive(Debug)]
+struct PassThrough;
+
+impl<B: Backend> Backward<B, 1> for PassThrough {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| grad);
+    }
+}
+
+fn pass_tracked<B: Backend, const D: usize>(
+    x: Tensor<Autodiff<B>, D>,
+    q: Tensor<Autodiff<B>, D>,
+) -> Tensor<Autodiff<B>, D> {
+    let xt = x.into_primitive().tensor();
+    let values = q.inner().into_primitive().tensor();
+    let out = match PassThrough
+        .prepare::<NoCheckpointing>([xt.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((), values),
+        OpsKind::UnTracked(prep) => prep.finish(values),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 /// Straight-through rounding: forward `round(x)` (half to even), gradient 1.
 pub fn round_ste<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let r = constant(x.clone()).round();
@@ -174,5 +230,64 @@ mod tests {
     fn inject_node_matches_the_composed_form() {
         same_as_composed::<Autodiff<Flex>>();
         same_as_composed::<Autodiff<NdArray>>();
+    }
+
+    /// `pass_through` gives `q` forward and `inject(x, q, 1)`'s gradient, bit for bit.
+    fn pass_through_is_inject_with_unit_grad<B: AutodiffBackend>() {
+        let dev = Default::default();
+        let v: Vec<f32> = (0..24).map(|i| (i as f32 - 11.5) * 0.37).collect();
+        let x = Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [4, 6]), &dev).require_grad();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(v, [4, 6]), &dev).sin();
+        let q = sign_pm1(constant(x.clone()));
+        let a = pass_through(x.clone(), q.clone());
+        let b = inject(x.clone(), q.clone(), constant(x.clone()).ones_like());
+        assert_eq!(a.clone().into_data(), q.into_data());
+        let ga = (a * w.clone()).sum().backward();
+        let gb = (b * w).sum().backward();
+        assert_eq!(
+            x.grad(&ga).unwrap().into_data(),
+            x.grad(&gb).unwrap().into_data()
+        );
+    }
+
+    #[test]
+    fn pass_through_matches_inject_with_unit_grad() {
+        pass_through_is_inject_with_unit_grad::<Autodiff<Flex>>();
+        pass_through_is_inject_with_unit_grad::<Autodiff<NdArray>>();
+    }
+
+    #[test]
+    fn sign_pm1_one_pass_matches_the_composed_ops() {
+        let dev = Default::default();
+        let v = vec![
+            -2.0,
+            -0.0,
+            0.0,
+            1e-30,
+            -1e-30,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        let want = vec![-1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, -1.0];
+        let x = Tensor::<Flex, 1>::from_data(TensorData::new(v.clone(), [8]), &dev);
+        let composed = x
+            .clone()
+            .greater_equal_elem(0.0)
+            .float()
+            .mul_scalar(2.0)
+            .sub_scalar(1.0);
+        assert_eq!(composed.to_data().to_vec::<f32>().unwrap(), want);
+        assert_eq!(sign_pm1(x.clone()).to_data().to_vec::<f32>().unwrap(), want);
+        // Strided and tracked inputs: the same values, and no gradient.
+        let m = Tensor::<Flex, 2>::from_data(TensorData::new(v.clone(), [2, 4]), &dev);
+        let mt = sign_pm1(m.clone().transpose());
+        assert_eq!(mt.into_data(), sign_pm1(m).transpose().into_data());
+        let t =
+            Tensor::<Autodiff<NdArray>, 1>::from_data(TensorData::new(v, [8]), &Default::default())
+                .require_grad();
+        let s = sign_pm1(t);
+        assert!(!s.is_require_grad());
+        assert_eq!(s.into_data().to_vec::<f32>().unwrap(), want);
     }
 }

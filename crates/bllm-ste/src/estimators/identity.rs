@@ -31,4 +31,8 @@ impl Binarizer for Identity {
     fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, _: &Ctx) -> Tensor<B, D> {
         x
     }
+
+    fn unit_grad(&self) -> bool {
+        true
+    }
 }

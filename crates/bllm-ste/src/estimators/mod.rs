@@ -69,6 +69,12 @@ pub trait Binarizer {
     /// gradient-mismatch monitor.
     fn surrogate<B: Backend, const D: usize>(&self, x: Tensor<B, D>, ctx: &Ctx) -> Tensor<B, D>;
 
+    /// Whether `G(x) = 1` everywhere, so the gradient passes through unchanged:
+    /// [`crate::Estimator::apply`] then builds no `G` tensor and multiplies by nothing.
+    fn unit_grad(&self) -> bool {
+        false
+    }
+
     /// Parameter names, values and meaning, for `bllm ste list`.
     fn params(&self) -> Vec<(&'static str, f64, &'static str)> {
         Vec::new()
