@@ -216,6 +216,41 @@ pub fn sech2_scaled<B: Backend, const D: usize>(x: Tensor<B, D>, s: f64, k: f64)
     }
 }
 
+/// `Σ x²` of an f32 tensor in f64 (a gradient-norm term): on the CPU backends one parallel
+/// pass reading the values in place, summed per fixed chunk of [`CHUNK`] elements and then the
+/// chunks in order, so the bits do not depend on the thread count; elsewhere Burn's
+/// `square().sum()` in f32.
+pub fn sum_squares<B: Backend, const D: usize>(x: &Tensor<B, D>) -> f64 {
+    let Some(v) = crate::host::view_of(x) else {
+        let s: f32 = burn::tensor::ElementConversion::elem(x.clone().square().sum().into_scalar());
+        return f64::from(s);
+    };
+    let owned;
+    let data = match v.contiguous() {
+        Some(s) => s,
+        None => {
+            owned = v.to_vec();
+            &owned
+        }
+    };
+    let parts: Vec<f64> = data
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|x| f64::from(*x) * f64::from(*x)).sum())
+        .collect();
+    parts.iter().sum()
+}
+
+/// `x · factor` (as Burn's `mul_scalar`: the factor rounded to f32, the same bits) as a
+/// constant: one parallel pass on the CPU backends, Burn's op elsewhere. For gradients, which
+/// carry no graph.
+pub fn scaled<B: Backend, const D: usize>(x: Tensor<B, D>, factor: f64) -> Tensor<B, D> {
+    let f = factor as f32;
+    match crate::host::map_constant(x, |v| v * f) {
+        Ok(y) => y,
+        Err(x) => x.mul_scalar(factor),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +452,34 @@ mod tests {
         let y = gelu(x).into_data().to_vec::<f32>().expect("f32");
         assert_eq!(y[2], 0.0);
         assert!((y[4] - 2.995_95).abs() < 1e-4 && y[0].abs() < 5e-3);
+    }
+
+    #[test]
+    fn sum_squares_and_scaled_match_burns_ops() {
+        type F = burn_flex::Flex;
+        let dev = Default::default();
+        let v: Vec<f32> = (0..70_000)
+            .map(|i| ((i % 97) as f32 - 48.0) * 0.013)
+            .collect();
+        let x = Tensor::<F, 1>::from_data(TensorData::new(v.clone(), [v.len()]), &dev);
+        let want: f64 = v.iter().map(|a| f64::from(*a) * f64::from(*a)).sum();
+        let got = sum_squares(&x);
+        assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| sum_squares(&x));
+        assert_eq!(one.to_bits(), got.to_bits(), "thread-count independent");
+        assert_eq!(
+            scaled(x.clone(), 0.37).into_data(),
+            x.clone().mul_scalar(0.37).into_data(),
+            "the same bits as mul_scalar"
+        );
+        let t = x.clone().reshape([7, 10_000]).transpose();
+        assert_eq!(
+            scaled(t.clone(), 2.5).into_data(),
+            t.mul_scalar(2.5).into_data()
+        );
     }
 }

@@ -30,6 +30,7 @@
 //! half-written `checkpoint-<step>/`; `resume` continues from the newest complete one and, on
 //! the CPU, reproduces an uninterrupted run bit for bit.
 
+mod adam;
 mod backend;
 pub mod data;
 mod dist;

@@ -8,24 +8,23 @@ use bllm_recipe::{OptimizerKind, Recipe};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
-};
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::record::{
     FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
+use crate::adam::FusedAdam;
 use crate::rundir::RunDir;
 use crate::{Result, TrainError};
 
 /// The optimizer chosen by the recipe.
 pub(crate) enum Opt<B: AutodiffBackend, M: AutodiffModule<B>> {
-    Adam(OptimizerAdaptor<Adam, M, B>),
+    Adam(OptimizerAdaptor<FusedAdam, M, B>),
     AdamW(OptimizerAdaptor<AdamW, M, B>),
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
-    BopAdam(MixedOptimizer<M, B, OptimizerAdaptor<Adam, M, B>>),
+    BopAdam(MixedOptimizer<M, B, OptimizerAdaptor<FusedAdam, M, B>>),
 }
 
 pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -122,17 +121,15 @@ pub(crate) fn load_rec<B: Backend, R: Record<B>>(path: &Path) -> Result<R> {
 impl<B: AutodiffBackend, M: AutodiffModule<B>> Opt<B, M> {
     pub(crate) fn new(recipe: &Recipe, model: &M) -> Self {
         let o = &recipe.optimizer;
+        // Burn's Adam, updated in one parallel pass per parameter on the CPU backends (the
+        // same bits and the same state records: `crate::adam`).
         let adam = || {
-            let mut c = AdamConfig::new()
-                .with_beta_1(o.beta1 as f32)
-                .with_beta_2(o.beta2 as f32)
-                .with_epsilon(o.eps as f32);
-            if o.weight_decay > 0.0 {
-                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
-                    o.weight_decay as f32,
-                )));
-            }
-            c.init::<B, M>()
+            FusedAdam::init::<B, M>(
+                o.beta1 as f32,
+                o.beta2 as f32,
+                o.eps as f32,
+                o.weight_decay as f32,
+            )
         };
         match o.kind {
             OptimizerKind::Adam => Self::Adam(adam()),
@@ -261,8 +258,8 @@ pub(crate) struct GradNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         if let Some(g) = p.val().grad(self.grads) {
-            let s: f32 = g.square().sum().into_scalar().elem();
-            self.sum += f64::from(s);
+            // One parallel pass in f64 on the CPU backends (`square().sum()` elsewhere).
+            self.sum += bllm_ste::fused::sum_squares(&g);
         }
     }
 }
@@ -277,7 +274,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_, B> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         let v = p.val();
         if let Some(g) = v.grad(self.grads) {
-            v.grad_replace(self.grads, g.mul_scalar(self.factor));
+            v.grad_replace(self.grads, bllm_ste::fused::scaled(g, self.factor));
         }
     }
 }
