@@ -553,10 +553,7 @@ mod tests {
 
     /// Seeded values in `[-2, 2)`.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = bllm_codes::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| ((r.next_f64() - 0.5) * 4.0) as f32)
-            .collect()
+        crate::host::seeded(n, seed, 4.0)
     }
 
     /// A head-major view `[b, h, n, dh]` of token-major data, as a projection's output is split

@@ -201,10 +201,32 @@ impl View<2> {
         })
     }
 
+    /// Row `i`: borrowed in place when rows are contiguous, else gathered into `buf` (`n`
+    /// elements).
+    pub(crate) fn row_or<'a>(&'a self, i: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        if self.strides[1] != 1 && self.dims[1] > 1 {
+            for (j, v) in buf.iter_mut().enumerate() {
+                *v = self.at(i, j);
+            }
+            return buf;
+        }
+        let s = self.offset + i * self.strides[0];
+        &self.data()[s..s + self.dims[1]]
+    }
+
     /// Element `[i, j]`.
     pub(crate) fn at(&self, i: usize, j: usize) -> f32 {
         self.data()[self.offset + i * self.strides[0] + j * self.strides[1]]
     }
+}
+
+/// Seeded test values in `[−scale/2, scale/2)`.
+#[cfg(test)]
+pub(crate) fn seeded(n: usize, seed: u64, scale: f64) -> Vec<f32> {
+    let mut r = bllm_codes::rng::SplitMix64::new(seed);
+    (0..n)
+        .map(|_| ((r.next_f64() - 0.5) * scale) as f32)
+        .collect()
 }
 
 #[cfg(test)]

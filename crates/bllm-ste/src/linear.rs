@@ -116,6 +116,9 @@ impl<'a> Mat<'a> {
 /// for any thread count).
 const TILES: usize = 8;
 
+/// The fewest rows (columns) of a tile.
+const MIN_TILE: usize = 256;
+
 /// A raw output pointer shared by tiles that write disjoint elements.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -135,12 +138,14 @@ impl Out {
 /// `dst` must be empty and is written, not read).
 ///
 /// Below [`PARALLEL_WORK`] multiply-adds one single-threaded `gemm` call; above it the output
-/// is cut into [`TILES`] blocks of rows (or of columns, when it is wider than tall), each one
-/// single-threaded `gemm` call scheduled on the rayon pool. gemm's own threading splits every
-/// block of its reduction across threads and joins after each, which left one core idle for
-/// 10–15 % of a training step; whole tiles have no joins inside. The tiles are fixed, and
-/// gemm's blocking depends on the call's shape only, so the bits do not depend on the thread
-/// count.
+/// is cut into up to [`TILES`] blocks of at least [`MIN_TILE`] rows (or columns, when it is
+/// wider than tall), each one single-threaded `gemm` call scheduled on the rayon pool. gemm's
+/// own threading splits every block of its reduction across threads and joins after each,
+/// which left one core idle for 10–15 % of a training step; whole tiles have no joins inside.
+/// An output too small for two tiles (a weight gradient: small output, long reduction) uses
+/// gemm's threading, which packs each operand once. Tiles depend on the shape only, and so
+/// does gemm's blocking (its threads split output blocks, never the reduction), so the bits do
+/// not depend on the thread count.
 fn product(mut dst: Vec<f32>, lhs: Mat, rhs: Mat) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
@@ -156,7 +161,7 @@ fn product(mut dst: Vec<f32>, lhs: Mat, rhs: Mat) -> Vec<f32> {
     dst.reserve_exact(m * n - dst.len());
     let out = Out(dst.as_mut_ptr());
     // One gemm call for output rows r0..r1 and columns c0..c1.
-    let call = |(r0, r1): (usize, usize), (c0, c1): (usize, usize)| {
+    let call = |(r0, r1): (usize, usize), (c0, c1): (usize, usize), par: gemm::Parallelism| {
         // SAFETY: `in_bounds` bounds every element gemm reads from either operand (the tile's
         // operands are sub-blocks of them); dst has capacity for m × n row-major elements and
         // the tile writes only rows r0..r1 × columns c0..c1 of it. Without `accumulate` gemm
@@ -183,26 +188,39 @@ fn product(mut dst: Vec<f32>, lhs: Mat, rhs: Mat) -> Vec<f32> {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                par,
             );
         }
     };
+    // Tiles of at least MIN_TILE rows (columns), edges on multiples of 16 (gemm's register
+    // blocks): each tile packs the whole other operand again, so narrower tiles would cost
+    // more in packing than they save in joins.
+    let split = |len: usize| len.div_ceil(TILES).max(MIN_TILE).next_multiple_of(16);
+    let wide = m.max(n);
     if m * n * k < PARALLEL_WORK {
-        call((0, m), (0, n));
+        call((0, m), (0, n), gemm::Parallelism::None);
+    } else if wide < 2 * MIN_TILE {
+        // A small output with a long reduction (a weight gradient over many rows): gemm's own
+        // threading, which shares one packed copy of each operand.
+        call((0, m), (0, n), gemm::Parallelism::Rayon(0));
+    } else if m >= n {
+        let step = split(m);
+        (0..m.div_ceil(step)).into_par_iter().for_each(|t| {
+            call(
+                (t * step, ((t + 1) * step).min(m)),
+                (0, n),
+                gemm::Parallelism::None,
+            )
+        });
     } else {
-        // Tile edges on multiples of 16 (gemm's register blocks).
-        let split = |len: usize| len.div_ceil(TILES).next_multiple_of(16);
-        if m >= n {
-            let step = split(m);
-            (0..m.div_ceil(step))
-                .into_par_iter()
-                .for_each(|t| call((t * step, ((t + 1) * step).min(m)), (0, n)));
-        } else {
-            let step = split(n);
-            (0..n.div_ceil(step))
-                .into_par_iter()
-                .for_each(|t| call((0, m), (t * step, ((t + 1) * step).min(n))));
-        }
+        let step = split(n);
+        (0..n.div_ceil(step)).into_par_iter().for_each(|t| {
+            call(
+                (0, m),
+                (t * step, ((t + 1) * step).min(n)),
+                gemm::Parallelism::None,
+            )
+        });
     }
     if !accumulate {
         // SAFETY: every one of the m·n elements was written by exactly one tile above.
@@ -372,19 +390,18 @@ mod tests {
 
     /// Seeded values in `[-2, 2)`.
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = bllm_codes::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| ((r.next_f64() - 0.5) * 4.0) as f32)
-            .collect()
+        crate::host::seeded(n, seed, 4.0)
     }
 
     /// The cases: (name, [b, t, k, m], bias, weight given transposed).
-    const CASES: [(&str, [usize; 4], bool, bool); 5] = [
+    const CASES: [(&str, [usize; 4], bool, bool); 7] = [
         ("small", [2, 3, 5, 4], true, false),
         ("no bias", [1, 7, 6, 3], false, false),
         ("transposed weight", [2, 5, 8, 9], false, true),
         ("threaded size", [2, 160, 200, 240], true, false),
         ("threaded, transposed", [1, 256, 192, 224], true, true),
+        ("row tiles", [2, 320, 128, 192], true, false),
+        ("column tiles, transposed", [1, 64, 256, 1024], false, true),
     ];
 
     /// Output and the gradients of `Σ c ⊙ y` for x, W, b.

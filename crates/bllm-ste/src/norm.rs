@@ -322,19 +322,6 @@ pub fn rms_norm_reference<B: Backend, const D: usize>(
     x * inv * weight.unsqueeze::<D>()
 }
 
-/// Row `i` of `x` into `buf` (or borrowed in place when rows are contiguous).
-fn row_of<'a>(x: &'a View<2>, i: usize, buf: &'a mut [f32]) -> &'a [f32] {
-    match x.row(i) {
-        Some(r) => r,
-        None => {
-            for (j, v) in buf.iter_mut().enumerate() {
-                *v = x.at(i, j);
-            }
-            buf
-        }
-    }
-}
-
 /// RMS norm forward on the host: `(y, r)` for rows `x` `[n, d]`.
 fn rms_forward(x: &View<2>, w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let [n, d] = x.dims;
@@ -349,7 +336,7 @@ fn rms_forward(x: &View<2>, w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
         .for_each(|(bi, (y, r))| {
             let mut buf = vec![0f32; d];
             for (i, (y, r)) in y.chunks_exact_mut(d).zip(r).enumerate() {
-                let xr = row_of(x, bi * BLOCK_ROWS + i, &mut buf);
+                let xr = x.row_or(bi * BLOCK_ROWS + i, &mut buf);
                 *r = 1.0 / (dot8(xr, xr) / d as f32 + eps).sqrt();
                 for ((y, x), w) in y.iter_mut().zip(xr).zip(w) {
                     *y = (*x * *r) * w;
@@ -385,8 +372,8 @@ fn rms_backward(dy: &View<2>, st: &RmsState) -> (Vec<f32>, Vec<f32>) {
             for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
                 let r = bi * BLOCK_ROWS + i;
                 let rs = st.rstd[r];
-                let xr = row_of(&st.x, r, &mut xb);
-                let dyr = row_of(dy, r, &mut gb);
+                let xr = st.x.row_or(r, &mut xb);
+                let dyr = dy.row_or(r, &mut gb);
                 for j in 0..d {
                     xh[j] = xr[j] * rs;
                     pw[j] += dyr[j] * xh[j];

@@ -196,11 +196,9 @@ mod tests {
     use super::*;
     use burn::tensor::backend::AutodiffBackend;
 
+    /// Seeded values in `[-2, 2)`.
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = bllm_codes::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| ((r.next_f64() - 0.5) * 4.0) as f32)
-            .collect()
+        crate::host::seeded(n, seed, 4.0)
     }
 
     /// Output and `∂(Σ c ⊙ y)/∂x` for a head-major view `[b, h, t, dh]`.

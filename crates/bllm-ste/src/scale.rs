@@ -72,19 +72,6 @@ pub fn scale_outer_reference<B: Backend>(
     q * (g.unsqueeze_dim::<2>(1) * h.unsqueeze::<2>())
 }
 
-/// Row `i` of `x` into `buf`, or borrowed when rows are contiguous.
-fn row_of<'a>(x: &'a View<2>, i: usize, buf: &'a mut [f32]) -> &'a [f32] {
-    match x.row(i) {
-        Some(r) => r,
-        None => {
-            for (j, v) in buf.iter_mut().enumerate() {
-                *v = x.at(i, j);
-            }
-            buf
-        }
-    }
-}
-
 /// `y_ij = q_ij · (g_i · h_j)` on the host.
 fn forward(q: &View<2>, g: &[f32], h: &[f32]) -> Vec<f32> {
     let [k, m] = q.dims;
@@ -98,7 +85,7 @@ fn forward(q: &View<2>, g: &[f32], h: &[f32]) -> Vec<f32> {
             let mut buf = vec![0f32; m];
             for (i, y) in y.chunks_exact_mut(m).enumerate() {
                 let r = bi * BLOCK_ROWS + i;
-                let qr = row_of(q, r, &mut buf);
+                let qr = q.row_or(r, &mut buf);
                 let gi = g[r];
                 for ((y, q), h) in y.iter_mut().zip(qr).zip(h) {
                     *y = *q * (gi * *h);
@@ -129,7 +116,7 @@ fn backward(dy: &View<2>, st: &State, want: [bool; 3]) -> [Option<Vec<f32>>; 3] 
                     let mut buf = vec![0f32; m];
                     for (i, o) in o.chunks_exact_mut(m).enumerate() {
                         let r = bi * BLOCK_ROWS + i;
-                        let dyr = row_of(dy, r, &mut buf);
+                        let dyr = dy.row_or(r, &mut buf);
                         for ((o, d), h) in o.iter_mut().zip(dyr).zip(h) {
                             *o = *d * (g[r] * *h);
                         }
@@ -143,8 +130,8 @@ fn backward(dy: &View<2>, st: &State, want: [bool; 3]) -> [Option<Vec<f32>>; 3] 
         let mut dg = vec![0f32; k];
         dg.par_iter_mut().enumerate().for_each(|(r, s)| {
             let (mut bd, mut bq) = (vec![0f32; m], vec![0f32; m]);
-            let dyr = row_of(dy, r, &mut bd);
-            let qr = row_of(&st.q, r, &mut bq);
+            let dyr = dy.row_or(r, &mut bd);
+            let qr = st.q.row_or(r, &mut bq);
             let t: Vec<f32> = dyr.iter().zip(qr).map(|(d, q)| d * q).collect();
             *s = dot8(&t, h);
         });
@@ -159,8 +146,8 @@ fn backward(dy: &View<2>, st: &State, want: [bool; 3]) -> [Option<Vec<f32>>; 3] 
                 let w = cols.len();
                 let (mut bd, mut bq) = (vec![0f32; m], vec![0f32; m]);
                 for (r, gr) in g.iter().enumerate() {
-                    let dyr = row_of(dy, r, &mut bd);
-                    let qr = row_of(&st.q, r, &mut bq);
+                    let dyr = dy.row_or(r, &mut bd);
+                    let qr = st.q.row_or(r, &mut bq);
                     for ((s, d), q) in cols.iter_mut().zip(&dyr[j0..j0 + w]).zip(&qr[j0..j0 + w]) {
                         *s += (*d * *q) * *gr;
                     }
@@ -253,11 +240,9 @@ mod tests {
     use super::*;
     use burn::tensor::backend::AutodiffBackend;
 
+    /// Seeded values in `[-2, 2)`.
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = bllm_codes::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| ((r.next_f64() - 0.5) * 4.0) as f32)
-            .collect()
+        crate::host::seeded(n, seed, 4.0)
     }
 
     /// Output and the gradients (q, g, h) of `Σ c ⊙ y`; `q` given transposed when `strided`.

@@ -173,10 +173,7 @@ mod tests {
     use burn::tensor::backend::AutodiffBackend;
 
     fn vals(n: usize, seed: u64, scale: f64) -> Vec<f32> {
-        let mut r = bllm_codes::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| ((r.next_f64() - 0.5) * scale) as f32)
-            .collect()
+        crate::host::seeded(n, seed, scale)
     }
 
     /// Output and gradients (gate, up) of `Σ c ⊙ y`; `gate` a transposed view when `strided`.
