@@ -45,8 +45,8 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::View;
-use crate::softmax::{dot8, host_backend, same, softmax_row};
+use crate::host::{View, cast};
+use crate::softmax::{dot8, host_backend, softmax_row};
 
 /// Which scores a query may not see.
 #[derive(Clone, Debug)]
@@ -391,16 +391,13 @@ fn host_mask<B: Backend>(mask: Mask<B>) -> HostMask {
 type Args<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Mask<B>);
 
 /// Converts every tensor of a call to backend `U` (the same type as `B`, checked by the caller).
-fn cast<B: Backend, U: Backend>((q, k, v, mask): Args<B>) -> Args<U> {
-    let c = |x: Tensor<B, 4>| same::<_, Tensor<U, 4>>(x).unwrap_or_else(|_| unreachable_type());
+fn cast_args<B: Backend, U: Backend>((q, k, v, mask): Args<B>) -> Args<U> {
     let mask = match mask {
         Mask::None => Mask::None,
         Mask::Causal { offset } => Mask::Causal { offset },
-        Mask::KeyBias(m) => {
-            Mask::KeyBias(same::<_, Tensor<U, 2>>(m).unwrap_or_else(|_| unreachable_type()))
-        }
+        Mask::KeyBias(m) => Mask::KeyBias(cast(m)),
     };
-    (c(q), c(k), c(v), mask)
+    (cast(q), cast(k), cast(v), mask)
 }
 
 /// Runs the fused op when `B` is a CPU backend handled here; gives the arguments back otherwise.
@@ -415,26 +412,16 @@ fn dispatch<B: Backend>(
     let id = TypeId::of::<B>();
     let args = (q, k, v, mask);
     if id == TypeId::of::<Autodiff<Flex>>() {
-        Ok(back(tracked::<Flex>(cast(args), scale)))
+        Ok(cast(tracked::<Flex>(cast_args(args), scale)))
     } else if id == TypeId::of::<Autodiff<NdArray>>() {
-        Ok(back(tracked::<NdArray>(cast(args), scale)))
+        Ok(cast(tracked::<NdArray>(cast_args(args), scale)))
     } else if id == TypeId::of::<Flex>() {
-        Ok(back(plain::<Flex>(cast(args), scale)))
+        Ok(cast(plain::<Flex>(cast_args(args), scale)))
     } else if id == TypeId::of::<NdArray>() {
-        Ok(back(plain::<NdArray>(cast(args), scale)))
+        Ok(cast(plain::<NdArray>(cast_args(args), scale)))
     } else {
         Err(args)
     }
-}
-
-/// `o` as a tensor of `B` (the same type as `U`, checked by the caller).
-fn back<U: Backend, B: Backend>(o: Tensor<U, 4>) -> Tensor<B, 4> {
-    same::<_, Tensor<B, 4>>(o).unwrap_or_else(|_| unreachable_type())
-}
-
-/// The cast back to `Tensor<B, 4>` cannot fail: it is the type that was just matched.
-fn unreachable_type() -> ! {
-    unreachable!("a tensor cast back to the backend it was matched as")
 }
 
 fn dims_of<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, scale: f64) -> Dims {
@@ -594,9 +581,7 @@ mod tests {
         ]
     }
 
-    fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-        x.into_data().convert::<f32>().into_vec::<f32>().unwrap()
-    }
+    use crate::host::values as host;
 
     /// Output and the gradients of `Σ w ⊙ out` for q, k, v, through `f`.
     fn run<B: burn::tensor::backend::AutodiffBackend>(

@@ -38,8 +38,8 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::View;
-use crate::softmax::{dot8, host_backend, same, sum8};
+use crate::host::{View, cast, values as host};
+use crate::softmax::{dot8, host_backend, sum8};
 
 /// Rows per parallel block, and per partial sum of `dγ`, `dβ`.
 const BLOCK_ROWS: usize = 64;
@@ -64,14 +64,6 @@ pub fn layer_norm<B: Backend>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, 2>) -> T
         (true, Some(beta)) => dispatch(x, gamma, beta, eps as f32),
         _ => ln.forward(x),
     }
-}
-
-/// Host values of a tensor.
-fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-    x.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_else(|_| unreachable!("converted to f32"))
 }
 
 /// Forward on host rows `x` `[n, d]`: `(y, x̂, r)`; `x̂` and `r` only when `keep`.
@@ -181,10 +173,6 @@ fn dispatch<B: Backend>(
     eps: f32,
 ) -> Tensor<B, 2> {
     use std::any::TypeId;
-    fn cast<T: 'static, U: 'static>(t: T) -> U {
-        same::<T, U>(t)
-            .unwrap_or_else(|_| unreachable!("a tensor cast to the backend it was matched as"))
-    }
     let id = TypeId::of::<B>();
     if id == TypeId::of::<Autodiff<Flex>>() {
         cast(tracked::<Flex>(cast(x), cast(gamma), cast(beta), eps))

@@ -79,11 +79,8 @@ fn inject_node<B: Backend, const D: usize>(
     q: Tensor<B, D>,
     g: Tensor<B, D>,
 ) -> std::result::Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>)> {
+    use crate::host::cast;
     use std::any::TypeId;
-    fn cast<T: 'static, U: 'static>(t: T) -> U {
-        crate::softmax::same::<T, U>(t)
-            .unwrap_or_else(|_| unreachable!("a tensor cast to the backend it was matched as"))
-    }
     let id = TypeId::of::<B>();
     if id == TypeId::of::<Autodiff<Flex>>() {
         let y = inject_tracked::<Flex, D>(cast(x), cast(q), cast(g));
