@@ -153,17 +153,15 @@ pub fn listwise_loss<B: Backend>(
     code_temperature: f64,
 ) -> Tensor<B, 1> {
     let k = anchors.dims()[1] as f64;
-    let sc = anchors
-        .matmul(db.transpose())
-        .div_scalar(k * code_temperature);
+    let sc =
+        bllm_ste::linear::linear(anchors, db.transpose(), None).div_scalar(k * code_temperature);
     let teacher = bllm_ste::softmax::softmax(
         ops::constant(cos)
             .div_scalar(teacher_temperature)
             .mask_fill(exclude.clone(), -1e9),
         1,
     );
-    let logp = bllm_ste::softmax::log_softmax(sc.mask_fill(exclude, -1e9), 1);
-    (teacher * logp).sum_dim(1).mean().neg()
+    bllm_ste::softmax::soft_cross_entropy(sc.mask_fill(exclude, -1e9), teacher)
 }
 
 /// Similarity regression: `mean_{a, j ≠ a} (⟨h_a, h_j⟩ / k − t_aj)²` with the cosine rescaled
@@ -185,7 +183,7 @@ pub fn similarity_loss<B: Backend>(
     let target = cos
         .sub_scalar(mean_cos)
         .div_scalar((1.0 - mean_cos).max(1e-6));
-    let sc = anchors.matmul(db.transpose()).div_scalar(k);
+    let sc = bllm_ste::linear::linear(anchors, db.transpose(), None).div_scalar(k);
     ((sc - target).square() * keep)
         .sum()
         .div_scalar(pairs.max(1.0))
@@ -199,7 +197,7 @@ pub fn bit_balance<B: Backend>(h: Tensor<B, 2>) -> Tensor<B, 1> {
 /// Decorrelation: `‖HᵀH/n − I‖²_F / k²` — zero when the bits are uncorrelated `±1` columns.
 pub fn decorrelation<B: Backend>(h: Tensor<B, 2>) -> Tensor<B, 1> {
     let [n, k] = h.dims();
-    let gram = h.clone().transpose().matmul(h).div_scalar(n as f64);
+    let gram = bllm_ste::linear::linear(h.clone().transpose(), h, None).div_scalar(n as f64);
     let eye = Tensor::<B, 2>::eye(k, &gram.device());
     (gram - eye).square().sum().div_scalar((k * k) as f64)
 }

@@ -274,7 +274,7 @@ fn forward(
     } else {
         Vec::new()
     };
-    let task = |bh: usize, o: &mut [f32], p: &mut [f32]| {
+    let head = |bh: usize, o: &mut [f32], p: &mut [f32]| {
         let (b, h) = (bh / d.h, bh % d.h);
         let g = h / d.rep();
         let mut qh = vec![0f32; t * dh];
@@ -288,6 +288,7 @@ fn forward(
         mask_softmax(p, b, d, mask);
         mm((t, dh, s), o, false, p, (s, 1), &vh, (dh, 1), 1.0);
     };
+    let task = |bh: usize, o: &mut [f32], p: &mut [f32]| crate::simd::wide(|| head(bh, o, p));
     if keep {
         heads
             .par_chunks_mut(t * dh)
@@ -330,39 +331,54 @@ fn backward(go: &View<4>, st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         .zip(dv.par_chunks_mut(s * dh))
         .enumerate()
         .for_each(|(bg, ((dqg, dkg), dvg))| {
-            let (b, g) = (bg / d.hk, bg % d.hk);
-            let mut kh = vec![0f32; s * dh];
-            let mut vh = vec![0f32; s * dh];
-            let mut qh = vec![0f32; t * dh];
-            let mut goh = vec![0f32; t * dh];
-            let mut ds = vec![0f32; t * s];
-            st.k.gather(b, g, s, dh, &mut kh);
-            st.v.gather(b, g, s, dh, &mut vh);
-            for r in 0..rep {
-                let h = g * rep + r;
-                let p = &st.p[(b * d.h + h) * t * s..][..t * s];
-                st.q.gather(b, h, t, dh, &mut qh);
-                go.gather(b, h, t, dh, &mut goh);
-                // dP = dO Vᵀ, then dS = scale · P ⊙ (dP − ⟨dP, P⟩) row by row.
-                mm((t, s, dh), &mut ds, false, &goh, (dh, 1), &vh, (1, dh), 1.0);
-                for (g_row, p_row) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
-                    let dot = dot8(g_row, p_row);
-                    for (x, y) in g_row.iter_mut().zip(p_row) {
-                        *x = d.scale * (*y * (*x - dot));
-                    }
-                }
-                let dqh = &mut dqg[r * t * dh..(r + 1) * t * dh];
-                mm((t, dh, s), dqh, false, &ds, (s, 1), &kh, (dh, 1), 1.0);
-                // dK += dSᵀ Q, dV += Pᵀ dO (dSᵀ and Pᵀ read through their strides).
-                mm((s, dh, t), dkg, r > 0, &ds, (1, s), &qh, (dh, 1), 1.0);
-                mm((s, dh, t), dvg, r > 0, p, (1, s), &goh, (dh, 1), 1.0);
-            }
+            crate::simd::wide(|| backward_group(go, st, bg, dqg, dkg, dvg))
         });
     (
         token_major(&dq, d.h, t, dh),
         token_major(&dk, d.hk, s, dh),
         token_major(&dv, d.hk, s, dh),
     )
+}
+
+/// The gradients of one batch element's key/value group `bg` (its `rep` query heads), into
+/// `dq`, `dk`, `dv`'s blocks of that group.
+fn backward_group(
+    go: &View<4>,
+    st: &State,
+    bg: usize,
+    dqg: &mut [f32],
+    dkg: &mut [f32],
+    dvg: &mut [f32],
+) {
+    let d = &st.dims;
+    let (t, s, dh, rep) = (d.t, d.s, d.dh, d.rep());
+    let (b, g) = (bg / d.hk, bg % d.hk);
+    let mut kh = vec![0f32; s * dh];
+    let mut vh = vec![0f32; s * dh];
+    let mut qh = vec![0f32; t * dh];
+    let mut goh = vec![0f32; t * dh];
+    let mut ds = vec![0f32; t * s];
+    st.k.gather(b, g, s, dh, &mut kh);
+    st.v.gather(b, g, s, dh, &mut vh);
+    for r in 0..rep {
+        let h = g * rep + r;
+        let p = &st.p[(b * d.h + h) * t * s..][..t * s];
+        st.q.gather(b, h, t, dh, &mut qh);
+        go.gather(b, h, t, dh, &mut goh);
+        // dP = dO Vᵀ, then dS = scale · P ⊙ (dP − ⟨dP, P⟩) row by row.
+        mm((t, s, dh), &mut ds, false, &goh, (dh, 1), &vh, (1, dh), 1.0);
+        for (g_row, p_row) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+            let dot = dot8(g_row, p_row);
+            for (x, y) in g_row.iter_mut().zip(p_row) {
+                *x = d.scale * (*y * (*x - dot));
+            }
+        }
+        let dqh = &mut dqg[r * t * dh..(r + 1) * t * dh];
+        mm((t, dh, s), dqh, false, &ds, (s, 1), &kh, (dh, 1), 1.0);
+        // dK += dSᵀ Q, dV += Pᵀ dO (dSᵀ and Pᵀ read through their strides).
+        mm((s, dh, t), dkg, r > 0, &ds, (1, s), &qh, (dh, 1), 1.0);
+        mm((s, dh, t), dvg, r > 0, p, (1, s), &goh, (dh, 1), 1.0);
+    }
 }
 
 /// A head-major `[b, h, n, dh]` tensor over token-major data `[b, n, h, dh]`.

@@ -77,13 +77,23 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `n` is an integer in [−126, 127], so `x·log₂e + ROUND` is `1.5·2²³ + n` exactly and its
+    // bit pattern is `0x4B40_0000 + n`: the exponent field `n + 127` from integer operations
+    // (the float-to-int conversion did not vectorise).
+    let scale = f32::from_bits(
+        shifted
+            .to_bits()
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127)
+            << 23,
+    );
     p * scale
 }
 
@@ -135,18 +145,36 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// rayon pool (on the calling thread below [`PARALLEL_MIN`] elements). One zipped loop per
 /// chunk, which the compiler vectorises when `f` is branch-free.
 fn map2(x: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
-    let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-    let run = |(x, (a, b)): (&[f32], (&mut [f32], &mut [f32]))| {
-        for ((x, a), b) in x.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
-            (*a, *b) = f(*x);
-        }
+    use std::mem::MaybeUninit;
+    let n = x.len();
+    // Written once each, so not zeroed first (a fresh buffer's zeroing is a whole extra pass).
+    let (mut a, mut b) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
+    type Out<'a> = &'a mut [MaybeUninit<f32>];
+    let run = |(x, (a, b)): (&[f32], (Out<'_>, Out<'_>))| {
+        crate::simd::wide(|| {
+            for ((x, a), b) in x.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
+                let (p, q) = f(*x);
+                a.write(p);
+                b.write(q);
+            }
+        })
     };
-    if x.len() < PARALLEL_MIN {
-        run((x, (&mut a, &mut b)));
+    let (sa, sb) = (
+        &mut a.spare_capacity_mut()[..n],
+        &mut b.spare_capacity_mut()[..n],
+    );
+    if n < PARALLEL_MIN {
+        run((x, (sa, sb)));
     } else {
         x.par_chunks(CHUNK)
-            .zip(a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)))
+            .zip(sa.par_chunks_mut(CHUNK).zip(sb.par_chunks_mut(CHUNK)))
             .for_each(run);
+    }
+    // SAFETY: the loops above wrote all `n` elements of both (the chunks cover `0..n`, and the
+    // three slices have `n` elements each).
+    unsafe {
+        a.set_len(n);
+        b.set_len(n);
     }
     (a, b)
 }
@@ -371,6 +399,35 @@ mod tests {
         for (x, g) in [-2.0f64, 0.0, 0.5, 9.0].iter().zip(got) {
             let want = 3.0 * (1.0 - (2.0 * x).tanh().powi(2));
             assert!((g as f64 - want).abs() < 1e-5, "{x}: {g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn exp_scale_from_integer_ops_equals_the_float_to_int_conversion() {
+        // The former `2ⁿ` by `n as i32`: every input class, including the clamped ends.
+        let old = |x: f32| {
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+            f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let new = |x: f32| {
+            let x = x.clamp(-87.0, 88.0);
+            let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+            f32::from_bits(
+                shifted
+                    .to_bits()
+                    .wrapping_sub(0x4B40_0000)
+                    .wrapping_add(127)
+                    << 23,
+            )
+        };
+        let mut x = -100.0f32;
+        while x < 100.0 {
+            assert_eq!(old(x).to_bits(), new(x).to_bits(), "at {x}");
+            x += 1.0 / 1024.0;
+        }
+        for x in [f32::MIN, -87.0, 88.0, f32::MAX, 0.0, -0.0] {
+            assert_eq!(old(x).to_bits(), new(x).to_bits(), "at {x}");
         }
     }
 

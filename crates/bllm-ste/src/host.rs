@@ -67,23 +67,32 @@ pub(crate) fn map_constant<B: Backend, const D: usize>(
     drop(x);
     let mut out = match v.contiguous() {
         Some(src) => {
-            let mut out = vec![0f32; src.len()];
-            out.par_chunks_mut(CHUNK)
+            let n = src.len();
+            // Written once, so not zeroed first.
+            let mut out = Vec::<f32>::with_capacity(n);
+            out.spare_capacity_mut()[..n]
+                .par_chunks_mut(CHUNK)
                 .zip(src.par_chunks(CHUNK))
                 .for_each(|(o, s)| {
-                    for (o, s) in o.iter_mut().zip(s) {
-                        *o = f(*s);
-                    }
+                    crate::simd::wide(|| {
+                        for (o, s) in o.iter_mut().zip(s) {
+                            o.write(f(*s));
+                        }
+                    })
                 });
+            // SAFETY: the chunks above cover all `n` elements and wrote each.
+            unsafe { out.set_len(n) };
             // A new leaf: on an autodiff backend it requires no gradient.
             return Ok(tensor::<B, D>(out, dims, &device));
         }
         None => v.to_vec(),
     };
     out.par_chunks_mut(CHUNK).for_each(|o| {
-        for o in o.iter_mut() {
-            *o = f(*o);
-        }
+        crate::simd::wide(|| {
+            for o in o.iter_mut() {
+                *o = f(*o);
+            }
+        })
     });
     Ok(tensor::<B, D>(out, dims, &device))
 }

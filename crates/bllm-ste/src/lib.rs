@@ -39,6 +39,7 @@ pub mod quant;
 pub mod rope;
 pub mod scale;
 pub mod schedule;
+mod simd;
 pub mod softmax;
 pub mod swiglu;
 

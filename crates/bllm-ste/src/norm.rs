@@ -39,6 +39,7 @@ use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
 use crate::host::{View, cast, values as host};
+use crate::simd::wide;
 use crate::softmax::{dot8, host_backend, sum8};
 
 /// Rows per parallel block, and per partial sum of `dγ`, `dβ`.
@@ -98,19 +99,23 @@ fn forward(
         .zip(x.par_chunks(BLOCK_ROWS * d))
         .zip(rstd.par_chunks_mut(BLOCK_ROWS))
         .for_each(|((y, x), r)| {
-            for ((y, x), r) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(r) {
-                row(x, y, r);
-            }
+            wide(|| {
+                for ((y, x), r) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(r) {
+                    row(x, y, r);
+                }
+            })
         });
     if keep {
         xhat.copy_from_slice(&y);
     }
     y.par_chunks_mut(BLOCK_ROWS * d).for_each(|y| {
-        for y in y.chunks_exact_mut(d) {
-            for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
-                *y = *y * g + b;
+        wide(|| {
+            for y in y.chunks_exact_mut(d) {
+                for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
+                    *y = *y * g + b;
+                }
             }
-        }
+        })
     });
     (y, xhat, rstd)
 }
@@ -138,22 +143,24 @@ fn backward(dy: &[f32], st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         .for_each(|(bi, (dx, part))| {
             let (pg, pb) = part.split_at_mut(d);
             let mut g = vec![0f32; d];
-            for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
-                let r = bi * BLOCK_ROWS + i;
-                let dy = &dy[r * d..(r + 1) * d];
-                let xh = &st.xhat[r * d..(r + 1) * d];
-                for j in 0..d {
-                    pg[j] += dy[j] * xh[j];
-                    pb[j] += dy[j];
-                    g[j] = dy[j] * st.gamma[j];
+            wide(|| {
+                for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
+                    let r = bi * BLOCK_ROWS + i;
+                    let dy = &dy[r * d..(r + 1) * d];
+                    let xh = &st.xhat[r * d..(r + 1) * d];
+                    for j in 0..d {
+                        pg[j] += dy[j] * xh[j];
+                        pb[j] += dy[j];
+                        g[j] = dy[j] * st.gamma[j];
+                    }
+                    let mg = sum8(&g) / d as f32;
+                    let mgx = dot8(&g, xh) / d as f32;
+                    let rs = st.rstd[r];
+                    for ((dx, g), xh) in dx.iter_mut().zip(&g).zip(xh) {
+                        *dx = rs * (*g - mg - *xh * mgx);
+                    }
                 }
-                let mg = sum8(&g) / d as f32;
-                let mgx = dot8(&g, xh) / d as f32;
-                let rs = st.rstd[r];
-                for ((dx, g), xh) in dx.iter_mut().zip(&g).zip(xh) {
-                    *dx = rs * (*g - mg - *xh * mgx);
-                }
-            }
+            });
         });
     let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
     for part in partial.chunks_exact(2 * d) {
@@ -323,13 +330,15 @@ fn rms_forward(x: &View<2>, w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
         .enumerate()
         .for_each(|(bi, (y, r))| {
             let mut buf = vec![0f32; d];
-            for (i, (y, r)) in y.chunks_exact_mut(d).zip(r).enumerate() {
-                let xr = x.row_or(bi * BLOCK_ROWS + i, &mut buf);
-                *r = 1.0 / (dot8(xr, xr) / d as f32 + eps).sqrt();
-                for ((y, x), w) in y.iter_mut().zip(xr).zip(w) {
-                    *y = (*x * *r) * w;
+            wide(|| {
+                for (i, (y, r)) in y.chunks_exact_mut(d).zip(r).enumerate() {
+                    let xr = x.row_or(bi * BLOCK_ROWS + i, &mut buf);
+                    *r = 1.0 / (dot8(xr, xr) / d as f32 + eps).sqrt();
+                    for ((y, x), w) in y.iter_mut().zip(xr).zip(w) {
+                        *y = (*x * *r) * w;
+                    }
                 }
-            }
+            })
         });
     (y, rstd)
 }
@@ -357,21 +366,23 @@ fn rms_backward(dy: &View<2>, st: &RmsState) -> (Vec<f32>, Vec<f32>) {
         .for_each(|(bi, (dx, pw))| {
             let (mut xb, mut gb) = (vec![0f32; d], vec![0f32; d]);
             let (mut xh, mut g) = (vec![0f32; d], vec![0f32; d]);
-            for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
-                let r = bi * BLOCK_ROWS + i;
-                let rs = st.rstd[r];
-                let xr = st.x.row_or(r, &mut xb);
-                let dyr = dy.row_or(r, &mut gb);
-                for j in 0..d {
-                    xh[j] = xr[j] * rs;
-                    pw[j] += dyr[j] * xh[j];
-                    g[j] = dyr[j] * st.w[j];
+            wide(|| {
+                for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
+                    let r = bi * BLOCK_ROWS + i;
+                    let rs = st.rstd[r];
+                    let xr = st.x.row_or(r, &mut xb);
+                    let dyr = dy.row_or(r, &mut gb);
+                    for j in 0..d {
+                        xh[j] = xr[j] * rs;
+                        pw[j] += dyr[j] * xh[j];
+                        g[j] = dyr[j] * st.w[j];
+                    }
+                    let mgx = dot8(&g, &xh) / d as f32;
+                    for ((dx, g), xh) in dx.iter_mut().zip(&g).zip(&xh) {
+                        *dx = rs * (*g - *xh * mgx);
+                    }
                 }
-                let mgx = dot8(&g, &xh) / d as f32;
-                for ((dx, g), xh) in dx.iter_mut().zip(&g).zip(&xh) {
-                    *dx = rs * (*g - *xh * mgx);
-                }
-            }
+            });
         });
     let mut dw = vec![0f32; d];
     for part in partial.chunks_exact(d) {

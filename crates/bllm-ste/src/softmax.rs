@@ -37,6 +37,7 @@ use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
 use crate::fused::{CHUNK, PARALLEL_MIN, exp_f32};
+use crate::simd::wide;
 
 /// `softmax(x)` along dimension `dim` (`Σ = 1` over it). On the CPU backends, for the last
 /// dimension: one fused pass forward and one backward (see the module docs); elsewhere Burn's
@@ -98,6 +99,39 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
     }
 }
 
+/// Mean cross-entropy in nats of `logits` `[n, classes]` against soft targets `target` (same
+/// shape, typically rows of a probability distribution):
+/// `−mean_i Σ_j targetᵢⱼ · log softmax(logitsᵢ)ⱼ`, shape `[1]`. `target` is a constant: no
+/// gradient flows into it. The gradient is `∂logitsᵢ = (softmax(logitsᵢ)·Σ_j targetᵢⱼ −
+/// targetᵢ)/n`. On the CPU backends one fused pass forward (`logsumexp·Σt − ⟨t, x⟩` per row)
+/// and one backward, keeping only the softmax; elsewhere, or for shapes that differ, Burn's
+/// composed `log_softmax`, product, row sum and mean. A masked logit (−10⁹) with target 0
+/// contributes 0, as in the composed form.
+pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B, 1> {
+    let composed = |logits: Tensor<B, 2>, target: Tensor<B, 2>| {
+        (crate::ops::constant(target) * burn::tensor::activation::log_softmax(logits, 1))
+            .sum_dim(1)
+            .mean()
+            .neg()
+    };
+    if logits.dtype() != DType::F32
+        || logits.dims()[0] == 0
+        || logits.dims() != target.dims()
+        || !host_backend::<B>()
+    {
+        return composed(logits, target);
+    }
+    let t = target
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_else(|_| unreachable!("converted to f32"));
+    match dispatch(logits, Op::SoftCrossEntropy(t)) {
+        Ok(y) => y.reshape([1]),
+        Err(_) => unreachable!("dispatch handles every backend host_backend accepts"),
+    }
+}
+
 /// Which fused operation.
 #[derive(Clone, Debug)]
 enum Op {
@@ -105,6 +139,8 @@ enum Op {
     LogSoftmax,
     /// With the target class of every row.
     CrossEntropy(Vec<usize>),
+    /// With the soft targets, row-major in the logits' shape.
+    SoftCrossEntropy(Vec<f32>),
 }
 
 /// Whether `B` is one of the backends [`dispatch`] handles.
@@ -215,7 +251,7 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> 
                 x.chunks_mut(n.max(1)).zip(loss.iter_mut()).collect();
             let kernel = |i: usize, (r, l): &mut (&mut [f32], &mut f64)| {
                 let target = r[t[i]];
-                let lse = softmax_row(r);
+                let lse = wide(|| softmax_row(r));
                 **l = (lse - target) as f64;
             };
             if rows.saturating_mul(n) < PARALLEL_MIN {
@@ -238,6 +274,35 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> 
                 kept: x,
             }
         }
+        Op::SoftCrossEntropy(t) => {
+            let n = n.max(1);
+            let rows = x.len() / n;
+            let mut loss = vec![0f64; rows];
+            let mut items: Vec<((&mut [f32], &[f32]), &mut f64)> = x
+                .chunks_mut(n)
+                .zip(t.chunks(n))
+                .zip(loss.iter_mut())
+                .collect();
+            // `x` becomes p; `Σt` and `⟨t, x⟩` are read before it is overwritten.
+            let kernel = |((r, t), l): &mut ((&mut [f32], &[f32]), &mut f64)| {
+                let (st, tx, lse) = wide(|| (sum8(t), dot8(t, r), softmax_row(r)));
+                **l = f64::from(lse) * f64::from(st) - f64::from(tx);
+            };
+            if rows.saturating_mul(n) < PARALLEL_MIN {
+                items.iter_mut().for_each(kernel);
+            } else {
+                items
+                    .par_iter_mut()
+                    .with_min_len(block_rows(n))
+                    .for_each(kernel);
+            }
+            let mean = (loss.iter().sum::<f64>() / rows as f64) as f32;
+            Forward {
+                out: vec![mean],
+                out_shape: burn::tensor::Shape::from(vec![1usize; dims.len()]),
+                kept: x,
+            }
+        }
     }
 }
 
@@ -251,10 +316,10 @@ fn block_rows(n: usize) -> usize {
 fn rows_mut(x: &mut [f32], n: usize, f: impl Fn(&mut [f32]) + Sync) {
     let n = n.max(1);
     if x.len() < PARALLEL_MIN {
-        x.chunks_mut(n).for_each(f);
+        wide(|| x.chunks_mut(n).for_each(f));
     } else {
         x.par_chunks_mut(n * block_rows(n))
-            .for_each(|b| b.chunks_mut(n).for_each(&f));
+            .for_each(|b| wide(|| b.chunks_mut(n).for_each(&f)));
     }
 }
 
@@ -262,17 +327,21 @@ fn rows_mut(x: &mut [f32], n: usize, f: impl Fn(&mut [f32]) + Sync) {
 fn rows_mut2(a: &mut [f32], b: &mut [f32], n: usize, f: impl Fn(&mut [f32], &mut [f32]) + Sync) {
     let n = n.max(1);
     if a.len() < PARALLEL_MIN {
-        a.chunks_mut(n)
-            .zip(b.chunks_mut(n))
-            .for_each(|(a, b)| f(a, b));
+        wide(|| {
+            a.chunks_mut(n)
+                .zip(b.chunks_mut(n))
+                .for_each(|(a, b)| f(a, b))
+        });
     } else {
         let s = n * block_rows(n);
         a.par_chunks_mut(s)
             .zip(b.par_chunks_mut(s))
             .for_each(|(a, b)| {
-                a.chunks_mut(n)
-                    .zip(b.chunks_mut(n))
-                    .for_each(|(a, b)| f(a, b))
+                wide(|| {
+                    a.chunks_mut(n)
+                        .zip(b.chunks_mut(n))
+                        .for_each(|(a, b)| f(a, b))
+                })
             });
     }
 }
@@ -281,18 +350,18 @@ fn rows_mut2(a: &mut [f32], b: &mut [f32], n: usize, f: impl Fn(&mut [f32], &mut
 fn rows_with(a: &mut [f32], b: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
     let n = n.max(1);
     if a.len() < PARALLEL_MIN {
-        a.chunks_mut(n).zip(b.chunks(n)).for_each(|(a, b)| f(a, b));
+        wide(|| a.chunks_mut(n).zip(b.chunks(n)).for_each(|(a, b)| f(a, b)));
     } else {
         let s = n * block_rows(n);
-        a.par_chunks_mut(s)
-            .zip(b.par_chunks(s))
-            .for_each(|(a, b)| a.chunks_mut(n).zip(b.chunks(n)).for_each(|(a, b)| f(a, b)));
+        a.par_chunks_mut(s).zip(b.par_chunks(s)).for_each(|(a, b)| {
+            wide(|| a.chunks_mut(n).zip(b.chunks(n)).for_each(|(a, b)| f(a, b)))
+        });
     }
 }
 
 /// Sum of `v` in eight lanes by position (`v[i]` goes to lane `i mod 8`), lanes added as a
 /// balanced tree: the same bits wherever `v` lives in memory.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum8(v: &[f32]) -> f32 {
     let mut l = [0f32; 8];
     let mut c = v.chunks_exact(8);
@@ -308,7 +377,7 @@ pub(crate) fn sum8(v: &[f32]) -> f32 {
 }
 
 /// `⟨a, b⟩` in eight lanes by position, as [`sum8`].
-#[inline]
+#[inline(always)]
 pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut l = [0f32; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -324,7 +393,7 @@ pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Largest element of `v` (−∞ for an empty row; NaN elements are skipped, as `f32::max` does).
-#[inline]
+#[inline(always)]
 fn max8(v: &[f32]) -> f32 {
     let mut l = [f32::NEG_INFINITY; 8];
     let mut c = v.chunks_exact(8);
@@ -349,7 +418,7 @@ fn exp_shifted(d: f32) -> f32 {
 /// Replaces row `r` by its softmax and returns its log-sum-exp `max + ln Σ e^{x − max}`.
 /// A row whose maximum is not finite (all −∞, or +∞/NaN present) falls back to the plain
 /// formula, which yields NaN as the composed op does.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row(r: &mut [f32]) -> f32 {
     let m = max8(r);
     if !m.is_finite() {
@@ -375,6 +444,7 @@ pub(crate) fn softmax_row(r: &mut [f32]) -> f32 {
 fn backward(mut g: Vec<f32>, kept: Vec<f32>, n: usize, op: &Op) -> Vec<f32> {
     let kept = match op {
         Op::CrossEntropy(t) => return ce_backward(g[0], kept, t, n),
+        Op::SoftCrossEntropy(t) => return soft_ce_backward(g[0], kept, t, n),
         _ => kept,
     };
     match op {
@@ -390,9 +460,32 @@ fn backward(mut g: Vec<f32>, kept: Vec<f32>, n: usize, op: &Op) -> Vec<f32> {
                 *g -= *p * s;
             }
         }),
-        Op::CrossEntropy(_) => {}
+        Op::CrossEntropy(_) | Op::SoftCrossEntropy(_) => {}
     }
     g
+}
+
+/// Soft cross-entropy's backward: `(p·Σt − t)·g/rows` row by row, written over `p`.
+fn soft_ce_backward(g: f32, mut out: Vec<f32>, t: &[f32], n: usize) -> Vec<f32> {
+    let n = n.max(1);
+    let k = g / (out.len() / n).max(1) as f32;
+    let f = |(p, t): (&mut [f32], &[f32])| {
+        wide(|| {
+            let st = sum8(t);
+            for (p, t) in p.iter_mut().zip(t) {
+                *p = (*p * st - *t) * k;
+            }
+        })
+    };
+    if out.len() < PARALLEL_MIN {
+        out.chunks_mut(n).zip(t.chunks(n)).for_each(f);
+    } else {
+        out.par_chunks_mut(n)
+            .zip(t.par_chunks(n))
+            .with_min_len(block_rows(n))
+            .for_each(f);
+    }
+    out
 }
 
 /// Cross-entropy's backward: `(p − onehot(t))·g/rows`, written over `p`.
@@ -401,9 +494,11 @@ fn ce_backward(g: f32, mut out: Vec<f32>, t: &[usize], n: usize) -> Vec<f32> {
     let k = g / rows as f32;
     let f = |(i, r): (usize, &mut [f32])| {
         r[t[i]] -= 1.0;
-        for v in r.iter_mut() {
-            *v *= k;
-        }
+        wide(|| {
+            for v in r.iter_mut() {
+                *v *= k;
+            }
+        })
     };
     if out.len() < PARALLEL_MIN {
         out.chunks_mut(n.max(1)).enumerate().for_each(f);
@@ -699,6 +794,108 @@ mod tests {
                 max_diff(&ga, &gb)
             );
         }
+    }
+
+    /// Logits (a diagonal masked at −10⁹) and soft targets (softmax rows, zero on the mask).
+    fn soft_case(n: usize, v: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut r = bllm_codes::rng::SplitMix64::new(seed);
+        let mut x: Vec<f32> = (0..n * v)
+            .map(|_| ((r.next_f64() - 0.5) * 20.0) as f32)
+            .collect();
+        let mut t = vec![0f32; n * v];
+        for i in 0..n {
+            x[i * v + i % v] = -1e9;
+            let row = &mut t[i * v..(i + 1) * v];
+            for (j, t) in row.iter_mut().enumerate() {
+                if j != i % v {
+                    *t = (r.next_f64() * 4.0).exp() as f32;
+                }
+            }
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|t| *t /= s);
+        }
+        (x, t)
+    }
+
+    /// Soft cross-entropy and its logits' gradient (loss scaled by 3) on `B`, fused or composed.
+    fn soft_run<B: burn::tensor::backend::AutodiffBackend>(
+        x: &[f32],
+        t: &[f32],
+        [n, v]: [usize; 2],
+        fused: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = Default::default();
+        let l = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, v]), &d).require_grad();
+        let tt = Tensor::<B, 2>::from_data(TensorData::new(t.to_vec(), [n, v]), &d).require_grad();
+        let loss = if fused {
+            soft_cross_entropy(l.clone(), tt.clone())
+        } else {
+            (crate::ops::constant(tt.clone()) * burn::tensor::activation::log_softmax(l.clone(), 1))
+                .sum_dim(1)
+                .mean()
+                .neg()
+        };
+        let grads = loss.clone().mul_scalar(3.0).backward();
+        assert!(
+            tt.grad(&grads).is_none(),
+            "no gradient flows into the targets"
+        );
+        (vec(loss), l.grad(&grads).map(vec).unwrap_or_default())
+    }
+
+    #[test]
+    fn soft_cross_entropy_matches_the_composed_loss_and_gradient() {
+        for &(n, v) in &[(1usize, 3usize), (7, 256), (300, 257), (64, 1000)] {
+            let (x, t) = soft_case(n, v, n as u64 + 17);
+            for (name, (a, ga), (b, gb)) in [
+                (
+                    "flex",
+                    soft_run::<Ad>(&x, &t, [n, v], true),
+                    soft_run::<Ad>(&x, &t, [n, v], false),
+                ),
+                (
+                    "ndarray",
+                    soft_run::<AdNd>(&x, &t, [n, v], true),
+                    soft_run::<AdNd>(&x, &t, [n, v], false),
+                ),
+            ] {
+                assert_eq!(a.len(), 1);
+                assert!(
+                    (a[0] - b[0]).abs() <= 2e-6 * b[0].abs().max(1.0),
+                    "{name} {n}×{v}: {a:?} vs {b:?}"
+                );
+                assert!(
+                    max_diff(&ga, &gb) < 1e-6,
+                    "{name} {n}×{v}: gradient off by {}",
+                    max_diff(&ga, &gb)
+                );
+            }
+        }
+        // Shapes that differ are Burn's business (it rejects them); equal shapes never fall back.
+        let (x, t) = soft_case(4, 9, 3);
+        let l = Tensor::<Flex, 2>::from_data(TensorData::new(x, [4, 9]), &Default::default());
+        let tt = Tensor::<Flex, 2>::from_data(TensorData::new(t, [4, 9]), &Default::default());
+        let plain = vec(soft_cross_entropy(l.clone(), tt.clone()));
+        let composed = vec((tt * burn::tensor::activation::log_softmax(l, 1))
+            .sum_dim(1)
+            .mean()
+            .neg());
+        assert!((plain[0] - composed[0]).abs() <= 2e-6 * composed[0].abs().max(1.0));
+    }
+
+    #[test]
+    fn soft_cross_entropy_does_not_depend_on_the_thread_count() {
+        let (x, t) = soft_case(300, 1001, 5);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap_or_else(|e| panic!("thread pool: {e}"))
+                .install(|| soft_run::<Ad>(&x, &t, [300, 1001], true))
+        };
+        let (a, b) = (run(1), run(2));
+        assert!(a.0 == b.0, "soft cross-entropy differs");
+        assert!(a.1 == b.1, "soft cross-entropy gradients differ");
     }
 
     #[test]

@@ -364,7 +364,8 @@ impl<B: AutodiffBackend> Kind<B> for Retrieval<'_, B> {
                 &dev,
             ),
         );
-        let cos = Tensor::<B, 2>::from_inner(anchors.matmul(unit.transpose()));
+        let cos =
+            Tensor::<B, 2>::from_inner(bllm_ste::linear::linear(anchors, unit.transpose(), None));
         let mut mask = vec![false; bs * n];
         for (a, &i) in idx.iter().enumerate() {
             mask[a * n + i] = true;
