@@ -45,7 +45,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::{View, cast};
+use crate::host::{View, cast, zeros};
 use crate::softmax::{dot8, host_backend, softmax_row};
 
 /// Which scores a query may not see.
@@ -268,9 +268,9 @@ fn forward(
     keep: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let (t, s, dh) = (d.t, d.s, d.dh);
-    let mut heads = vec![0f32; d.b * d.h * t * dh];
+    let mut heads = zeros(d.b * d.h * t * dh);
     let mut kept = if keep {
-        vec![0f32; d.b * d.h * t * s]
+        zeros(d.b * d.h * t * s)
     } else {
         Vec::new()
     };
@@ -306,7 +306,7 @@ fn forward(
 
 /// `[b, h, n, dh]` → `[b, n, h, dh]`, rows of `dh` moved whole.
 fn token_major(x: &[f32], h: usize, n: usize, dh: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(h * dh)
         .enumerate()
         .for_each(|(bn, row)| {
@@ -323,9 +323,9 @@ fn token_major(x: &[f32], h: usize, n: usize, dh: usize) -> Vec<f32> {
 fn backward(go: &View<4>, st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = &st.dims;
     let (t, s, dh, rep) = (d.t, d.s, d.dh, d.rep());
-    let mut dq = vec![0f32; d.b * d.h * t * dh];
-    let mut dk = vec![0f32; d.b * d.hk * s * dh];
-    let mut dv = vec![0f32; d.b * d.hk * s * dh];
+    let mut dq = zeros(d.b * d.h * t * dh);
+    let mut dk = zeros(d.b * d.hk * s * dh);
+    let mut dv = zeros(d.b * d.hk * s * dh);
     dq.par_chunks_mut(rep * t * dh)
         .zip(dk.par_chunks_mut(s * dh))
         .zip(dv.par_chunks_mut(s * dh))

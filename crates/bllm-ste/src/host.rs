@@ -53,6 +53,22 @@ pub(crate) fn view_of<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Vi
     })
 }
 
+/// `len` zeros, written in parallel chunks: a large output buffer's zeroing (and the page
+/// faults of its first touch) split across the rayon pool instead of on the calling thread,
+/// which `vec![0.0; len]` leaves one core idle for.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < crate::fused::PARALLEL_MIN {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::<f32>::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(1 << 16)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the chunks above cover all `len` elements and wrote each.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `f` of every element of the f32 tensor `x`, as a constant (no autodiff graph): one parallel
 /// pass on the host on the CPU backends (reading Flex's memory in place); `Err(x)` elsewhere.
 pub(crate) fn map_constant<B: Backend, const D: usize>(
@@ -241,6 +257,15 @@ pub(crate) fn seeded(n: usize, seed: u64, scale: f64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_are_zeros_of_the_asked_length() {
+        for len in [0, 1, crate::fused::PARALLEL_MIN - 1, 3 * (1 << 16) + 5] {
+            let v = zeros(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|x| x.to_bits() == 0), "length {len}");
+        }
+    }
 
     #[test]
     fn views_read_the_logical_elements_in_place_or_copied() {

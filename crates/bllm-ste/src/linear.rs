@@ -134,8 +134,9 @@ impl Out {
     }
 }
 
-/// `lhs·rhs` `[m, n]`, added to `dst`'s values when `dst` already holds `m·n` elements (else
-/// `dst` must be empty and is written, not read).
+/// `lhs·rhs` `[m, n]`, plus `bias` `[n]` on every row when given. Each tile writes its own
+/// rows of the bias before its gemm call adds the product to them, so the bias costs no
+/// single-threaded pass over the output.
 ///
 /// Below [`PARALLEL_WORK`] multiply-adds one single-threaded `gemm` call; above it the output
 /// is cut into up to [`TILES`] blocks of at least [`MIN_TILE`] rows (or columns, when it is
@@ -146,29 +147,41 @@ impl Out {
 /// gemm's threading, which packs each operand once. Tiles depend on the shape only, and so
 /// does gemm's blocking (its threads split output blocks, never the reduction), so the bits do
 /// not depend on the thread count.
-fn product(mut dst: Vec<f32>, lhs: Mat, rhs: Mat) -> Vec<f32> {
+fn product(bias: Option<&[f32]>, lhs: Mat, rhs: Mat) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
         rhs.rows == k && lhs.in_bounds() && rhs.in_bounds(),
         "linear kernel: operand shapes"
     );
-    let accumulate = dst.len() == m * n;
-    assert!(accumulate || dst.is_empty(), "linear kernel: output size");
+    assert!(
+        bias.is_none_or(|b| b.len() == n),
+        "linear kernel: bias length"
+    );
+    let accumulate = bias.is_some();
     if m * n == 0 || k == 0 {
-        dst.resize(m * n, 0.0);
-        return dst;
+        return match bias {
+            Some(b) => b.iter().copied().cycle().take(m * n).collect(),
+            None => vec![0.0; m * n],
+        };
     }
-    dst.reserve_exact(m * n - dst.len());
+    let mut dst = Vec::<f32>::with_capacity(m * n);
     let out = Out(dst.as_mut_ptr());
     // One gemm call for output rows r0..r1 and columns c0..c1.
     let call = |(r0, r1): (usize, usize), (c0, c1): (usize, usize), par: gemm::Parallelism| {
         // SAFETY: `in_bounds` bounds every element gemm reads from either operand (the tile's
         // operands are sub-blocks of them); dst has capacity for m × n row-major elements and
-        // the tile writes only rows r0..r1 × columns c0..c1 of it. Without `accumulate` gemm
-        // is called with read_dst = false, which stores `lhs·rhs` without reading dst
+        // the tile writes only rows r0..r1 × columns c0..c1 of it: first the bias there (when
+        // `accumulate`), which gemm then reads and adds to. Without `accumulate` gemm is
+        // called with read_dst = false, which stores `lhs·rhs` without reading dst
         // (gemm-common sets alpha to zero and its kernels only store when alpha is zero), so
         // the uninitialised memory is written before it is ever read.
         unsafe {
+            if let Some(b) = bias {
+                for r in r0..r1 {
+                    let row = out.at(r * n + c0);
+                    std::ptr::copy_nonoverlapping(b.as_ptr().add(c0), row, c1 - c0);
+                }
+            }
             gemm::gemm(
                 r1 - r0,
                 c1 - c0,
@@ -222,27 +235,14 @@ fn product(mut dst: Vec<f32>, lhs: Mat, rhs: Mat) -> Vec<f32> {
             )
         });
     }
-    if !accumulate {
-        // SAFETY: every one of the m·n elements was written by exactly one tile above.
-        unsafe { dst.set_len(m * n) };
-    }
+    // SAFETY: every one of the m·n elements was written by exactly one tile above.
+    unsafe { dst.set_len(m * n) };
     dst
 }
 
 /// Forward on the host: `x·W (+ b)` `[n, m]`.
 fn forward(x: &View<2>, w: &View<2>, bias: Option<&[f32]>) -> Vec<f32> {
-    let n = x.dims[0];
-    let dst = match bias {
-        Some(b) => {
-            let mut d = Vec::with_capacity(n * b.len());
-            for _ in 0..n {
-                d.extend_from_slice(b);
-            }
-            d
-        }
-        None => Vec::new(),
-    };
-    product(dst, Mat::of(x), Mat::of(w))
+    product(bias, Mat::of(x), Mat::of(w))
 }
 
 /// Column sums of `dy` `[n, m]`, row by row in order.
@@ -308,7 +308,7 @@ impl<B: Backend, const N: usize> Backward<B, N> for Fused<N> {
         let m = st.w.dims[1];
         let mut parents = ops.parents.into_iter();
         if let Some(Some(node)) = parents.next() {
-            let dx = product(Vec::new(), Mat::of(&dy), Mat::of(&st.w).t());
+            let dx = product(None, Mat::of(&dy), Mat::of(&st.w).t());
             grads.register::<B>(
                 node.id,
                 tensor::<B, 2>(dx, [n, k], &device)
@@ -317,7 +317,7 @@ impl<B: Backend, const N: usize> Backward<B, N> for Fused<N> {
             );
         }
         if let Some(Some(node)) = parents.next() {
-            let dw = product(Vec::new(), Mat::of(&st.x).t(), Mat::of(&dy));
+            let dw = product(None, Mat::of(&st.x).t(), Mat::of(&dy));
             grads.register::<B>(
                 node.id,
                 tensor::<B, 2>(dw, [k, m], &device)

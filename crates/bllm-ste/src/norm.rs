@@ -38,7 +38,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::{View, cast, values as host};
+use crate::host::{View, cast, values as host, zeros};
 use crate::simd::wide;
 use crate::softmax::{dot8, host_backend, sum8};
 
@@ -77,12 +77,7 @@ fn forward(
     keep: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = x.len() / d;
-    let mut y = vec![0f32; x.len()];
-    let mut xhat = if keep {
-        vec![0f32; x.len()]
-    } else {
-        Vec::new()
-    };
+    let mut y = zeros(x.len());
     let mut rstd = vec![0f32; n];
     let row = |x: &[f32], y: &mut [f32], r: &mut f32| {
         let mu = sum8(x) / d as f32;
@@ -105,9 +100,11 @@ fn forward(
                 }
             })
         });
-    if keep {
-        xhat.copy_from_slice(&y);
-    }
+    let xhat = if keep {
+        y.par_iter().copied().collect()
+    } else {
+        Vec::new()
+    };
     y.par_chunks_mut(BLOCK_ROWS * d).for_each(|y| {
         wide(|| {
             for y in y.chunks_exact_mut(d) {
@@ -133,7 +130,7 @@ struct State {
 /// Backward on the host: `(dx, dγ, dβ)` from `dy`.
 fn backward(dy: &[f32], st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, d) = (st.n, st.d);
-    let mut dx = vec![0f32; n * d];
+    let mut dx = zeros(n * d);
     let blocks = n.div_ceil(BLOCK_ROWS);
     // Per block: partial dγ and dβ, then dx of its rows.
     let mut partial = vec![0f32; blocks * 2 * d];
@@ -320,7 +317,7 @@ pub fn rms_norm_reference<B: Backend, const D: usize>(
 /// RMS norm forward on the host: `(y, r)` for rows `x` `[n, d]`.
 fn rms_forward(x: &View<2>, w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let [n, d] = x.dims;
-    let mut y = vec![0f32; n * d];
+    let mut y = zeros(n * d);
     let mut rstd = vec![0f32; n];
     if n * d == 0 {
         return (y, rstd);
@@ -354,7 +351,7 @@ struct RmsState {
 /// RMS norm backward on the host: `(dx, dw)` from `dy` `[n, d]`.
 fn rms_backward(dy: &View<2>, st: &RmsState) -> (Vec<f32>, Vec<f32>) {
     let [n, d] = st.x.dims;
-    let mut dx = vec![0f32; n * d];
+    let mut dx = zeros(n * d);
     let blocks = n.div_ceil(BLOCK_ROWS);
     let mut partial = vec![0f32; blocks * d];
     if n * d == 0 {

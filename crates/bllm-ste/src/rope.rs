@@ -34,7 +34,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::{View, cast, tensor, values};
+use crate::host::{View, cast, tensor, values, zeros};
 use crate::softmax::host_backend;
 
 /// `x·cos + rotate_half(x)·sin`, `rotate_half([x₁, x₂]) = [−x₂, x₁]` over the last dimension.
@@ -99,7 +99,7 @@ fn rotate(x: &View<4>, tab: &Tables, inverse: bool) -> Vec<f32> {
     let half = dh / 2;
     let [sb, sh, st, sd] = x.strides;
     let data = x.data();
-    let mut out = vec![0f32; b * t * h * dh];
+    let mut out = zeros(b * t * h * dh);
     if out.is_empty() {
         return out;
     }

@@ -29,7 +29,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use rayon::prelude::*;
 
-use crate::host::{View, cast, tensor, values};
+use crate::host::{View, cast, tensor, values, zeros};
 use crate::softmax::{dot8, host_backend};
 
 /// Rows per parallel task.
@@ -75,7 +75,7 @@ pub fn scale_outer_reference<B: Backend>(
 /// `y_ij = q_ij · (g_i · h_j)` on the host.
 fn forward(q: &View<2>, g: &[f32], h: &[f32]) -> Vec<f32> {
     let [k, m] = q.dims;
-    let mut y = vec![0f32; k * m];
+    let mut y = zeros(k * m);
     if y.is_empty() {
         return y;
     }
@@ -108,7 +108,7 @@ fn backward(dy: &View<2>, st: &State, want: [bool; 3]) -> [Option<Vec<f32>>; 3] 
     let [k, m] = st.q.dims;
     let (g, h) = (&st.g[..], &st.h[..]);
     let dq = want[0].then(|| {
-        let mut dq = vec![0f32; k * m];
+        let mut dq = zeros(k * m);
         if !dq.is_empty() {
             dq.par_chunks_mut(BLOCK_ROWS * m)
                 .enumerate()
