@@ -132,6 +132,9 @@ pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>
     }
 }
 
+/// A row of logits (becoming its softmax), its soft targets, and its loss.
+type SoftRow<'a> = ((&'a mut [f32], &'a [f32]), &'a mut f64);
+
 /// Which fused operation.
 #[derive(Clone, Debug)]
 enum Op {
@@ -278,13 +281,13 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> 
             let n = n.max(1);
             let rows = x.len() / n;
             let mut loss = vec![0f64; rows];
-            let mut items: Vec<((&mut [f32], &[f32]), &mut f64)> = x
+            let mut items: Vec<SoftRow<'_>> = x
                 .chunks_mut(n)
                 .zip(t.chunks(n))
                 .zip(loss.iter_mut())
                 .collect();
             // `x` becomes p; `Σt` and `⟨t, x⟩` are read before it is overwritten.
-            let kernel = |((r, t), l): &mut ((&mut [f32], &[f32]), &mut f64)| {
+            let kernel = |((r, t), l): &mut SoftRow<'_>| {
                 let (st, tx, lse) = wide(|| (sum8(t), dot8(t, r), softmax_row(r)));
                 **l = f64::from(lse) * f64::from(st) - f64::from(tx);
             };
