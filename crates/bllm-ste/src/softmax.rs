@@ -132,9 +132,6 @@ pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>
     }
 }
 
-/// A row of logits (becoming its softmax), its soft targets, and its loss.
-type SoftRow<'a> = ((&'a mut [f32], &'a [f32]), &'a mut f64);
-
 /// Which fused operation.
 #[derive(Clone, Debug)]
 enum Op {
@@ -246,60 +243,23 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> 
                 kept: p,
             }
         }
-        Op::CrossEntropy(t) => {
-            // `x` becomes p; the per-row losses are read from it before it is overwritten.
-            let rows = x.len() / n.max(1);
-            let mut loss = vec![0f64; rows];
-            let mut items: Vec<(&mut [f32], &mut f64)> =
-                x.chunks_mut(n.max(1)).zip(loss.iter_mut()).collect();
-            let kernel = |i: usize, (r, l): &mut (&mut [f32], &mut f64)| {
-                let target = r[t[i]];
-                let lse = wide(|| softmax_row(r));
-                **l = (lse - target) as f64;
-            };
-            if rows.saturating_mul(n) < PARALLEL_MIN {
-                items
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(i, it)| kernel(i, it));
-            } else {
-                items
-                    .par_iter_mut()
-                    .enumerate()
-                    .with_min_len(block_rows(n))
-                    .for_each(|(i, it)| kernel(i, it));
-            }
-            // Rows summed in order, in f64: the same bits for any thread count.
-            let mean = (loss.iter().sum::<f64>() / rows as f64) as f32;
-            Forward {
-                out: vec![mean],
-                out_shape: burn::tensor::Shape::from(vec![1usize; dims.len()]),
-                kept: x,
-            }
-        }
-        Op::SoftCrossEntropy(t) => {
+        Op::CrossEntropy(_) | Op::SoftCrossEntropy(_) => {
             let n = n.max(1);
-            let rows = x.len() / n;
-            let mut loss = vec![0f64; rows];
-            let mut items: Vec<SoftRow<'_>> = x
-                .chunks_mut(n)
-                .zip(t.chunks(n))
-                .zip(loss.iter_mut())
-                .collect();
-            // `x` becomes p; `Σt` and `⟨t, x⟩` are read before it is overwritten.
-            let kernel = |((r, t), l): &mut SoftRow<'_>| {
-                let (st, tx, lse) = wide(|| (sum8(t), dot8(t, r), softmax_row(r)));
-                **l = f64::from(lse) * f64::from(st) - f64::from(tx);
+            // `x` becomes p; each row's loss reads what it needs of the row first.
+            let loss = match op {
+                Op::CrossEntropy(t) => each_row(&mut x, n, |i, r| {
+                    let target = r[t[i]];
+                    (softmax_row(r) - target) as f64
+                }),
+                Op::SoftCrossEntropy(t) => each_row(&mut x, n, |i, r| {
+                    let t = &t[i * n..(i + 1) * n];
+                    let (st, tx) = (sum8(t), dot8(t, r));
+                    f64::from(softmax_row(r)) * f64::from(st) - f64::from(tx)
+                }),
+                Op::Softmax | Op::LogSoftmax => unreachable!("matched above"),
             };
-            if rows.saturating_mul(n) < PARALLEL_MIN {
-                items.iter_mut().for_each(kernel);
-            } else {
-                items
-                    .par_iter_mut()
-                    .with_min_len(block_rows(n))
-                    .for_each(kernel);
-            }
-            let mean = (loss.iter().sum::<f64>() / rows as f64) as f32;
+            // Rows summed in order, in f64: the same bits for any thread count.
+            let mean = (loss.iter().sum::<f64>() / loss.len() as f64) as f32;
             Forward {
                 out: vec![mean],
                 out_shape: burn::tensor::Shape::from(vec![1usize; dims.len()]),
@@ -313,6 +273,23 @@ fn forward(mut x: Vec<f32>, shape: burn::tensor::Shape, op: &Op, keep: bool) -> 
 /// element-wise kernels of [`crate::fused`]).
 fn block_rows(n: usize) -> usize {
     (CHUNK / n.max(1)).max(1)
+}
+
+/// `f(i, row)` on every row of `n` elements of `x`, its results in row order: on the calling
+/// thread for small inputs, else rows in fixed blocks across the rayon pool; under
+/// [`wide`] either way.
+fn each_row<R: Send>(x: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) -> R + Sync) -> Vec<R> {
+    let n = n.max(1);
+    let f = |(i, r): (usize, &mut [f32])| wide(|| f(i, r));
+    if x.len() < PARALLEL_MIN {
+        x.chunks_mut(n).enumerate().map(f).collect()
+    } else {
+        x.par_chunks_mut(n)
+            .enumerate()
+            .with_min_len(block_rows(n))
+            .map(f)
+            .collect()
+    }
 }
 
 /// `f` on every row of `n` elements of `x`, in fixed blocks across the rayon pool.
@@ -468,49 +445,29 @@ fn backward(mut g: Vec<f32>, kept: Vec<f32>, n: usize, op: &Op) -> Vec<f32> {
     g
 }
 
+/// Cross-entropy's backward: `(p − onehot(t))·g/rows`, written over `p`.
+fn ce_backward(g: f32, mut out: Vec<f32>, t: &[usize], n: usize) -> Vec<f32> {
+    let k = g / t.len() as f32;
+    each_row(&mut out, n, |i, r| {
+        r[t[i]] -= 1.0;
+        for v in r.iter_mut() {
+            *v *= k;
+        }
+    });
+    out
+}
+
 /// Soft cross-entropy's backward: `(p·Σt − t)·g/rows` row by row, written over `p`.
 fn soft_ce_backward(g: f32, mut out: Vec<f32>, t: &[f32], n: usize) -> Vec<f32> {
     let n = n.max(1);
     let k = g / (out.len() / n).max(1) as f32;
-    let f = |(p, t): (&mut [f32], &[f32])| {
-        wide(|| {
-            let st = sum8(t);
-            for (p, t) in p.iter_mut().zip(t) {
-                *p = (*p * st - *t) * k;
-            }
-        })
-    };
-    if out.len() < PARALLEL_MIN {
-        out.chunks_mut(n).zip(t.chunks(n)).for_each(f);
-    } else {
-        out.par_chunks_mut(n)
-            .zip(t.par_chunks(n))
-            .with_min_len(block_rows(n))
-            .for_each(f);
-    }
-    out
-}
-
-/// Cross-entropy's backward: `(p − onehot(t))·g/rows`, written over `p`.
-fn ce_backward(g: f32, mut out: Vec<f32>, t: &[usize], n: usize) -> Vec<f32> {
-    let rows = t.len();
-    let k = g / rows as f32;
-    let f = |(i, r): (usize, &mut [f32])| {
-        r[t[i]] -= 1.0;
-        wide(|| {
-            for v in r.iter_mut() {
-                *v *= k;
-            }
-        })
-    };
-    if out.len() < PARALLEL_MIN {
-        out.chunks_mut(n.max(1)).enumerate().for_each(f);
-    } else {
-        out.par_chunks_mut(n.max(1))
-            .enumerate()
-            .with_min_len(block_rows(n))
-            .for_each(f);
-    }
+    each_row(&mut out, n, |i, p| {
+        let t = &t[i * n..(i + 1) * n];
+        let st = sum8(t);
+        for (p, t) in p.iter_mut().zip(t) {
+            *p = (*p * st - *t) * k;
+        }
+    });
     out
 }
 
