@@ -62,6 +62,25 @@ pub enum Mask<B: Backend> {
     /// An additive bias `[batch, keys]` on every query's scores (e.g. 0 for tokens and −10³⁰
     /// for padding, [`bias`](Self::KeyBias)). It gets no gradient.
     KeyBias(Tensor<B, 2>),
+    /// Sequences packed along the token axis, no padding: `t = s = Σ lengths`, and the queries of
+    /// sequence `i` (the `lengths[i]` tokens after the first `Σ_{j<i} lengths[j]`) see only
+    /// the keys of sequence `i` (block-diagonal attention). An unpadded encoder batch is one
+    /// batch element of this; with `b > 1` every element is split the same way. The fused
+    /// kernel computes each sequence's block alone, so no padding token or masked score is
+    /// computed at all. Every length must be positive.
+    Segments(Arc<[usize]>),
+}
+
+impl<B: Backend> Mask<B> {
+    /// `Segments` whose lengths are positive and sum to `t` (= `s`); `true` for other masks.
+    fn fits(&self, t: usize, s: usize) -> bool {
+        match self {
+            Mask::Segments(lens) => {
+                t == s && lens.iter().all(|&l| l > 0) && lens.iter().sum::<usize>() == t
+            }
+            _ => true,
+        }
+    }
 }
 
 /// `softmax(scale·QKᵀ + mask)·V` per head.
@@ -90,7 +109,8 @@ pub fn attention<B: Backend>(
         && match &mask {
             Mask::KeyBias(m) => m.dims() == [b, s],
             _ => true,
-        };
+        }
+        && mask.fits(t, s);
     let f32s = [q.dtype(), k.dtype(), v.dtype()]
         .iter()
         .all(|d| *d == DType::F32);
@@ -137,6 +157,26 @@ pub fn attention_reference<B: Backend>(
             scores.mask_fill(future, f32::NEG_INFINITY)
         }
         Mask::KeyBias(bias) => scores + bias.reshape([b, 1, 1, s]),
+        Mask::Segments(lens) => {
+            assert!(
+                Mask::<B>::Segments(lens.clone()).fits(t, s),
+                "attention: Mask::Segments {lens:?} must be positive lengths summing to t = s \
+                 (t = {t}, s = {s})"
+            );
+            let seg: Vec<usize> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
+                .collect();
+            let outside: Vec<bool> = (0..t * s).map(|n| seg[n / s] != seg[n % s]).collect();
+            let outside = Tensor::<B, 2, burn::tensor::Bool>::from_data(
+                TensorData::new(outside, [t, s]),
+                &scores.device(),
+            )
+            .reshape([1, 1, t, s])
+            .expand([b, h, t, s]);
+            scores.mask_fill(outside, f32::NEG_INFINITY)
+        }
     };
     crate::softmax::softmax(scores, 3).matmul(expand(v))
 }
@@ -169,13 +209,58 @@ impl Dims {
     }
 }
 
+/// One independent block of a call: batch element `b`'s queries `q0..q0 + t` against its keys
+/// `k0..k0 + s`. A padded or causal call has one unit per batch element; `Mask::Segments` one
+/// per sequence and batch element.
+#[derive(Clone, Copy, Debug)]
+struct Unit {
+    b: usize,
+    q0: usize,
+    t: usize,
+    k0: usize,
+    s: usize,
+}
+
+/// The units of a call, in token order (batch-major).
+fn units(d: &Dims, segments: Option<&[usize]>) -> Vec<Unit> {
+    let one = [d.t];
+    let lens = segments.unwrap_or(&one);
+    let mut out = Vec::with_capacity(d.b * lens.len());
+    for b in 0..d.b {
+        let mut start = 0;
+        for &n in lens {
+            let s = if segments.is_some() { n } else { d.s };
+            out.push(Unit {
+                b,
+                q0: start,
+                t: n,
+                k0: start,
+                s,
+            });
+            start += n;
+        }
+    }
+    out
+}
+
+/// `buf` cut into consecutive disjoint pieces of the given sizes (which must fit).
+fn pieces(mut buf: &mut [f32], sizes: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
+    let mut out = Vec::new();
+    for n in sizes {
+        let (a, rest) = std::mem::take(&mut buf).split_at_mut(n);
+        out.push(a);
+        buf = rest;
+    }
+    out
+}
+
 /// Attention's operands are read through [`View`]s of rank 4.
 impl View<4> {
-    /// Rows `0..n` of head `(b, h)` into `dst` `[n, dh]`, contiguous.
-    fn gather(&self, b: usize, h: usize, n: usize, dh: usize, dst: &mut [f32]) {
+    /// Rows `r0..r0 + n` of head `(b, h)` into `dst` `[n, dh]`, contiguous.
+    fn gather(&self, (b, h): (usize, usize), (r0, n): (usize, usize), dh: usize, dst: &mut [f32]) {
         let data = self.data();
         let [sb, sh, st, sd] = self.strides;
-        let base = self.offset + b * sb + h * sh;
+        let base = self.offset + b * sb + h * sh + r0 * st;
         for (i, row) in dst[..n * dh].chunks_exact_mut(dh).enumerate() {
             let r = base + i * st;
             if sd == 1 {
@@ -238,17 +323,18 @@ fn mm(
     }
 }
 
-/// Masks and normalises the scores `p` `[t, s]` of batch `b` in place.
-fn mask_softmax(p: &mut [f32], b: usize, d: &Dims, mask: &HostMask) {
-    for (i, row) in p.chunks_exact_mut(d.s).enumerate() {
+/// Masks and normalises the scores `p` `[u.t, u.s]` of unit `u` in place.
+fn mask_softmax(p: &mut [f32], u: &Unit, d: &Dims, mask: &HostMask) {
+    for (i, row) in p.chunks_exact_mut(u.s).enumerate() {
         match mask {
             HostMask::None => {}
             HostMask::Causal(offset) => {
-                let first = (offset + i + 1).min(d.s);
+                let first = (offset + i + 1).min(u.s);
                 row[first..].fill(f32::NEG_INFINITY);
             }
             HostMask::Bias(bias) => {
-                for (x, m) in row.iter_mut().zip(&bias[b * d.s..(b + 1) * d.s]) {
+                let base = u.b * d.s + u.k0;
+                for (x, m) in row.iter_mut().zip(&bias[base..base + u.s]) {
                     *x += m;
                 }
             }
@@ -257,114 +343,161 @@ fn mask_softmax(p: &mut [f32], b: usize, d: &Dims, mask: &HostMask) {
     }
 }
 
-/// Forward on the host: the output token-major `[b, t, h, dh]`, and `P` `[b, h, t, s]` when
-/// `keep`.
+/// Offsets of each unit's block in a buffer of per-unit blocks of `size(u)` elements.
+fn offsets(units: &[Unit], size: impl Fn(&Unit) -> usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(units.len() + 1);
+    let mut at = 0;
+    out.push(0);
+    for u in units {
+        at += size(u);
+        out.push(at);
+    }
+    out
+}
+
+/// Forward on the host: the output token-major `[b, t, h, dh]`, and `P` (per unit and head,
+/// `[u.t, u.s]` blocks) when `keep`.
 fn forward(
     q: &View<4>,
     k: &View<4>,
     v: &View<4>,
     mask: &HostMask,
     d: &Dims,
+    units: &[Unit],
     keep: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (t, s, dh) = (d.t, d.s, d.dh);
-    let mut heads = zeros(d.b * d.h * t * dh);
-    let mut kept = if keep {
-        zeros(d.b * d.h * t * s)
-    } else {
-        Vec::new()
-    };
-    let head = |bh: usize, o: &mut [f32], p: &mut [f32]| {
-        let (b, h) = (bh / d.h, bh % d.h);
+    let dh = d.dh;
+    let mut heads = zeros(d.b * d.h * d.t * dh);
+    let p_len: usize = units.iter().map(|u| d.h * u.t * u.s).sum();
+    let mut kept = if keep { zeros(p_len) } else { Vec::new() };
+    // Tasks in (unit, head) order.
+    let task_unit = |i: usize| &units[i / d.h];
+    let head = |i: usize, o: &mut [f32], p: &mut [f32]| {
+        let (u, h) = (task_unit(i), i % d.h);
         let g = h / d.rep();
+        let (t, s) = (u.t, u.s);
         let mut qh = vec![0f32; t * dh];
         let mut kh = vec![0f32; s * dh];
         let mut vh = vec![0f32; s * dh];
-        q.gather(b, h, t, dh, &mut qh);
-        k.gather(b, g, s, dh, &mut kh);
-        v.gather(b, g, s, dh, &mut vh);
+        q.gather((u.b, h), (u.q0, t), dh, &mut qh);
+        k.gather((u.b, g), (u.k0, s), dh, &mut kh);
+        v.gather((u.b, g), (u.k0, s), dh, &mut vh);
         // S = scale · Q Kᵀ: Kᵀ read through K's strides (row = dim, column = key).
         mm((t, s, dh), p, false, &qh, (dh, 1), &kh, (1, dh), d.scale);
-        mask_softmax(p, b, d, mask);
+        mask_softmax(p, u, d, mask);
         mm((t, dh, s), o, false, p, (s, 1), &vh, (dh, 1), 1.0);
     };
-    let task = |bh: usize, o: &mut [f32], p: &mut [f32]| crate::simd::wide(|| head(bh, o, p));
+    let task = |i: usize, o: &mut [f32], p: &mut [f32]| crate::simd::wide(|| head(i, o, p));
+    let n_tasks = units.len() * d.h;
+    let o_parts = pieces(&mut heads, (0..n_tasks).map(|i| task_unit(i).t * dh));
     if keep {
-        heads
-            .par_chunks_mut(t * dh)
-            .zip(kept.par_chunks_mut(t * s))
+        let p_parts = pieces(
+            &mut kept,
+            (0..n_tasks).map(|i| task_unit(i).t * task_unit(i).s),
+        );
+        o_parts
+            .into_par_iter()
+            .zip(p_parts)
             .enumerate()
-            .for_each(|(bh, (o, p))| task(bh, o, p));
+            .for_each(|(i, (o, p))| task(i, o, p));
     } else {
-        heads
-            .par_chunks_mut(t * dh)
-            .enumerate()
-            .for_each(|(bh, o)| task(bh, o, &mut vec![0f32; t * s]));
+        o_parts.into_par_iter().enumerate().for_each(|(i, o)| {
+            let u = task_unit(i);
+            task(i, o, &mut vec![0f32; u.t * u.s])
+        });
     }
-    (token_major(&heads, d.h, t, dh), kept)
+    let rows = |u: &Unit| (u.q0, u.t);
+    (token_major(&heads, d.h, dh, units, d.t, rows), kept)
 }
 
-/// `[b, h, n, dh]` → `[b, n, h, dh]`, rows of `dh` moved whole.
-fn token_major(x: &[f32], h: usize, n: usize, dh: usize) -> Vec<f32> {
-    let mut out = zeros(x.len());
-    out.par_chunks_mut(h * dh)
-        .enumerate()
-        .for_each(|(bn, row)| {
-            let (bi, i) = (bn / n, bn % n);
-            for (hh, dst) in row.chunks_exact_mut(dh).enumerate() {
-                let src = ((bi * h + hh) * n + i) * dh;
-                dst.copy_from_slice(&x[src..src + dh]);
-            }
-        });
+/// Per-unit blocks `[h, n, dh]` (unit-major; `rows(u)` = the unit's first row and row count
+/// on a token axis of `len` per batch element) → token-major `[b, len, h, dh]`, rows of `dh`
+/// moved whole.
+fn token_major(
+    x: &[f32],
+    h: usize,
+    dh: usize,
+    units: &[Unit],
+    len: usize,
+    rows: impl Fn(&Unit) -> (usize, usize) + Sync,
+) -> Vec<f32> {
+    let b = units.last().map_or(0, |u| u.b + 1);
+    let mut out = zeros(b * len * h * dh);
+    let src = offsets(units, |u| h * rows(u).1 * dh);
+    // Units are in token order and cover the axis, so each owns a contiguous output block.
+    let dst = pieces(&mut out, units.iter().map(|u| rows(u).1 * h * dh));
+    dst.into_par_iter().enumerate().for_each(|(ui, block)| {
+        let n = rows(&units[ui]).1;
+        let x = &x[src[ui]..src[ui + 1]];
+        block
+            .par_chunks_mut(h * dh)
+            .enumerate()
+            .for_each(|(i, row)| {
+                for (hh, dst) in row.chunks_exact_mut(dh).enumerate() {
+                    let at = (hh * n + i) * dh;
+                    dst.copy_from_slice(&x[at..at + dh]);
+                }
+            });
+    });
     out
 }
 
 /// Backward on the host: `(dq, dk, dv)` token-major, from the output's gradient `go`.
 fn backward(go: &View<4>, st: &State) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = &st.dims;
-    let (t, s, dh, rep) = (d.t, d.s, d.dh, d.rep());
-    let mut dq = zeros(d.b * d.h * t * dh);
-    let mut dk = zeros(d.b * d.hk * s * dh);
-    let mut dv = zeros(d.b * d.hk * s * dh);
-    dq.par_chunks_mut(rep * t * dh)
-        .zip(dk.par_chunks_mut(s * dh))
-        .zip(dv.par_chunks_mut(s * dh))
+    let units = &st.units[..];
+    let (dh, rep) = (d.dh, d.rep());
+    let mut dq = zeros(d.b * d.h * d.t * dh);
+    let mut dk = zeros(d.b * d.hk * d.s * dh);
+    let mut dv = zeros(d.b * d.hk * d.s * dh);
+    // Tasks in (unit, key/value head) order.
+    let task_unit = |i: usize| &units[i / d.hk];
+    let n_tasks = units.len() * d.hk;
+    let dq_parts = pieces(&mut dq, (0..n_tasks).map(|i| rep * task_unit(i).t * dh));
+    let dk_parts = pieces(&mut dk, (0..n_tasks).map(|i| task_unit(i).s * dh));
+    let dv_parts = pieces(&mut dv, (0..n_tasks).map(|i| task_unit(i).s * dh));
+    let p_at = offsets(units, |u| d.h * u.t * u.s);
+    dq_parts
+        .into_par_iter()
+        .zip(dk_parts)
+        .zip(dv_parts)
         .enumerate()
-        .for_each(|(bg, ((dqg, dkg), dvg))| {
-            crate::simd::wide(|| backward_group(go, st, bg, dqg, dkg, dvg))
+        .for_each(|(i, ((dqg, dkg), dvg))| {
+            let (ui, g) = (i / d.hk, i % d.hk);
+            let p = &st.p[p_at[ui]..p_at[ui + 1]];
+            crate::simd::wide(|| backward_group(go, st, (&units[ui], g, p), dqg, dkg, dvg))
         });
     (
-        token_major(&dq, d.h, t, dh),
-        token_major(&dk, d.hk, s, dh),
-        token_major(&dv, d.hk, s, dh),
+        token_major(&dq, d.h, dh, units, d.t, |u| (u.q0, u.t)),
+        token_major(&dk, d.hk, dh, units, d.s, |u| (u.k0, u.s)),
+        token_major(&dv, d.hk, dh, units, d.s, |u| (u.k0, u.s)),
     )
 }
 
-/// The gradients of one batch element's key/value group `bg` (its `rep` query heads), into
-/// `dq`, `dk`, `dv`'s blocks of that group.
+/// The gradients of one unit's key/value group `g` (its `rep` query heads; `p` the unit's
+/// weights, `[h, t, s]`), into `dq`, `dk`, `dv`'s blocks of that group.
 fn backward_group(
     go: &View<4>,
     st: &State,
-    bg: usize,
+    (u, g, p_unit): (&Unit, usize, &[f32]),
     dqg: &mut [f32],
     dkg: &mut [f32],
     dvg: &mut [f32],
 ) {
     let d = &st.dims;
-    let (t, s, dh, rep) = (d.t, d.s, d.dh, d.rep());
-    let (b, g) = (bg / d.hk, bg % d.hk);
+    let (t, s, dh, rep) = (u.t, u.s, d.dh, d.rep());
     let mut kh = vec![0f32; s * dh];
     let mut vh = vec![0f32; s * dh];
     let mut qh = vec![0f32; t * dh];
     let mut goh = vec![0f32; t * dh];
     let mut ds = vec![0f32; t * s];
-    st.k.gather(b, g, s, dh, &mut kh);
-    st.v.gather(b, g, s, dh, &mut vh);
+    st.k.gather((u.b, g), (u.k0, s), dh, &mut kh);
+    st.v.gather((u.b, g), (u.k0, s), dh, &mut vh);
     for r in 0..rep {
         let h = g * rep + r;
-        let p = &st.p[(b * d.h + h) * t * s..][..t * s];
-        st.q.gather(b, h, t, dh, &mut qh);
-        go.gather(b, h, t, dh, &mut goh);
+        let p = &p_unit[h * t * s..][..t * s];
+        st.q.gather((u.b, h), (u.q0, t), dh, &mut qh);
+        go.gather((u.b, h), (u.q0, t), dh, &mut goh);
         // dP = dO Vᵀ, then dS = scale · P ⊙ (dP − ⟨dP, P⟩) row by row.
         mm((t, s, dh), &mut ds, false, &goh, (dh, 1), &vh, (1, dh), 1.0);
         for (g_row, p_row) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
@@ -401,6 +534,16 @@ fn host_mask<B: Backend>(mask: Mask<B>) -> HostMask {
                 .into_vec::<f32>()
                 .unwrap_or_else(|_| unreachable!("converted to f32")),
         )),
+        // The segments are the units themselves ([`units`]); within one every key is seen.
+        Mask::Segments(_) => HostMask::None,
+    }
+}
+
+/// The segment lengths of a `Mask::Segments`.
+fn segments_of<B: Backend>(mask: &Mask<B>) -> Option<Arc<[usize]>> {
+    match mask {
+        Mask::Segments(lens) => Some(lens.clone()),
+        _ => None,
     }
 }
 
@@ -412,6 +555,7 @@ fn cast_args<B: Backend, U: Backend>((q, k, v, mask): Args<B>) -> Args<U> {
         Mask::None => Mask::None,
         Mask::Causal { offset } => Mask::Causal { offset },
         Mask::KeyBias(m) => Mask::KeyBias(cast(m)),
+        Mask::Segments(lens) => Mask::Segments(lens),
     };
     (cast(q), cast(k), cast(v), mask)
 }
@@ -458,12 +602,14 @@ fn dims_of<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, scale: f64) -> Dims {
 fn plain<B: Backend>((q, k, v, mask): Args<B>, scale: f64) -> Tensor<B, 4> {
     let d = dims_of(&q, &k, scale);
     let device = q.device();
+    let units = units(&d, segments_of(&mask).as_deref());
     let (o, _) = forward(
         &View::of(q),
         &View::of(k),
         &View::of(v),
         &host_mask(mask),
         &d,
+        &units,
         false,
     );
     head_major::<B>(o, [d.b, d.h, d.t, d.dh], &device)
@@ -475,9 +621,10 @@ struct State {
     q: View<4>,
     k: View<4>,
     v: View<4>,
-    /// The attention weights `[b, h, t, s]`.
+    /// The attention weights, `[h, u.t, u.s]` per unit.
     p: Arc<Vec<f32>>,
     dims: Dims,
+    units: Arc<[Unit]>,
 }
 
 #[derive(Debug)]
@@ -521,13 +668,15 @@ fn tracked<B: Backend>((q, k, v, mask): Args<Autodiff<B>>, scale: f64) -> Tensor
     let vv = View::of(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(
         v.primitive,
     )));
+    let units: Arc<[Unit]> = units(&d, segments_of(&mask).as_deref()).into();
     let mask = match mask {
         Mask::None => HostMask::None,
         Mask::Causal { offset } => HostMask::Causal(offset),
         Mask::KeyBias(m) => host_mask::<B>(Mask::KeyBias(m.inner())),
+        Mask::Segments(_) => HostMask::None,
     };
     let keep = matches!(kind, OpsKind::Tracked(_));
-    let (o, p) = forward(&qv, &kv, &vv, &mask, &d, keep);
+    let (o, p) = forward(&qv, &kv, &vv, &mask, &d, &units, keep);
     let out = head_major::<B>(o, [d.b, d.h, d.t, d.dh], &device)
         .into_primitive()
         .tensor();
@@ -539,6 +688,7 @@ fn tracked<B: Backend>((q, k, v, mask): Args<Autodiff<B>>, scale: f64) -> Tensor
                 v: vv,
                 p: Arc::new(p),
                 dims: d,
+                units,
             },
             out,
         ),
@@ -593,6 +743,16 @@ mod tests {
                 "grouped, key bias",
                 [2, 4, 1, 5, 5, 4],
                 Mask::KeyBias(padding::<B>(2, 5)),
+            ),
+            (
+                "segments",
+                [1, 4, 4, 12, 12, 8],
+                Mask::Segments(vec![5, 1, 6].into()),
+            ),
+            (
+                "grouped segments, batch 2",
+                [2, 6, 3, 7, 7, 4],
+                Mask::Segments(vec![3, 4].into()),
             ),
         ]
     }
@@ -689,6 +849,42 @@ mod tests {
                 })
         };
         assert_eq!(on(1), on(2));
+    }
+
+    #[test]
+    fn each_segment_gets_the_bits_of_its_sequence_run_alone() {
+        let (h, dh, lens) = (2, 8, [3usize, 5, 1, 2]);
+        let n: usize = lens.iter().sum();
+        let [q, k, v] = [1, 2, 3].map(|seed| heads::<Flex>([1, h, n, dh], seed));
+        let segments = Mask::Segments(lens.to_vec().into());
+        // Token-major `[1, n, h, dh]`: each sequence's rows are contiguous.
+        let packed =
+            host(attention(q.clone(), k.clone(), v.clone(), segments, 0.3).swap_dims(1, 2));
+        let mut start = 0;
+        for &l in &lens {
+            let part = |x: &Tensor<Flex, 4>| x.clone().slice([0..1, 0..h, start..start + l, 0..dh]);
+            let alone = attention(part(&q), part(&k), part(&v), Mask::None, 0.3);
+            let alone = host(alone.swap_dims(1, 2));
+            assert_eq!(
+                &packed[start * h * dh..(start + l) * h * dh],
+                &alone[..],
+                "at {start}"
+            );
+            start += l;
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "Mask::Segments")]
+    fn segments_that_do_not_cover_the_tokens_are_refused() {
+        let q = heads::<Flex>([1, 2, 6, 4], 1);
+        let _ = attention(
+            q.clone(),
+            q.clone(),
+            q,
+            Mask::Segments(vec![2, 3].into()),
+            0.5,
+        );
     }
 
     #[test]
