@@ -45,6 +45,12 @@ The cases mirror `crates/bllm-cli/src/bench_train.rs` (the recipes named there):
 Attention is the explicit masked softmax, as bllm computes it; `--sdpa` switches the LM cases
 to torch's scaled_dot_product_attention (its fused CPU kernel), the fastest PyTorch path.
 
+minilm runs padded, as `transformers`' BertModel does. bllm's encoder runs packed (no padding
+token is computed: 64 random verses are 45 % real tokens when padded to the longest), so
+`--unpad` gives PyTorch the same saving: projections, norms and GELU on the real tokens only
+(`x[mask]`), and the packed rows scattered into the padded layout for the masked attention and
+gathered back (the unpad/pad pattern of MosaicBERT and flash-attn's `bert_padding`).
+
 The step is what bllm's loop times: sample the batch, forward, loss, backward, clip, optimizer
 step, read the loss as a float. Reported: the median interval over `--steps` steps after
 `--warmup` warm-up steps. Timing only: the two sides do not share initial weights.
@@ -208,12 +214,23 @@ class BertLayer(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-12), nn.LayerNorm(d, eps=1e-12)
         self.up, self.down = nn.Linear(d, ffn), nn.Linear(ffn, d)
 
-    def forward(self, x, key_bias):
-        b, t, d = x.shape
+    def forward(self, x, key_bias, real=None):
+        """x [b, t, d] padded, or with `real` (indices of the real tokens in the flattened
+        [b·t] layout) x [n, d] packed."""
+        b, _, _, t = key_bias.shape
+        d = x.shape[-1]
         h, dh = self.heads, d // self.heads
-        q, k, v = (p(x).reshape(b, t, h, dh).transpose(1, 2) for p in (self.q, self.k, self.v))
+
+        def split(y):  # → padded heads [b, h, t, dh]
+            if real is not None:
+                y = y.new_zeros(b * t, d).index_copy(0, real, y)
+            return y.reshape(b, t, h, dh).transpose(1, 2)
+
+        q, k, v = (split(p(x)) for p in (self.q, self.k, self.v))
         w = torch.softmax((q @ k.transpose(2, 3)) / math.sqrt(dh) + key_bias, dim=3)
-        x = self.ln1(x + self.o((w @ v).transpose(1, 2).reshape(b, t, d)))
+        att = (w @ v).transpose(1, 2).reshape(b * t, d)
+        att = att[real] if real is not None else att.reshape(b, t, d)
+        x = self.ln1(x + self.o(att))
         return self.ln2(x + self.down(F.gelu(self.up(x))))
 
 
@@ -228,7 +245,7 @@ def verse_lengths(path, tokenizer, queries):
     return np.array([len(e.ids) for e in tk.encode_batch(lines[queries:])])
 
 
-def minilm_case(verses, tokenizer, steps, warmup, rng):
+def minilm_case(verses, tokenizer, steps, warmup, rng, unpad=False):
     lens = verse_lengths(verses, tokenizer, 1000)
     n, d, bits, bank, batch = len(lens), 384, 256, 2048, 64
     words = torch.randn(30522, d) * 0.02
@@ -251,10 +268,18 @@ def minilm_case(verses, tokenizer, steps, warmup, rng):
             ids = torch.randint(1000, 30522, (batch, t))
             x = emb_ln(words[ids] + positions[:t])
         key_bias = ((1.0 - mask) * -1e9)[:, None, None, :]
-        for layer in layers:
-            x = layer(x, key_bias)
-        m = mask[:, :, None]
-        pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        if unpad:
+            real = mask.reshape(-1).nonzero().squeeze(1)
+            x = x.reshape(batch * t, d)[real]
+            for layer in layers:
+                x = layer(x, key_bias, real)
+            seq = real // t  # each packed token's verse
+            pooled = x.new_zeros(batch, d).index_add(0, seq, x) / torch.from_numpy(ln).float()[:, None]
+        else:
+            for layer in layers:
+                x = layer(x, key_bias)
+            m = mask[:, :, None]
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
         anchors = F.normalize(pooled, dim=1) - mu
         h = hash_codes(torch.cat([anchors, bank_x]), w, b, bits)
         sc = (h[:batch] @ h[batch:].T) / (bits * 0.02)
@@ -407,6 +432,7 @@ def main():
     ap.add_argument("--warmup", type=int, help="warm-up steps (default: 5; minilm and smollm2 2)")
     ap.add_argument("--cases", default="lm-float,lm-binary,lm-6x256,retrieval,minilm,smollm2")
     ap.add_argument("--sdpa", action="store_true", help="attention by torch's scaled_dot_product_attention")
+    ap.add_argument("--unpad", action="store_true", help="minilm on the real tokens only (see above)")
     ap.add_argument("--verses", default="datasets/kjv-minilm/verses.txt")
     ap.add_argument("--tokenizer", default="models/minilm/tokenizer.json")
     ap.add_argument("--text", default="datasets/kjv-text/train.txt")
@@ -442,7 +468,7 @@ def main():
         "lm-binary": lambda: lm_case(text, 64, 2, 4, 64, 32, 0.01, True, *n(30, 5), rng),
         "lm-6x256": lambda: lm_case(text, 256, 6, 8, 128, 16, 0.006, False, *n(30, 5), rng),
         "retrieval": lambda: retrieval_case(a.embeddings, 1000, *n(30, 5), rng),
-        "minilm": lambda: minilm_case(a.verses, a.tokenizer, *n(10, 2), rng),
+        "minilm": lambda: minilm_case(a.verses, a.tokenizer, *n(10, 2), rng, a.unpad),
         "smollm2": lambda: smollm2_case(*n(5, 2), rng),
     }
     out = {}
@@ -456,6 +482,7 @@ def main():
         "torch": torch.__version__,
         "threads": a.threads,
         "attention": "sdpa" if a.sdpa else "explicit masked softmax",
+        "minilm_layout": "unpadded (--unpad)" if a.unpad else "padded to the longest",
         "machine": platform.processor() or platform.machine(),
         "cases": out,
     }

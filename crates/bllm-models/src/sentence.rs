@@ -2,6 +2,7 @@
 //! sentence-transformers directory — what `SentenceTransformer(dir).encode(texts)` computes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bllm_ste::Ctx;
 use burn::tensor::backend::Backend;
@@ -154,51 +155,50 @@ impl<B: Backend> SentenceEncoder<B> {
         ids
     }
 
-    /// Embeddings of already tokenized inputs, in their order, `[n, d]` row-major. Each batch
-    /// is padded to its longest member; padding does not change a row.
+    /// Embeddings of already tokenized inputs, in their order, `[n, d]` row-major. The batch
+    /// runs packed (no padding: [`Bert::forward_layers_packed`]).
     pub fn embed_ids(&self, ids: &[Vec<u32>], device: &B::Device) -> Result<Vec<f32>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids_t, mask_t) = self.padded(ids, device)?;
+        let (x, lens) = self.packed(ids, device)?;
         let ctx = Ctx::default().for_eval();
-        let h = self.bert.forward(ids_t, mask_t.clone(), &ctx);
-        host(self.pooling.apply(h, mask_t, self.normalize))
+        let n = self.bert.config.num_hidden_layers;
+        let h = self.bert.forward_layers_packed(0..n, x, &lens, &ctx);
+        host(self.pooling.apply_packed(h, &lens, self.normalize))
     }
 
-    /// `ids` padded to the longest: ids `[b, t]` (0 for padding) and mask `[b, t]`; checks
-    /// lengths and ids against the model.
-    fn padded(
-        &self,
-        ids: &[Vec<u32>],
-        device: &B::Device,
-    ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
-        let b = ids.len();
-        let t = ids.iter().map(Vec::len).max().unwrap_or(0);
-        if t == 0 || t > self.max_len {
-            return Err(ModelError::Input(format!(
-                "inputs of {t} tokens; expected 1..={}",
-                self.max_len
-            )));
-        }
+    /// The embedding block's output for `ids` packed (tokens back to back, `[Σ len, d]`) and
+    /// the lengths; checks lengths and ids against the model.
+    fn packed(&self, ids: &[Vec<u32>], device: &B::Device) -> Result<(Tensor<B, 2>, Arc<[usize]>)> {
         let vocab = self.bert.config.vocab_size;
-        let mut flat = vec![0i64; b * t];
-        let mut mask = vec![0f32; b * t];
-        for (r, row) in ids.iter().enumerate() {
+        let n: usize = ids.iter().map(Vec::len).sum();
+        let mut flat = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for row in ids {
+            if row.is_empty() || row.len() > self.max_len {
+                return Err(ModelError::Input(format!(
+                    "an input of {} tokens; expected 1..={}",
+                    row.len(),
+                    self.max_len
+                )));
+            }
             for (j, &id) in row.iter().enumerate() {
                 if id as usize >= vocab {
                     return Err(ModelError::Input(format!(
                         "token id {id} outside the vocabulary of {vocab}"
                     )));
                 }
-                flat[r * t + j] = id as i64;
-                mask[r * t + j] = 1.0;
+                flat.push(id as i64);
+                positions.push(j as i64);
             }
         }
-        Ok((
-            Tensor::from_data(TensorData::new(flat, [b, t]), device),
-            Tensor::from_data(TensorData::new(mask, [b, t]), device),
-        ))
+        let lens: Arc<[usize]> = ids.iter().map(Vec::len).collect();
+        let x = self.bert.embed_packed(
+            Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), device),
+            Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device),
+        );
+        Ok((x, lens))
     }
 
     /// Token ids of `texts` as the encoder sees them ([`token_ids`](Self::token_ids) for each).
@@ -241,13 +241,16 @@ impl<B: Backend> SentenceEncoder<B> {
         let mut done = 0;
         for chunk in length_chunks(&lens, batch) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let (ids_t, mask_t) = self.padded(&rows, device)?;
-            let t = mask_t.dims()[1];
-            let x = self.bert.embed(ids_t);
-            let x = host(self.bert.forward_layers(0..split, x, mask_t, &ctx))?;
-            for (k, &i) in chunk.iter().enumerate() {
-                let src = &x[k * t * d..(k * t + lens[i]) * d];
+            let (x, chunk_lens) = self.packed(&rows, device)?;
+            let x = host(
+                self.bert
+                    .forward_layers_packed(0..split, x, &chunk_lens, &ctx),
+            )?;
+            let mut at = 0;
+            for &i in &chunk {
+                let src = &x[at * d..(at + lens[i]) * d];
                 data[offsets[i] * d..offsets[i + 1] * d].copy_from_slice(src);
+                at += lens[i];
             }
             done += chunk.len();
             progress(done);
@@ -392,6 +395,38 @@ impl Pooling {
             pooled
         }
     }
+
+    /// [`apply`](Self::apply) on packed token states `x` `[Σ lens, d]` (sequences of `lens`
+    /// tokens back to back) → `[lens.len(), d]`.
+    pub fn apply_packed<B: Backend>(
+        self,
+        x: Tensor<B, 2>,
+        lens: &[usize],
+        normalize: bool,
+    ) -> Tensor<B, 2> {
+        let pooled = match self {
+            Self::Mean => Bert::mean_pool_packed(x, lens),
+            Self::Cls => {
+                let starts: Vec<i64> = lens
+                    .iter()
+                    .scan(0usize, |at, &l| {
+                        let s = *at;
+                        *at += l;
+                        Some(s as i64)
+                    })
+                    .collect();
+                let b = starts.len();
+                let starts =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [b]), &x.device());
+                x.select(0, starts)
+            }
+        };
+        if normalize {
+            l2_normalize(pooled)
+        } else {
+            pooled
+        }
+    }
 }
 
 /// The order in which [`SentenceEncoder::encode`] runs inputs of token lengths `lens`: sorted
@@ -434,28 +469,21 @@ impl TokenStates {
         self.data.len() * 4
     }
 
-    /// The states of inputs `rows`, zero-padded to the longest: `[b·t, d]` and the mask
-    /// `[b, t]`. Zero padding gives the real tokens the same upper-layer output as the padding
-    /// the lower layers computed (padded keys get exactly zero attention weight).
-    pub fn batch<B: Backend>(
+    /// The states of inputs `rows` packed (back to back, `[Σ len, d]`) and their lengths, for
+    /// [`Bert::forward_layers_packed`] / [`BertLayer::forward_packed`].
+    pub fn packed<B: Backend>(
         &self,
         rows: &[usize],
         device: &B::Device,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    ) -> (Tensor<B, 2>, Arc<[usize]>) {
         let d = self.dim;
-        let b = rows.len();
-        let t = rows.iter().map(|&i| self.lens[i]).max().unwrap_or(0);
-        let mut x = vec![0f32; b * t * d];
-        let mut mask = vec![0f32; b * t];
-        for (k, &i) in rows.iter().enumerate() {
-            let src = &self.data[self.offsets[i] * d..self.offsets[i + 1] * d];
-            x[k * t * d..k * t * d + src.len()].copy_from_slice(src);
-            mask[k * t..k * t + self.lens[i]].fill(1.0);
+        let lens: Arc<[usize]> = rows.iter().map(|&i| self.lens[i]).collect();
+        let n: usize = lens.iter().sum();
+        let mut x = Vec::with_capacity(n * d);
+        for &i in rows {
+            x.extend_from_slice(&self.data[self.offsets[i] * d..self.offsets[i + 1] * d]);
         }
-        (
-            Tensor::from_data(TensorData::new(x, [b * t, d]), device),
-            Tensor::from_data(TensorData::new(mask, [b, t]), device),
-        )
+        (Tensor::from_data(TensorData::new(x, [n, d]), device), lens)
     }
 }
 

@@ -84,19 +84,12 @@ impl Pool {
         ctx: &Ctx,
     ) -> Tensor<Bk, 2> {
         let dev = Default::default();
-        let (mut x, mask) = states.batch::<Bk>(rows, &dev);
-        let [b, t] = mask.dims();
-        let bias = bllm_models::key_bias(mask.clone());
+        // Packed: the rows' tokens back to back, no padding computed.
+        let (mut x, lens) = states.packed::<Bk>(rows, &dev);
         for (j, l) in layers.iter().enumerate() {
-            x = l.forward(
-                x,
-                bias.clone(),
-                self.heads,
-                &ctx.fork((self.split + j) as u64),
-            );
+            x = l.forward_packed(x, &lens, self.heads, &ctx.fork((self.split + j) as u64));
         }
-        self.pooling
-            .apply(x.reshape([b, t, states.dim]), mask, self.normalize)
+        self.pooling.apply_packed(x, &lens, self.normalize)
     }
 
     /// Embeddings of every input of `states`, in input order, computed chunk by chunk in the
