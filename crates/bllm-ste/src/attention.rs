@@ -144,22 +144,12 @@ pub fn attention_reference<B: Backend>(
             .reshape([b, h, s, dh])
     };
     let scores = q.matmul(expand(k).swap_dims(2, 3)).mul_scalar(scale);
-    let scores = match mask {
-        Mask::None => scores,
-        Mask::Causal { offset } => {
-            let future: Vec<bool> = (0..t * s).map(|n| n % s > offset + n / s).collect();
-            let future = Tensor::<B, 2, burn::tensor::Bool>::from_data(
-                TensorData::new(future, [t, s]),
-                &scores.device(),
-            )
-            .reshape([1, 1, t, s])
-            .expand([b, h, t, s]);
-            scores.mask_fill(future, f32::NEG_INFINITY)
-        }
-        Mask::KeyBias(bias) => scores + bias.reshape([b, 1, 1, s]),
+    // The scores a query may not see, `[t, s]`, for the causal and the segment masks.
+    let hidden: Option<Vec<bool>> = match &mask {
+        Mask::Causal { offset } => Some((0..t * s).map(|n| n % s > offset + n / s).collect()),
         Mask::Segments(lens) => {
             assert!(
-                Mask::<B>::Segments(lens.clone()).fits(t, s),
+                mask.fits(t, s),
                 "attention: Mask::Segments {lens:?} must be positive lengths summing to t = s \
                  (t = {t}, s = {s})"
             );
@@ -168,15 +158,22 @@ pub fn attention_reference<B: Backend>(
                 .enumerate()
                 .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
                 .collect();
-            let outside: Vec<bool> = (0..t * s).map(|n| seg[n / s] != seg[n % s]).collect();
-            let outside = Tensor::<B, 2, burn::tensor::Bool>::from_data(
-                TensorData::new(outside, [t, s]),
+            Some((0..t * s).map(|n| seg[n / s] != seg[n % s]).collect())
+        }
+        Mask::None | Mask::KeyBias(_) => None,
+    };
+    let scores = match (mask, hidden) {
+        (Mask::KeyBias(bias), _) => scores + bias.reshape([b, 1, 1, s]),
+        (_, Some(hidden)) => {
+            let hidden = Tensor::<B, 2, burn::tensor::Bool>::from_data(
+                TensorData::new(hidden, [t, s]),
                 &scores.device(),
             )
             .reshape([1, 1, t, s])
             .expand([b, h, t, s]);
-            scores.mask_fill(outside, f32::NEG_INFINITY)
+            scores.mask_fill(hidden, f32::NEG_INFINITY)
         }
+        _ => scores,
     };
     crate::softmax::softmax(scores, 3).matmul(expand(v))
 }
