@@ -628,7 +628,12 @@ mod tests {
         let mask = Tensor::<NdArray, 2>::from_data(TensorData::new(mask, [2, t]), &dev);
         let ctx = Ctx::default().for_eval();
         let full = m.forward(ids, mask.clone(), &ctx);
-        let want_pooled = Bert::mean_pool(full.clone(), mask)
+        let want_pooled = Bert::mean_pool(full.clone(), mask.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let want_cls = crate::Pooling::Cls
+            .apply(full.clone(), mask, true)
             .into_data()
             .to_vec::<f32>()
             .unwrap();
@@ -644,6 +649,11 @@ mod tests {
         );
         let out = m.forward_layers_packed(0..3, x, &lens, &ctx);
         let pooled = Bert::mean_pool_packed(out.clone(), &lens)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let cls = crate::Pooling::Cls
+            .apply_packed(out.clone(), &lens, true)
             .into_data()
             .to_vec::<f32>()
             .unwrap();
@@ -666,5 +676,6 @@ mod tests {
             at += l;
         }
         close(&pooled, &want_pooled, "mean pooling");
+        close(&cls, &want_cls, "[CLS] pooling, normalised");
     }
 }
