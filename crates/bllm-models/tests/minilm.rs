@@ -102,3 +102,45 @@ fn parity<B: Backend>(dir: &std::path::Path, stride: usize) {
     assert!(min >= 0.9995, "min cosine {min} at verse {worst}");
     assert!(mean >= 0.9999, "mean cosine {mean}");
 }
+
+/// Token-id inputs the model cannot run are errors naming what was expected, not panics; an
+/// input alone and inside a packed batch gets the same embedding bits.
+#[test]
+fn bad_token_inputs_are_errors_and_batching_does_not_change_a_row() {
+    let Some(dir) = common::model("minilm") else {
+        return;
+    };
+    let dev = Default::default();
+    let enc = SentenceEncoder::<Flex>::load(&dir, &dev).expect("load");
+    let ok = enc
+        .token_ids("In the beginning God created the heaven and the earth.")
+        .expect("ids");
+    let err = |ids: Vec<Vec<u32>>| {
+        enc.embed_ids(&ids, &dev)
+            .expect_err("must fail")
+            .to_string()
+    };
+    let e = err(vec![ok.clone(), vec![]]);
+    assert!(e.contains("an input of 0 tokens; expected 1..=256"), "{e}");
+    let e = err(vec![vec![101; 257]]);
+    assert!(
+        e.contains("an input of 257 tokens; expected 1..=256"),
+        "{e}"
+    );
+    let e = err(vec![vec![101, 40_000, 102]]);
+    assert!(
+        e.contains("token id 40000 outside the vocabulary of 30522"),
+        "{e}"
+    );
+    let other = enc.token_ids("Jesus wept.").expect("ids");
+    let alone = enc
+        .embed_ids(std::slice::from_ref(&other), &dev)
+        .expect("alone");
+    let batch = enc.embed_ids(&[ok, other], &dev).expect("batch");
+    let d = enc.dim();
+    let close = alone
+        .iter()
+        .zip(&batch[d..])
+        .all(|(a, b)| (a - b).abs() <= 1e-6);
+    assert!(close, "a row's embedding changed with its batch");
+}
