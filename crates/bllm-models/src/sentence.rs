@@ -265,8 +265,8 @@ impl<B: Backend> SentenceEncoder<B> {
     }
 
     /// Embeddings of `texts`, `[n, d]` row-major, in the input order. Like sentence-transformers,
-    /// texts are sorted by length and encoded `batch` at a time (so padding stays short);
-    /// `progress` is called with the number of texts done after each batch.
+    /// texts are sorted by length and encoded `batch` at a time (each batch packed, no
+    /// padding); `progress` is called with the number of texts done after each batch.
     pub fn encode(
         &self,
         texts: &[&str],
@@ -431,7 +431,7 @@ impl Pooling {
 
 /// The order in which [`SentenceEncoder::encode`] runs inputs of token lengths `lens`: sorted
 /// by decreasing length (stable, so ties keep their input order), `batch` at a time. Each
-/// chunk is padded to its first (longest) member.
+/// chunk runs packed; the order fixes which inputs share a batch, hence the bytes.
 pub fn length_chunks(lens: &[usize], batch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
