@@ -480,10 +480,8 @@ impl<B: Backend> Bert<B> {
         let n: usize = lens.iter().sum();
         let b = lens.len();
         let mut member = vec![0f32; b * n];
-        let mut start = 0;
-        for (r, &l) in lens.iter().enumerate() {
+        for (r, (start, &l)) in packed_starts(lens).zip(lens).enumerate() {
             member[r * n + start..r * n + start + l].fill(1.0);
-            start += l;
         }
         let device = x.device();
         let member = Tensor::<B, 2>::from_data(TensorData::new(member, [b, n]), &device);
@@ -501,6 +499,15 @@ impl<B: Backend> Bert<B> {
         let count = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
         sum / count
     }
+}
+
+/// The first token of each of the packed sequences of `lens` tokens (`0, len₀, len₀ + len₁, …`).
+pub(crate) fn packed_starts(lens: &[usize]) -> impl Iterator<Item = usize> + '_ {
+    lens.iter().scan(0, |at, &l| {
+        let start = *at;
+        *at += l;
+        Some(start)
+    })
 }
 
 /// Rows divided by their L2 norm (`max(‖x‖, 1e-12)`, as `torch.nn.functional.normalize`).

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::bert::{Bert, BertLayer, l2_normalize};
+use crate::bert::{Bert, BertLayer, l2_normalize, packed_starts};
 use crate::common::read_json;
 use crate::{ModelError, Result, TextTokenizer};
 
@@ -407,14 +407,7 @@ impl Pooling {
         let pooled = match self {
             Self::Mean => Bert::mean_pool_packed(x, lens),
             Self::Cls => {
-                let starts: Vec<i64> = lens
-                    .iter()
-                    .scan(0usize, |at, &l| {
-                        let s = *at;
-                        *at += l;
-                        Some(s as i64)
-                    })
-                    .collect();
+                let starts: Vec<i64> = packed_starts(lens).map(|s| s as i64).collect();
                 let b = starts.len();
                 let starts =
                     Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [b]), &x.device());

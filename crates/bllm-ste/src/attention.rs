@@ -72,13 +72,15 @@ pub enum Mask<B: Backend> {
 }
 
 impl<B: Backend> Mask<B> {
-    /// `Segments` whose lengths are positive and sum to `t` (= `s`); `true` for other masks.
-    fn fits(&self, t: usize, s: usize) -> bool {
+    /// Whether the mask fits a call of batch `b`, `t` queries and `s` keys: a `KeyBias` of
+    /// `[b, s]`, `Segments` of positive lengths summing to `t` (= `s`); always for the others.
+    fn fits(&self, b: usize, t: usize, s: usize) -> bool {
         match self {
+            Mask::KeyBias(m) => m.dims() == [b, s],
             Mask::Segments(lens) => {
                 t == s && lens.iter().all(|&l| l > 0) && lens.iter().sum::<usize>() == t
             }
-            _ => true,
+            Mask::None | Mask::Causal { .. } => true,
         }
     }
 }
@@ -106,11 +108,7 @@ pub fn attention<B: Backend>(
         && t > 0
         && s > 0
         && dh > 0
-        && match &mask {
-            Mask::KeyBias(m) => m.dims() == [b, s],
-            _ => true,
-        }
-        && mask.fits(t, s);
+        && mask.fits(b, t, s);
     let f32s = [q.dtype(), k.dtype(), v.dtype()]
         .iter()
         .all(|d| *d == DType::F32);
@@ -149,7 +147,7 @@ pub fn attention_reference<B: Backend>(
         Mask::Causal { offset } => Some((0..t * s).map(|n| n % s > offset + n / s).collect()),
         Mask::Segments(lens) => {
             assert!(
-                mask.fits(t, s),
+                mask.fits(b, t, s),
                 "attention: Mask::Segments {lens:?} must be positive lengths summing to t = s \
                  (t = {t}, s = {s})"
             );
@@ -666,12 +664,7 @@ fn tracked<B: Backend>((q, k, v, mask): Args<Autodiff<B>>, scale: f64) -> Tensor
         v.primitive,
     )));
     let units: Arc<[Unit]> = units(&d, segments_of(&mask).as_deref()).into();
-    let mask = match mask {
-        Mask::None => HostMask::None,
-        Mask::Causal { offset } => HostMask::Causal(offset),
-        Mask::KeyBias(m) => host_mask::<B>(Mask::KeyBias(m.inner())),
-        Mask::Segments(_) => HostMask::None,
-    };
+    let mask = host_mask(mask);
     let keep = matches!(kind, OpsKind::Tracked(_));
     let (o, p) = forward(&qv, &kv, &vv, &mask, &d, &units, keep);
     let out = head_major::<B>(o, [d.b, d.h, d.t, d.dh], &device)
